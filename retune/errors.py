@@ -1,0 +1,118 @@
+"""Retune's one exception hierarchy.
+
+Every error Retune raises on purpose is a :class:`RetuneError`. Each subclass carries a
+stable ``code`` (used by the CLI, the HTTP API and the JSON bodies ``{"error": code,
+"message": ...}``) and also inherits the builtin exception it specializes, so callers that
+catch ``KeyError`` or ``ValueError`` keep working.
+
+Infrastructure errors (SQLAlchemy, the filesystem, fsspec) are translated into these once,
+at the boundary where they happen, with ``raise ... from e``; messages say what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointCorrupt",
+    "CheckpointNotFound",
+    "CommandRejected",
+    "InvalidArgument",
+    "NodeNotFound",
+    "RetuneError",
+    "RunNotFound",
+    "RunNotLive",
+    "SchemaMismatch",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+
+class RetuneError(Exception):
+    """Base of every error Retune raises on purpose. ``code`` is stable and machine-readable."""
+
+    code: str = "retune_error"
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON body the HTTP API returns for this error."""
+        return {"error": self.code, "message": self.message}
+
+
+class InvalidArgument(RetuneError, ValueError):
+    """A value given by the user is malformed: wrong type, non-finite, out of bounds, unknown name."""
+
+    code = "invalid_argument"
+    http_status = 400
+
+
+class RunNotFound(RetuneError, KeyError):
+    """No run has the given name or id."""
+
+    code = "run_not_found"
+    http_status = 404
+
+
+class NodeNotFound(RetuneError, KeyError):
+    """No node of the run has the given id."""
+
+    code = "node_not_found"
+    http_status = 404
+
+
+class CheckpointNotFound(RetuneError, KeyError):
+    """No checkpoint matches the given id, node or ``node@step``."""
+
+    code = "checkpoint_not_found"
+    http_status = 404
+
+
+class CheckpointCorrupt(RetuneError, OSError):
+    """A checkpoint's blob is missing or its bytes do not match their hash."""
+
+    code = "checkpoint_corrupt"
+    http_status = 500
+
+
+class RunNotLive(RetuneError, RuntimeError):
+    """A command was sent to a run that has finished, crashed or stopped."""
+
+    code = "run_not_live"
+    http_status = 409
+
+
+class CommandRejected(RetuneError, RuntimeError):
+    """A command was rejected, at submission or when the training process applied it."""
+
+    code = "command_rejected"
+    http_status = 422
+
+    def __init__(self, message: str, command_id: int | None = None) -> None:
+        super().__init__(message)
+        self.command_id = command_id
+
+
+class StoreError(RetuneError, RuntimeError):
+    """The store failed in a way the user cannot fix by changing their input."""
+
+    code = "store_error"
+    http_status = 500
+
+
+class StoreUnavailable(StoreError):
+    """The store URL is malformed, or the database cannot be opened or read."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
+class SchemaMismatch(StoreError):
+    """The database schema is older or newer than this version of Retune expects."""
+
+    code = "schema_mismatch"
+    http_status = 503

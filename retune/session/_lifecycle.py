@@ -1,0 +1,63 @@
+"""Ending runs that the script did not end: normal interpreter exit and uncaught exceptions.
+
+Registered once, the first time a run starts. At exit every run still open is finished:
+``crashed`` (with the traceback) when an uncaught exception ended the script, else ``finished``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+import traceback
+from types import TracebackType
+from typing import Protocol
+
+__all__ = ["track"]
+
+
+class _Endable(Protocol):  # noqa: N801 - a structural type, not a class users see
+    def _end_from_lifecycle(self, status: str, error: str | None) -> None: ...
+
+
+_open_runs: set[_Endable] = set()
+_lock = threading.Lock()
+_installed = False
+_uncaught: list[str] = []
+
+
+def _excepthook(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    _uncaught.append("".join(traceback.format_exception(exc_type, exc, tb)))
+    _previous_excepthook(exc_type, exc, tb)
+
+
+_previous_excepthook = sys.excepthook
+
+
+def _at_exit() -> None:
+    error = _uncaught[-1] if _uncaught else None
+    if error is not None and error.rstrip().endswith("KeyboardInterrupt"):
+        status = "stopped"
+    else:
+        status = "crashed" if error else "finished"
+    for run in list(_open_runs):
+        run._end_from_lifecycle(status, error)
+
+
+def track(run: _Endable) -> None:
+    """Make sure ``run`` is ended when the interpreter exits, whatever happens."""
+    global _installed, _previous_excepthook
+    with _lock:
+        if not _installed:
+            _previous_excepthook = sys.excepthook
+            sys.excepthook = _excepthook
+            atexit.register(_at_exit)
+            _installed = True
+        _open_runs.add(run)
+
+
+def untrack(run: _Endable) -> None:
+    with _lock:
+        _open_runs.discard(run)

@@ -1,0 +1,164 @@
+"""Frozen snapshots the store returns. Mutating one never changes the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "CHANGE_KINDS",
+    "COMMAND_KINDS",
+    "LIVE_STATUSES",
+    "RUN_STATUSES",
+    "CheckpointRecord",
+    "CommandRecord",
+    "EventRecord",
+    "MetricChunk",
+    "MetricSeriesData",
+    "NodeRecord",
+    "RunRecord",
+]
+
+RunStatus = Literal["running", "paused", "finished", "crashed", "stopped"]
+RUN_STATUSES: tuple[str, ...] = ("running", "paused", "finished", "crashed", "stopped")
+LIVE_STATUSES: frozenset[str] = frozenset({"running", "paused"})
+
+ChangeKind = Literal["start", "set", "scale", "restore", "resume"]
+CHANGE_KINDS: tuple[str, ...] = ("start", "set", "scale", "restore", "resume")
+
+CommandKind = Literal["set", "scale", "pause", "resume", "stop", "checkpoint", "restore"]
+COMMAND_KINDS: tuple[str, ...] = ("set", "scale", "pause", "resume", "stop", "checkpoint", "restore")
+CommandStatus = Literal["pending", "applied", "rejected"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run: the whole tuning history of one model.
+
+    ``step`` is the last global step the training process reported; ``heartbeat_at`` the last
+    time it reported anything (epoch seconds). ``meta`` holds what ``retune.init`` captured
+    automatically (model summary, optimizer, scheduler, environment, git, command line, host,
+    seeds); ``config`` is the user's own configuration; ``tunables`` the declared knobs.
+    """
+
+    id: str
+    name: str
+    status: str
+    created_at: float
+    ended_at: float | None
+    heartbeat_at: float | None
+    step: int
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    tunables: list[dict[str, Any]]
+    error: str | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from creation to the end (or to the last heartbeat while live)."""
+        end = self.ended_at if self.ended_at is not None else self.heartbeat_at
+        return None if end is None else max(0.0, end - self.created_at)
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A segment of training with one fixed set of hyperparameters.
+
+    ``id`` is the node's number within its run (shown as ``n{id}``). ``end_step`` is ``None``
+    while the node is open. ``values`` are the full tunable values at the node's start, ``diff``
+    maps a tunable to ``[old, new]`` relative to the parent.
+    """
+
+    run_id: str
+    id: int
+    parent: int | None
+    start_step: int
+    end_step: int | None
+    change_kind: str
+    values: dict[str, Any]
+    diff: dict[str, Any]
+    created_by: str | None
+    created_at: float
+
+    @property
+    def label(self) -> str:
+        return f"n{self.id}"
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """A request to a run, queued in the store: ``pending -> applied | rejected``."""
+
+    id: int
+    run_id: str
+    kind: str
+    payload: dict[str, Any]
+    status: str
+    reason: str | None
+    source: str
+    user: str | None
+    created_at: float
+    resolved_at: float | None
+    applied_step: int | None
+    node: int | None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """The full training state at a step; ``manifest`` names the blobs that hold its tensors."""
+
+    run_id: str
+    id: int
+    node: int
+    step: int
+    tag: str | None
+    reason: str
+    manifest: dict[str, Any]
+    nbytes: int
+    created_at: float
+
+    @property
+    def label(self) -> str:
+        return f"c{self.id}"
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """Something that happened to a run (status changes, warnings, crashes)."""
+
+    id: int
+    run_id: str
+    kind: str
+    node: int | None
+    step: int | None
+    payload: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class MetricChunk:
+    """A batch of points of one metric key of one node, as the writer appends them.
+
+    The arrays are equally long: ``steps`` int64, ``values`` float64 (NaN and inf kept),
+    ``times`` float64 epoch seconds.
+    """
+
+    node: int
+    key: str
+    steps: np.ndarray
+    values: np.ndarray
+    times: np.ndarray
+
+
+@dataclass(frozen=True)
+class MetricSeriesData:
+    """Points of one metric read back, ordered by (node, step); arrays are read-only copies."""
+
+    key: str
+    nodes: np.ndarray
+    steps: np.ndarray
+    values: np.ndarray
+    times: np.ndarray

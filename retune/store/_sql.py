@@ -1,0 +1,677 @@
+"""The SQLAlchemy backend: SQLite (WAL) today, PostgreSQL through the same code."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import delete as sql_delete
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+
+from retune import _json
+from retune.errors import (
+    InvalidArgument,
+    RetuneError,
+    RunNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from retune.store import _migrate
+from retune.store._base import Store
+from retune.store._records import (
+    CheckpointRecord,
+    CommandRecord,
+    EventRecord,
+    MetricChunk,
+    MetricSeriesData,
+    NodeRecord,
+    RunRecord,
+)
+from retune.store._schema import checkpoints, commands, events, metric_chunks, nodes, runs
+
+__all__ = ["SqlStore"]
+
+_BUSY_TIMEOUT_MS = 60_000
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+class SqlStore(Store):
+    """A :class:`Store` on any SQLAlchemy database (tested: SQLite, PostgreSQL).
+
+    SQLite runs in WAL mode with ``synchronous=FULL``; writes take the database lock at the
+    start of their transaction (``BEGIN IMMEDIATE``) so concurrent writers queue instead of
+    failing with "database is locked". A new, empty database is created at the current schema;
+    any other schema version raises :class:`SchemaMismatch` naming the command to run.
+    """
+
+    def __init__(self, url: str, *, upgrade: bool = False) -> None:
+        self.url = url
+        self._is_sqlite = url.startswith("sqlite")
+        try:
+            if self._is_sqlite:
+                self._prepare_sqlite_path(url)
+                self._writer = self._sqlite_engine(url, "BEGIN IMMEDIATE")
+                self._reader = self._sqlite_engine(url, "BEGIN")
+            else:
+                engine = create_engine(
+                    url,
+                    json_serializer=_json.dumps,
+                    pool_pre_ping=True,
+                    future=True,
+                )
+                self._writer = self._reader = engine
+        except (ArgumentError, NoSuchModuleError, ValueError) as e:
+            raise StoreUnavailable(f"cannot open store {url!r}: {e}") from e
+        self.revision_at_open: str | None = None
+        self._open(upgrade=upgrade)
+
+    # -- engine setup -----------------------------------------------------------------------
+    @staticmethod
+    def _prepare_sqlite_path(url: str) -> None:
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreUnavailable(f"cannot create the folder for store {url}: {e}") from e
+
+    @staticmethod
+    def _sqlite_engine(url: str, begin: str) -> Engine:
+        engine = create_engine(
+            url,
+            json_serializer=_json.dumps,
+            connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            connection.exec_driver_sql(begin)
+
+        return engine
+
+    def _open(self, *, upgrade: bool) -> None:
+        with self._tx(write=True) as conn:
+            self.revision_at_open = _migrate.current_revision(conn)
+            if upgrade or _migrate.is_empty(conn):
+                _migrate.upgrade(conn)
+            _migrate.check_schema(conn, self.url)
+            self.revision: str = _migrate.head_revision()
+
+    @contextmanager
+    def _tx(self, *, write: bool) -> Iterator[Connection]:
+        """One transaction; driver errors become Retune errors here and nowhere else."""
+        engine = self._writer if write else self._reader
+        try:
+            with engine.begin() as conn:
+                yield conn
+        except RetuneError:
+            raise
+        except OperationalError as e:
+            raise StoreUnavailable(
+                f"store {self.url} cannot be used: {e.orig if e.orig else e}"
+            ) from e
+        except SQLAlchemyError as e:
+            raise StoreError(f"store {self.url} failed: {e}") from e
+
+    def close(self) -> None:
+        self._writer.dispose()
+        if self._reader is not self._writer:
+            self._reader.dispose()
+
+    # -- runs -------------------------------------------------------------------------------
+    @staticmethod
+    def _run(row: Row[Any]) -> RunRecord:
+        m = row._mapping
+        return RunRecord(
+            id=m["id"],
+            name=m["name"],
+            status=m["status"],
+            created_at=m["created_at"],
+            ended_at=m["ended_at"],
+            heartbeat_at=m["heartbeat_at"],
+            step=m["step"],
+            config=m["config"],
+            meta=m["meta"],
+            tunables=m["tunables"],
+            error=m["error"],
+        )
+
+    def create_run(
+        self,
+        name: str,
+        *,
+        config: dict[str, Any],
+        meta: dict[str, Any],
+        tunables: list[dict[str, Any]],
+    ) -> RunRecord:
+        if not name or len(name) > 255:
+            raise InvalidArgument("a run name must be 1 to 255 characters long")
+        now = time.time()
+        with self._tx(write=True) as conn:
+            while True:
+                run_id = secrets.token_hex(4)
+                taken = conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first()
+                if taken is None:
+                    break
+            conn.execute(
+                insert(runs).values(
+                    id=run_id,
+                    name=name,
+                    status="running",
+                    created_at=now,
+                    ended_at=None,
+                    heartbeat_at=now,
+                    step=0,
+                    config=_json.jsonable(config),
+                    meta=_json.jsonable(meta),
+                    tunables=_json.jsonable(tunables),
+                    error=None,
+                )
+            )
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
+        return self._run(row)
+
+    def get_run(self, ref: str) -> RunRecord:
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(runs).where(runs.c.id == ref)).first()
+            if row is None:
+                row = conn.execute(
+                    select(runs)
+                    .where(runs.c.name == ref)
+                    .order_by(runs.c.created_at.desc(), runs.c.id.desc())
+                    .limit(1)
+                ).first()
+        if row is None:
+            raise RunNotFound(f"no run named or with id {ref!r} in {self.url}")
+        return self._run(row)
+
+    def list_runs(
+        self, *, name: str | None = None, statuses: Sequence[str] | None = None
+    ) -> list[RunRecord]:
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc())
+        if name is not None:
+            query = query.where(runs.c.name == name)
+        if statuses:
+            query = query.where(runs.c.status.in_(list(statuses)))
+        with self._tx(write=False) as conn:
+            return [self._run(row) for row in conn.execute(query)]
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        status: str | None = None,
+        step: int | None = None,
+        heartbeat_at: float | None = None,
+        ended_at: float | None = None,
+        error: str | None = None,
+        tunables: list[dict[str, Any]] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        values: dict[str, Any] = {}
+        for column, value in (
+            ("status", status),
+            ("step", step),
+            ("heartbeat_at", heartbeat_at),
+            ("ended_at", ended_at),
+            ("error", error),
+        ):
+            if value is not None:
+                values[column] = value
+        if tunables is not None:
+            values["tunables"] = _json.jsonable(tunables)
+        with self._tx(write=True) as conn:
+            if meta is not None:
+                current = conn.execute(select(runs.c.meta).where(runs.c.id == run_id)).scalar()
+                if current is None:
+                    raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+                values["meta"] = {**current, **_json.jsonable(meta)}
+            if not values:
+                return
+            result = conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+            if result.rowcount == 0:
+                raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+
+    # -- nodes ------------------------------------------------------------------------------
+    @staticmethod
+    def _node(row: Row[Any]) -> NodeRecord:
+        m = row._mapping
+        return NodeRecord(
+            run_id=m["run_id"],
+            id=m["id"],
+            parent=m["parent"],
+            start_step=m["start_step"],
+            end_step=m["end_step"],
+            change_kind=m["change_kind"],
+            values=m["values"],
+            diff=m["diff"],
+            created_by=m["created_by"],
+            created_at=m["created_at"],
+        )
+
+    def create_node(
+        self,
+        run_id: str,
+        *,
+        parent: int | None,
+        start_step: int,
+        change_kind: str,
+        values: dict[str, Any],
+        diff: dict[str, Any],
+        created_by: str | None,
+    ) -> NodeRecord:
+        with self._tx(write=True) as conn:
+            highest = conn.execute(
+                select(func.max(nodes.c.id)).where(nodes.c.run_id == run_id)
+            ).scalar()
+            node_id = (highest or 0) + 1
+            conn.execute(
+                insert(nodes).values(
+                    run_id=run_id,
+                    id=node_id,
+                    parent=parent,
+                    start_step=start_step,
+                    end_step=None,
+                    change_kind=change_kind,
+                    values=_json.jsonable(values),
+                    diff=_json.jsonable(diff),
+                    created_by=created_by,
+                    created_at=time.time(),
+                )
+            )
+            row = conn.execute(
+                select(nodes).where(and_(nodes.c.run_id == run_id, nodes.c.id == node_id))
+            ).one()
+        return self._node(row)
+
+    def end_node(self, run_id: str, node: int, end_step: int) -> None:
+        with self._tx(write=True) as conn:
+            conn.execute(
+                update(nodes)
+                .where(
+                    and_(nodes.c.run_id == run_id, nodes.c.id == node, nodes.c.end_step.is_(None))
+                )
+                .values(end_step=end_step)
+            )
+
+    def list_nodes(self, run_id: str) -> list[NodeRecord]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(nodes).where(nodes.c.run_id == run_id).order_by(nodes.c.id)
+            )
+            return [self._node(row) for row in rows]
+
+    # -- metrics ----------------------------------------------------------------------------
+    def append_metrics(
+        self,
+        run_id: str,
+        chunks: Iterable[MetricChunk],
+        *,
+        step: int | None = None,
+        heartbeat_at: float | None = None,
+    ) -> None:
+        rows = [
+            {
+                "run_id": run_id,
+                "node": chunk.node,
+                "key": chunk.key,
+                "first_step": int(chunk.steps.min()),
+                "last_step": int(chunk.steps.max()),
+                "count": len(chunk.steps),
+                "nonfinite": int(np.count_nonzero(~np.isfinite(chunk.values))),
+                "steps": np.ascontiguousarray(chunk.steps, dtype="<i8").tobytes(),
+                "values": np.ascontiguousarray(chunk.values, dtype="<f8").tobytes(),
+                "times": np.ascontiguousarray(chunk.times, dtype="<f8").tobytes(),
+            }
+            for chunk in chunks
+            if len(chunk.steps)
+        ]
+        progress: dict[str, Any] = {}
+        if step is not None:
+            progress["step"] = step
+        if heartbeat_at is not None:
+            progress["heartbeat_at"] = heartbeat_at
+        if not rows and not progress:
+            return
+        with self._tx(write=True) as conn:
+            if rows:
+                conn.execute(insert(metric_chunks), rows)
+            if progress:
+                conn.execute(update(runs).where(runs.c.id == run_id).values(**progress))
+
+    def read_metric(
+        self,
+        run_id: str,
+        key: str,
+        *,
+        nodes: Sequence[int] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> MetricSeriesData:
+        c = metric_chunks.c
+        query = (
+            select(c.node, c.steps, c["values"], c.times)
+            .where(and_(c.run_id == run_id, c.key == key))
+            .order_by(c.node, c.first_step, c.id)
+        )
+        if nodes is not None:
+            query = query.where(c.node.in_(list(nodes)))
+        if start is not None:
+            query = query.where(c.last_step >= start)
+        if end is not None:
+            query = query.where(c.first_step <= end)
+        node_parts, step_parts, value_parts, time_parts = [], [], [], []
+        with self._tx(write=False) as conn:
+            for node, steps_b, values_b, times_b in conn.execute(query):
+                steps = np.frombuffer(steps_b, dtype="<i8")
+                node_parts.append(np.full(len(steps), node, dtype=np.int64))
+                step_parts.append(steps)
+                value_parts.append(np.frombuffer(values_b, dtype="<f8"))
+                time_parts.append(np.frombuffer(times_b, dtype="<f8"))
+        if not step_parts:
+            empty_i, empty_f = np.empty(0, np.int64), np.empty(0, np.float64)
+            return MetricSeriesData(key, empty_i, empty_i.copy(), empty_f, empty_f.copy())
+        node_arr = np.concatenate(node_parts)
+        step_arr = np.concatenate(step_parts).astype(np.int64)
+        value_arr = np.concatenate(value_parts).astype(np.float64)
+        time_arr = np.concatenate(time_parts).astype(np.float64)
+        order = np.lexsort((step_arr, node_arr))
+        mask = np.ones(len(step_arr), dtype=bool)
+        if start is not None:
+            mask &= step_arr >= start
+        if end is not None:
+            mask &= step_arr <= end
+        keep = order[mask[order]]
+        return MetricSeriesData(
+            key,
+            _readonly(node_arr[keep]),
+            _readonly(step_arr[keep]),
+            _readonly(value_arr[keep]),
+            _readonly(time_arr[keep]),
+        )
+
+    def metric_keys(self, run_id: str) -> list[str]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(metric_chunks.c.key)
+                .where(metric_chunks.c.run_id == run_id)
+                .distinct()
+                .order_by(metric_chunks.c.key)
+            )
+            return [row[0] for row in rows]
+
+    def last_metrics(self, run_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, float]]]:
+        if not run_ids:
+            return {}
+        c = metric_chunks.c
+        latest = (
+            select(func.max(c.id).label("id"))
+            .where(c.run_id.in_(list(run_ids)))
+            .group_by(c.run_id, c.key)
+            .subquery()
+        )
+        query = select(c.run_id, c.key, c.steps, c["values"]).join(latest, c.id == latest.c.id)
+        out: dict[str, dict[str, tuple[int, float]]] = {run_id: {} for run_id in run_ids}
+        with self._tx(write=False) as conn:
+            for run_id, key, steps_b, values_b in conn.execute(query):
+                steps = np.frombuffer(steps_b, dtype="<i8")
+                values = np.frombuffer(values_b, dtype="<f8")
+                out[run_id][key] = (int(steps[-1]), float(values[-1]))
+        return out
+
+    # -- commands ---------------------------------------------------------------------------
+    @staticmethod
+    def _command(row: Row[Any]) -> CommandRecord:
+        m = row._mapping
+        return CommandRecord(
+            id=m["id"],
+            run_id=m["run_id"],
+            kind=m["kind"],
+            payload=m["payload"],
+            status=m["status"],
+            reason=m["reason"],
+            source=m["source"],
+            user=m["user"],
+            created_at=m["created_at"],
+            resolved_at=m["resolved_at"],
+            applied_step=m["applied_step"],
+            node=m["node"],
+            result=m["result"],
+        )
+
+    def submit_command(
+        self,
+        run_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        source: str,
+        user: str | None,
+    ) -> CommandRecord:
+        with self._tx(write=True) as conn:
+            result = conn.execute(
+                insert(commands).values(
+                    run_id=run_id,
+                    kind=kind,
+                    payload=_json.jsonable(payload),
+                    status="pending",
+                    reason=None,
+                    source=source,
+                    user=user,
+                    created_at=time.time(),
+                    resolved_at=None,
+                    applied_step=None,
+                    node=None,
+                    result={},
+                )
+            )
+            command_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+            row = conn.execute(select(commands).where(commands.c.id == command_id)).one()
+        return self._command(row)
+
+    def pending_commands(self, run_id: str, *, after_id: int = 0) -> list[CommandRecord]:
+        c = commands.c
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(commands)
+                .where(and_(c.run_id == run_id, c.status == "pending", c.id > after_id))
+                .order_by(c.id)
+            )
+            return [self._command(row) for row in rows]
+
+    def resolve_command(
+        self,
+        command_id: int,
+        *,
+        status: str,
+        reason: str | None = None,
+        applied_step: int | None = None,
+        node: int | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> CommandRecord:
+        if status not in ("applied", "rejected"):
+            raise InvalidArgument(f"a command resolves to applied or rejected, not {status!r}")
+        with self._tx(write=True) as conn:
+            conn.execute(
+                update(commands)
+                .where(and_(commands.c.id == command_id, commands.c.status == "pending"))
+                .values(
+                    status=status,
+                    reason=reason,
+                    applied_step=applied_step,
+                    node=node,
+                    result=_json.jsonable(result or {}),
+                    resolved_at=time.time(),
+                )
+            )
+            row = conn.execute(select(commands).where(commands.c.id == command_id)).first()
+        if row is None:
+            raise InvalidArgument(f"no command with id {command_id}")
+        return self._command(row)
+
+    def get_command(self, command_id: int) -> CommandRecord:
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(commands).where(commands.c.id == command_id)).first()
+        if row is None:
+            raise InvalidArgument(f"no command with id {command_id}")
+        return self._command(row)
+
+    def list_commands(self, run_id: str) -> list[CommandRecord]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(commands).where(commands.c.run_id == run_id).order_by(commands.c.id)
+            )
+            return [self._command(row) for row in rows]
+
+    # -- checkpoints ------------------------------------------------------------------------
+    @staticmethod
+    def _checkpoint(row: Row[Any]) -> CheckpointRecord:
+        m = row._mapping
+        return CheckpointRecord(
+            run_id=m["run_id"],
+            id=m["id"],
+            node=m["node"],
+            step=m["step"],
+            tag=m["tag"],
+            reason=m["reason"],
+            manifest=m["manifest"],
+            nbytes=m["nbytes"],
+            created_at=m["created_at"],
+        )
+
+    def add_checkpoint(
+        self,
+        run_id: str,
+        *,
+        node: int,
+        step: int,
+        tag: str | None,
+        reason: str,
+        manifest: dict[str, Any],
+        nbytes: int,
+    ) -> CheckpointRecord:
+        with self._tx(write=True) as conn:
+            highest = conn.execute(
+                select(func.max(checkpoints.c.id)).where(checkpoints.c.run_id == run_id)
+            ).scalar()
+            checkpoint_id = (highest or 0) + 1
+            conn.execute(
+                insert(checkpoints).values(
+                    run_id=run_id,
+                    id=checkpoint_id,
+                    node=node,
+                    step=step,
+                    tag=tag,
+                    reason=reason,
+                    manifest=manifest,
+                    nbytes=nbytes,
+                    created_at=time.time(),
+                )
+            )
+            row = conn.execute(
+                select(checkpoints).where(
+                    and_(checkpoints.c.run_id == run_id, checkpoints.c.id == checkpoint_id)
+                )
+            ).one()
+        return self._checkpoint(row)
+
+    def list_checkpoints(self, run_id: str) -> list[CheckpointRecord]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(checkpoints)
+                .where(checkpoints.c.run_id == run_id)
+                .order_by(checkpoints.c.id)
+            )
+            return [self._checkpoint(row) for row in rows]
+
+    def delete_checkpoints(self, run_id: str, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        with self._tx(write=True) as conn:
+            conn.execute(
+                sql_delete(checkpoints).where(
+                    and_(checkpoints.c.run_id == run_id, checkpoints.c.id.in_(list(ids)))
+                )
+            )
+
+    def all_manifests(self) -> list[dict[str, Any]]:
+        with self._tx(write=False) as conn:
+            return [row[0] for row in conn.execute(select(checkpoints.c.manifest))]
+
+    # -- events -----------------------------------------------------------------------------
+    @staticmethod
+    def _event(row: Row[Any]) -> EventRecord:
+        m = row._mapping
+        return EventRecord(
+            id=m["id"],
+            run_id=m["run_id"],
+            kind=m["kind"],
+            node=m["node"],
+            step=m["step"],
+            payload=m["payload"],
+            created_at=m["created_at"],
+        )
+
+    def add_event(
+        self,
+        run_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        node: int | None = None,
+        step: int | None = None,
+    ) -> EventRecord:
+        with self._tx(write=True) as conn:
+            result = conn.execute(
+                insert(events).values(
+                    run_id=run_id,
+                    kind=kind,
+                    node=node,
+                    step=step,
+                    payload=_json.jsonable(payload),
+                    created_at=time.time(),
+                )
+            )
+            event_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+            row = conn.execute(select(events).where(events.c.id == event_id)).one()
+        return self._event(row)
+
+    def list_events(self, run_id: str, *, after_id: int = 0) -> list[EventRecord]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(events)
+                .where(and_(events.c.run_id == run_id, events.c.id > after_id))
+                .order_by(events.c.id)
+            )
+            return [self._event(row) for row in rows]
