@@ -45,7 +45,7 @@ class RetuneError(Exception):
 
 
 class InvalidArgument(RetuneError, ValueError):
-    """A value given by the user is malformed: wrong type, non-finite, out of bounds, unknown name."""
+    """A value given by the user is malformed: wrong type, non-finite, out of bounds, unknown."""
 
     code = "invalid_argument"
     http_status = 400

@@ -37,7 +37,7 @@ def model_summary(model: torch.nn.Module) -> dict[str, Any]:
             trainable += count
         dtypes[str(param.dtype).removeprefix("torch.")] += count
         devices[str(param.device)] += count
-    modules = []
+    modules: list[dict[str, Any]] = []
     for name, module in model.named_modules():
         if len(modules) >= MAX_MODULES:
             break
@@ -69,8 +69,9 @@ def _group_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
         if key == "params":
             continue
         if isinstance(value, torch.Tensor):
-            value = value.item() if value.numel() == 1 else value.tolist()
-        out[key] = _json.jsonable(value)
+            out[key] = _json.jsonable(value.item() if value.numel() == 1 else value.tolist())
+        else:
+            out[key] = _json.jsonable(value)
     return out
 
 

@@ -72,9 +72,7 @@ def init(
     }
     owns_store = not isinstance(store, Store)
     opened = open_store(store) if not isinstance(store, Store) else store
-    record = opened.create_run(
-        name, config=_json.jsonable(config or {}), meta=meta, tunables=[]
-    )
+    record = opened.create_run(name, config=_json.jsonable(config or {}), meta=meta, tunables=[])
     root = opened.create_node(
         record.id,
         parent=None,

@@ -16,7 +16,7 @@ from typing import Protocol
 __all__ = ["track"]
 
 
-class _Endable(Protocol):  # noqa: N801 - a structural type, not a class users see
+class _Endable(Protocol):
     def _end_from_lifecycle(self, status: str, error: str | None) -> None: ...
 
 

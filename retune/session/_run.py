@@ -182,5 +182,3 @@ class Run:
             self.finish("stopped", error="interrupted (KeyboardInterrupt)")
         else:
             self.finish("crashed", error="".join(traceback.format_exception(exc_type, exc, tb)))
-
-

@@ -35,7 +35,8 @@ class MetricSeries:
 
     @property
     def nonfinite(self) -> np.ndarray:
-        return ~np.isfinite(self.values)
+        mask: np.ndarray = ~np.isfinite(self.values)
+        return mask
 
     @property
     def has_nonfinite(self) -> bool:

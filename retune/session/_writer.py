@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 
@@ -136,5 +135,3 @@ class MetricWriter:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
-
-

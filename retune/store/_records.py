@@ -29,7 +29,15 @@ ChangeKind = Literal["start", "set", "scale", "restore", "resume"]
 CHANGE_KINDS: tuple[str, ...] = ("start", "set", "scale", "restore", "resume")
 
 CommandKind = Literal["set", "scale", "pause", "resume", "stop", "checkpoint", "restore"]
-COMMAND_KINDS: tuple[str, ...] = ("set", "scale", "pause", "resume", "stop", "checkpoint", "restore")
+COMMAND_KINDS: tuple[str, ...] = (
+    "set",
+    "scale",
+    "pause",
+    "resume",
+    "stop",
+    "checkpoint",
+    "restore",
+)
 CommandStatus = Literal["pending", "applied", "rejected"]
 
 

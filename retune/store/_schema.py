@@ -70,9 +70,7 @@ metric_chunks = Table(
     Column("steps", LargeBinary, nullable=False),
     Column("values", LargeBinary, nullable=False),
     Column("times", LargeBinary, nullable=False),
-    ForeignKeyConstraint(
-        ["run_id", "node"], ["nodes.run_id", "nodes.id"], ondelete="CASCADE"
-    ),
+    ForeignKeyConstraint(["run_id", "node"], ["nodes.run_id", "nodes.id"], ondelete="CASCADE"),
     Index("ix_metric_chunks_run_key", "run_id", "key", "first_step"),
 )
 

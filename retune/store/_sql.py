@@ -327,9 +327,7 @@ class SqlStore(Store):
 
     def list_nodes(self, run_id: str) -> list[NodeRecord]:
         with self._tx(write=False) as conn:
-            rows = conn.execute(
-                select(nodes).where(nodes.c.run_id == run_id).order_by(nodes.c.id)
-            )
+            rows = conn.execute(select(nodes).where(nodes.c.run_id == run_id).order_by(nodes.c.id))
             return [self._node(row) for row in rows]
 
     # -- metrics ----------------------------------------------------------------------------
@@ -609,9 +607,7 @@ class SqlStore(Store):
     def list_checkpoints(self, run_id: str) -> list[CheckpointRecord]:
         with self._tx(write=False) as conn:
             rows = conn.execute(
-                select(checkpoints)
-                .where(checkpoints.c.run_id == run_id)
-                .order_by(checkpoints.c.id)
+                select(checkpoints).where(checkpoints.c.run_id == run_id).order_by(checkpoints.c.id)
             )
             return [self._checkpoint(row) for row in rows]
 

@@ -1,0 +1,79 @@
+"""How runs end: finish, context manager, normal exit without finish, crashes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import retune
+
+
+def _script(tmp_path: Path, body: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    store = str(tmp_path / "life.db")
+    code = "import sys, retune\nstore = sys.argv[1]\n" + body
+    done = subprocess.run(
+        [sys.executable, "-c", code, store],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return done, store
+
+
+def test_normal_exit_without_finish_flushes_and_finishes(tmp_path: Path) -> None:
+    done, store = _script(
+        tmp_path,
+        "run = retune.init('noexit', store=store, flush_interval=3600)\n"
+        "for i in range(5000):\n    run.step(loss=float(i))\n",
+    )
+    assert done.returncode == 0, done.stderr
+    snap = retune.load("noexit", store=store)
+    assert snap.status == "finished"
+    assert len(snap.metric("loss")) == 5000
+    assert snap.nodes[0].end_step == 5000
+
+
+def test_uncaught_exception_marks_the_run_crashed_with_its_traceback(tmp_path: Path) -> None:
+    done, store = _script(
+        tmp_path,
+        "run = retune.init('boom', store=store, flush_interval=3600)\n"
+        "for i in range(10):\n    run.step(loss=float(i))\n"
+        "raise RuntimeError('exploding gradients')\n",
+    )
+    assert done.returncode == 1
+    assert "exploding gradients" in done.stderr  # the user's traceback is still printed
+    snap = retune.load("boom", store=store)
+    assert snap.status == "crashed"
+    assert snap.run.error is not None and "RuntimeError: exploding gradients" in snap.run.error
+    assert len(snap.metric("loss")) == 10
+
+
+def test_exception_inside_the_context_manager_marks_crashed(store_url: str) -> None:
+    with pytest.raises(ZeroDivisionError), retune.init("ctx", store=store_url) as run:
+        run.step(loss=1.0)
+        _ = 1 / 0
+    snap = retune.load("ctx", store=store_url)
+    assert snap.status == "crashed" and "ZeroDivisionError" in (snap.run.error or "")
+    assert len(snap.metric("loss")) == 1
+    store = retune.store.open_store(store_url)
+    assert [e.kind for e in store.list_events(snap.id)] == ["crashed"]
+
+
+def test_keyboard_interrupt_marks_stopped(store_url: str) -> None:
+    with pytest.raises(KeyboardInterrupt), retune.init("ctrl-c", store=store_url) as run:
+        run.step(loss=1.0)
+        raise KeyboardInterrupt
+    assert retune.load("ctrl-c", store=store_url).status == "stopped"
+
+
+def test_import_retune_does_not_import_torch() -> None:
+    code = (
+        "import sys, retune, retune.store, retune.cli\n"
+        "heavy = {'torch', 'keras', 'transformers', 'tensorflow'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,214 @@
+"""The Store contract, run against every backend through the ``store`` fixture."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from retune.errors import InvalidArgument, RunNotFound
+from retune.store import MetricChunk, Store
+
+
+def _chunk(node: int, key: str, steps: list[int], values: list[float]) -> MetricChunk:
+    return MetricChunk(
+        node=node,
+        key=key,
+        steps=np.asarray(steps, dtype=np.int64),
+        values=np.asarray(values, dtype=np.float64),
+        times=np.arange(len(steps), dtype=np.float64),
+    )
+
+
+def _run_with_root(store: Store, name: str = "r") -> str:
+    run = store.create_run(name, config={"lr": 0.1}, meta={"host": "h"}, tunables=[])
+    store.create_node(
+        run.id, parent=None, start_step=0, change_kind="start", values={}, diff={}, created_by="u"
+    )
+    return run.id
+
+
+def test_runs_with_the_same_name_get_distinct_ids_and_name_means_latest(store: Store) -> None:
+    first = store.create_run("same", config={}, meta={}, tunables=[])
+    second = store.create_run("same", config={}, meta={}, tunables=[])
+    assert first.id != second.id
+    assert store.get_run("same").id == second.id
+    assert store.get_run(first.id).id == first.id
+    assert [r.id for r in store.list_runs(name="same")] == [second.id, first.id]
+
+
+def test_unknown_run_raises_run_not_found(store: Store) -> None:
+    with pytest.raises(RunNotFound, match="nope"):
+        store.get_run("nope")
+    with pytest.raises(RunNotFound):
+        store.update_run("nope", status="finished")
+
+
+def test_empty_name_is_rejected(store: Store) -> None:
+    with pytest.raises(InvalidArgument):
+        store.create_run("", config={}, meta={}, tunables=[])
+
+
+def test_config_and_meta_round_trip_including_non_finite(store: Store) -> None:
+    run = store.create_run(
+        "cfg", config={"a": [1, 2.5, "x"], "b": math.nan}, meta={"inf": math.inf}, tunables=[]
+    )
+    got = store.get_run(run.id)
+    assert got.config == {"a": [1, 2.5, "x"], "b": "NaN"}
+    assert got.meta == {"inf": "Infinity"}
+    assert got.status == "running"
+
+
+def test_update_run_changes_only_given_fields_and_merges_meta(store: Store) -> None:
+    run = store.create_run("u", config={}, meta={"a": 1}, tunables=[])
+    store.update_run(run.id, step=7, meta={"b": 2})
+    store.update_run(run.id, status="finished", ended_at=run.created_at + 5)
+    got = store.get_run(run.id)
+    assert (got.step, got.status, got.meta) == (7, "finished", {"a": 1, "b": 2})
+    assert got.duration == pytest.approx(5)
+
+
+def test_list_runs_filters_by_status(store: Store) -> None:
+    a = store.create_run("a", config={}, meta={}, tunables=[])
+    store.create_run("b", config={}, meta={}, tunables=[])
+    store.update_run(a.id, status="crashed", error="boom")
+    assert [r.name for r in store.list_runs(statuses=["crashed"])] == ["a"]
+    assert store.get_run(a.id).error == "boom"
+
+
+def test_nodes_are_numbered_per_run_and_close_once(store: Store) -> None:
+    run_id = _run_with_root(store)
+    child = store.create_node(
+        run_id,
+        parent=1,
+        start_step=10,
+        change_kind="set",
+        values={"lr": 0.01},
+        diff={"lr": [0.1, 0.01]},
+        created_by="mia",
+    )
+    assert child.id == 2 and child.label == "n2"
+    store.end_node(run_id, 1, 10)
+    store.end_node(run_id, 1, 99)  # already closed: unchanged
+    nodes = store.list_nodes(run_id)
+    assert [(n.id, n.parent, n.start_step, n.end_step) for n in nodes] == [
+        (1, None, 0, 10),
+        (2, 1, 10, None),
+    ]
+    assert nodes[1].diff == {"lr": [0.1, 0.01]}
+    other = _run_with_root(store, "other")
+    assert [n.id for n in store.list_nodes(other)] == [1]
+
+
+def test_metrics_round_trip_with_nan_and_inf_kept(store: Store) -> None:
+    run_id = _run_with_root(store)
+    store.append_metrics(
+        run_id,
+        [_chunk(1, "loss", [1, 2, 3], [0.5, math.nan, math.inf])],
+        step=3,
+        heartbeat_at=123.0,
+    )
+    data = store.read_metric(run_id, "loss")
+    assert data.steps.tolist() == [1, 2, 3]
+    assert data.values[0] == 0.5 and math.isnan(data.values[1]) and data.values[2] == math.inf
+    assert data.nodes.tolist() == [1, 1, 1]
+    run = store.get_run(run_id)
+    assert (run.step, run.heartbeat_at) == (3, 123.0)
+
+
+def test_read_metric_filters_by_range_and_node_and_sorts(store: Store) -> None:
+    run_id = _run_with_root(store)
+    store.create_node(
+        run_id, parent=1, start_step=4, change_kind="set", values={}, diff={}, created_by=None
+    )
+    store.append_metrics(run_id, [_chunk(1, "x", [3, 4], [3.0, 4.0])])
+    store.append_metrics(run_id, [_chunk(1, "x", [1, 2], [1.0, 2.0])])
+    store.append_metrics(run_id, [_chunk(2, "x", [5, 6], [50.0, 60.0])])
+    everything = store.read_metric(run_id, "x")
+    assert everything.steps.tolist() == [1, 2, 3, 4, 5, 6]
+    window = store.read_metric(run_id, "x", start=2, end=5)
+    assert window.steps.tolist() == [2, 3, 4, 5]
+    assert store.read_metric(run_id, "x", nodes=[2]).values.tolist() == [50.0, 60.0]
+    assert len(store.read_metric(run_id, "missing").steps) == 0
+
+
+def test_returned_arrays_are_read_only_snapshots(store: Store) -> None:
+    run_id = _run_with_root(store)
+    store.append_metrics(run_id, [_chunk(1, "x", [1], [1.0])])
+    data = store.read_metric(run_id, "x")
+    with pytest.raises(ValueError):
+        data.values[0] = 2.0
+    store.append_metrics(run_id, [_chunk(1, "x", [2], [2.0])])
+    assert data.values.tolist() == [1.0]
+
+
+def test_metric_keys_and_last_metrics(store: Store) -> None:
+    a = _run_with_root(store, "a")
+    b = _run_with_root(store, "b")
+    store.append_metrics(a, [_chunk(1, "loss", [1, 2], [1.0, 0.5]), _chunk(1, "acc", [2], [0.9])])
+    store.append_metrics(a, [_chunk(1, "loss", [3], [0.25])])
+    assert store.metric_keys(a) == ["acc", "loss"]
+    last = store.last_metrics([a, b])
+    assert last == {a: {"loss": (3, 0.25), "acc": (2, 0.9)}, b: {}}
+
+
+def test_commands_move_from_pending_once(store: Store) -> None:
+    run_id = _run_with_root(store)
+    first = store.submit_command(run_id, "set", {"lr": 0.01}, source="cli", user="mia")
+    second = store.submit_command(run_id, "pause", {}, source="python", user=None)
+    assert first.status == "pending" and first.source == "cli" and first.user == "mia"
+    assert [c.id for c in store.pending_commands(run_id)] == [first.id, second.id]
+    assert [c.id for c in store.pending_commands(run_id, after_id=first.id)] == [second.id]
+    done = store.resolve_command(first.id, status="applied", applied_step=12, node=2)
+    assert (done.status, done.applied_step, done.node) == ("applied", 12, 2)
+    again = store.resolve_command(first.id, status="rejected", reason="late")
+    assert again.status == "applied" and again.reason is None
+    store.resolve_command(second.id, status="rejected", reason="finished run")
+    assert store.pending_commands(run_id) == []
+    assert [c.status for c in store.list_commands(run_id)] == ["applied", "rejected"]
+    assert store.get_command(second.id).reason == "finished run"
+    with pytest.raises(InvalidArgument):
+        store.resolve_command(first.id, status="maybe")
+    with pytest.raises(InvalidArgument):
+        store.get_command(10_000)
+
+
+def test_checkpoints_are_numbered_per_run(store: Store) -> None:
+    run_id = _run_with_root(store)
+    c1 = store.add_checkpoint(
+        run_id, node=1, step=5, tag=None, reason="schedule", manifest={"t": [1]}, nbytes=10
+    )
+    c2 = store.add_checkpoint(
+        run_id, node=1, step=9, tag="best", reason="user", manifest={"t": [2]}, nbytes=20
+    )
+    assert (c1.id, c2.id, c2.label) == (1, 2, "c2")
+    assert [c.tag for c in store.list_checkpoints(run_id)] == [None, "best"]
+    assert sorted(m["t"][0] for m in store.all_manifests()) == [1, 2]
+    store.delete_checkpoints(run_id, [1])
+    assert [c.id for c in store.list_checkpoints(run_id)] == [2]
+
+
+def test_events_are_appended_in_order(store: Store) -> None:
+    run_id = _run_with_root(store)
+    e1 = store.add_event(run_id, "crashed", {"error": "x"}, node=1, step=3)
+    store.add_event(run_id, "note", {})
+    assert [e.kind for e in store.list_events(run_id)] == ["crashed", "note"]
+    assert [e.kind for e in store.list_events(run_id, after_id=e1.id)] == ["note"]
+
+
+def test_concurrent_writers_from_threads_lose_nothing(store: Store) -> None:
+    run_id = _run_with_root(store)
+
+    def write(key: str) -> None:
+        for i in range(20):
+            store.append_metrics(run_id, [_chunk(1, key, [i], [float(i)])], step=i)
+
+    threads = [threading.Thread(target=write, args=(f"k{t}",)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for t in range(4):
+        assert store.read_metric(run_id, f"k{t}").steps.tolist() == list(range(20))

@@ -1,0 +1,62 @@
+"""Schema versions: migrations agree with the models; other versions give a clear error."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine
+
+from retune.errors import SchemaMismatch
+from retune.store import open_store, upgrade_store
+from retune.store._migrate import head_revision
+from retune.store._schema import metadata
+
+
+def test_migrations_produce_exactly_the_models(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    open_store(url).close()  # a new store is created by running every migration
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_a_new_store_is_stamped_at_head(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    open_store(str(path)).close()
+    with sqlite3.connect(path) as conn:
+        (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert revision == head_revision()
+
+
+def _stamp(path: Path, revision: str) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+
+
+def test_a_newer_schema_says_to_upgrade_retune(tmp_path: Path) -> None:
+    path = tmp_path / "newer.db"
+    open_store(str(path)).close()
+    _stamp(path, "v99.0.0")
+    with pytest.raises(SchemaMismatch, match="newer Retune"):
+        open_store(str(path))
+
+
+def test_tables_without_a_version_are_not_a_retune_store(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE something (x INTEGER)")
+    with pytest.raises(SchemaMismatch, match="not a Retune store"):
+        open_store(str(path))
+
+
+def test_db_upgrade_is_idempotent_at_head(tmp_path: Path) -> None:
+    url = str(tmp_path / "u.db")
+    before, after = upgrade_store(url)
+    assert before is None and after == head_revision()
+    assert upgrade_store(url) == (head_revision(), head_revision())
