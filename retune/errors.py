@@ -23,6 +23,8 @@ __all__ = [
     "SchemaMismatch",
     "StoreError",
     "StoreUnavailable",
+    "CommandTimeout",
+    "StopTraining",
 ]
 
 
@@ -116,3 +118,19 @@ class SchemaMismatch(StoreError):
 
     code = "schema_mismatch"
     http_status = 503
+
+
+class CommandTimeout(RetuneError, TimeoutError):
+    """A command is still pending after the time a caller was willing to wait."""
+
+    code = "command_timeout"
+    http_status = 504
+
+
+class StopTraining(BaseException):
+    """Raised by ``run.step()`` after a ``stop`` command: training ends at this step boundary.
+
+    Not a ``RetuneError`` and not an ``Exception``: a user's ``except Exception`` must not
+    swallow it. ``with retune.init(...) as run:`` catches it and marks the run ``stopped``;
+    ``run.epochs()`` / ``run.batches()`` end their loops instead of raising.
+    """

@@ -13,7 +13,13 @@ import torch
 
 from retune import _json
 
-__all__ = ["model_summary", "optimizer_summary", "optimizer_values", "scheduler_summary"]
+__all__ = [
+    "dropout_modules",
+    "model_summary",
+    "optimizer_summary",
+    "optimizer_values",
+    "scheduler_summary",
+]
 
 MAX_MODULES = 2000
 
@@ -110,3 +116,9 @@ def scheduler_summary(scheduler: Any) -> dict[str, Any]:
         "class": f"{type(scheduler).__module__}.{type(scheduler).__qualname__}",
         "state": _json.jsonable(state),
     }
+
+
+def dropout_modules(model: torch.nn.Module) -> list[Any]:
+    """Every dropout module of ``model`` (``nn.Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``)."""
+    kinds = (torch.nn.modules.dropout._DropoutNd,)
+    return [module for module in model.modules() if isinstance(module, kinds)]

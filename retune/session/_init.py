@@ -15,22 +15,20 @@ from retune.store import Store, open_store
 __all__ = ["init", "load"]
 
 
-def _describe(model: Any, optimizer: Any, scheduler: Any) -> tuple[dict[str, Any], list[Any]]:
-    """Model/optimizer/scheduler summaries and the optimizer's per-group values."""
+def _describe(model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Model/optimizer/scheduler summaries (imports torch only when given one)."""
     meta: dict[str, Any] = {}
-    values: list[Any] = []
     if model is None and optimizer is None and scheduler is None:
-        return meta, values
+        return meta
     from retune.integrations import pytorch
 
     if model is not None:
         meta["model"] = pytorch.model_summary(model)
     if optimizer is not None:
         meta["optimizer"] = pytorch.optimizer_summary(optimizer)
-        values = pytorch.optimizer_values(optimizer)
     if scheduler is not None:
         meta["scheduler"] = pytorch.scheduler_summary(scheduler)
-    return meta, values
+    return meta
 
 
 def init(
@@ -61,7 +59,7 @@ def init(
     if config is not None and not isinstance(config, dict):
         raise InvalidArgument(f"config must be a dict, got {type(config).__name__}")
     seeds = _capture.seed_everything(seed)
-    described, values = _describe(model, optimizer, scheduler)
+    described = _describe(model, optimizer, scheduler)
     meta = {
         **described,
         "seeds": seeds,
@@ -70,6 +68,9 @@ def init(
         "invocation": _capture.invocation(),
         "started_at": time.time(),
     }
+    from retune.control import LiveTunables
+
+    tunables = LiveTunables(optimizer, scheduler)
     owns_store = not isinstance(store, Store)
     opened = open_store(store) if not isinstance(store, Store) else store
     record = opened.create_run(name, config=_json.jsonable(config or {}), meta=meta, tunables=[])
@@ -78,7 +79,7 @@ def init(
         parent=None,
         start_step=0,
         change_kind="start",
-        values={"param_groups": values},
+        values=tunables.values(),
         diff={},
         created_by=meta["invocation"]["user"],
     )
@@ -86,6 +87,7 @@ def init(
         opened,
         record,
         root,
+        tunables=tunables,
         flush_interval=flush_interval,
         poll_interval=poll_interval,
         owns_store=owns_store,

@@ -13,6 +13,8 @@ import traceback
 from types import TracebackType
 from typing import Protocol
 
+from retune.errors import StopTraining
+
 __all__ = ["track"]
 
 
@@ -29,6 +31,9 @@ _uncaught: list[str] = []
 def _excepthook(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> None:
+    if issubclass(exc_type, StopTraining):
+        print(f"retune: {exc}", file=sys.stderr)
+        return
     _uncaught.append("".join(traceback.format_exception(exc_type, exc, tb)))
     _previous_excepthook(exc_type, exc, tb)
 

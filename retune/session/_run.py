@@ -9,10 +9,12 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from retune.errors import InvalidArgument, RetuneError
+from retune.control import Knob, KnobValues, LiveTunables
+from retune.errors import CommandRejected, InvalidArgument, RetuneError, StopTraining
 from retune.session import _lifecycle
+from retune.session._control import Applier
 from retune.session._writer import MetricWriter
-from retune.store import NodeRecord, RunRecord, Store
+from retune.store import CommandRecord, NodeRecord, RunRecord, Store
 
 __all__ = ["Run"]
 
@@ -50,6 +52,7 @@ class Run:
         record: RunRecord,
         root: NodeRecord,
         *,
+        tunables: LiveTunables,
         flush_interval: float,
         poll_interval: float,
         owns_store: bool,
@@ -59,14 +62,29 @@ class Run:
         self._node = root.id
         self._step = 0
         self._owns_store = owns_store
+        self.tunables = tunables
         self._ended = False
+        self._paused = False
+        self._stop_requested = False
+        self._poll_interval = poll_interval
         self._end_lock = threading.Lock()
+        self._applier = Applier(
+            {
+                "set": Run._on_set,
+                "scale": Run._on_scale,
+                "pause": Run._on_pause,
+                "resume": Run._on_resume,
+                "stop": Run._on_stop,
+            }
+        )
+        self._inbox = self._applier.inbox
         self._writer = MetricWriter(
             store,
             record.id,
             flush_interval=flush_interval,
             poll_interval=poll_interval,
             progress=lambda: self._step,
+            tick=lambda: self._applier.poll(self),
         )
         self._buffer = self._writer.buffer
         _lifecycle.track(self)
@@ -89,6 +107,11 @@ class Run:
     def node(self) -> int:
         """The number of the node now being trained (``n1`` is the root)."""
         return self._node
+
+    @property
+    def hp(self) -> KnobValues:
+        """Current values of the user's knobs: ``run.hp.clip_norm``, ``run.hp["clip_norm"]``."""
+        return self.tunables.hp
 
     @property
     def ended(self) -> bool:
@@ -115,7 +138,124 @@ class Run:
         self._step += 1
         if values:
             self._buffer.append((self._step, self._node, time.time(), values))
+        if self._inbox:
+            self._at_boundary()
         return self._step
+
+    # -- commands ---------------------------------------------------------------------------
+    def _at_boundary(self) -> None:
+        """Apply queued commands; hold here while paused; raise StopTraining after a stop."""
+        self._applier.apply_pending(self)
+        while self._paused and not self._stop_requested:
+            if self._applier.wake.wait(self._poll_interval):
+                self._applier.wake.clear()
+            self._applier.apply_pending(self)
+        if self._stop_requested:
+            raise StopTraining(f"run {self.name} ({self.id}) stopped at step {self._step}")
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a ``stop`` command was applied (``step()`` then raises StopTraining)."""
+        return self._stop_requested
+
+    # -- tunables ---------------------------------------------------------------------------
+    def tunable(
+        self,
+        name: str,
+        initial: Any = None,
+        *,
+        get: Any = None,
+        set: Any = None,
+        bounds: tuple[float | None, float | None] = (None, None),
+        kind: str | None = None,
+        doc: str = "",
+    ) -> Knob:
+        """Declare a knob commands may change; returns it (``knob.value`` is always current).
+
+        ``run.tunable("clip_norm", 1.0, bounds=(0, None))`` holds the value (read it as
+        ``run.hp.clip_norm``); ``run.tunable("dropout", get=..., set=..., bounds=(0, 1))``
+        wraps any getter/setter. Bounds are inclusive; values must be finite.
+        """
+        knob = self.tunables.add(
+            Knob(name, initial, get=get, set=set, bounds=bounds, kind=kind, doc=doc)
+        )
+        self.store.update_run(self.id, tunables=self.tunables.records())
+        return knob
+
+    def tune_dropout(self, model: Any, name: str = "dropout") -> Knob:
+        """One knob ``name`` for the ``p`` of every ``nn.Dropout*`` module of ``model``.
+
+        Reading gives the first module's p; setting sets all of them.
+        """
+        from retune.integrations.pytorch import dropout_modules
+
+        modules = dropout_modules(model)
+        if not modules:
+            raise InvalidArgument("the model has no dropout modules")
+
+        def set_all(p: float) -> None:
+            for module in modules:
+                module.p = p
+
+        return self.tunable(
+            name,
+            get=lambda: float(modules[0].p),
+            set=set_all,
+            bounds=(0.0, 1.0),
+            kind="float",
+        )
+
+    def _change(self, command: CommandRecord, kind: str) -> dict[str, Any]:
+        payload = command.payload
+        group, mode = payload.get("group"), payload.get("mode", "rescale")
+        if kind == "set":
+            values = payload.get("values", {})
+            diff = self.tunables.set(values, group, mode)
+        else:
+            diff = self.tunables.scale(payload.get("factors", {}), group, mode)
+        self._start_node(kind, diff, command.user)
+        return {"diff": diff, "mode": mode}
+
+    def _on_set(self, command: CommandRecord) -> dict[str, Any]:
+        return self._change(command, "set")
+
+    def _on_scale(self, command: CommandRecord) -> dict[str, Any]:
+        return self._change(command, "scale")
+
+    def _start_node(self, kind: str, diff: dict[str, Any], who: str | None) -> None:
+        """Close the current node at this step and open a child with the new values."""
+        self.flush()  # points of the old node are written before the tree changes
+        self.store.end_node(self.id, self._node, self._step)
+        node = self.store.create_node(
+            self.id,
+            parent=self._node,
+            start_step=self._step,
+            change_kind=kind,
+            values=self.tunables.values(),
+            diff=diff,
+            created_by=who,
+        )
+        self._node = node.id
+        self.store.update_run(self.id, tunables=self.tunables.records())
+
+    def _on_pause(self, command: CommandRecord) -> dict[str, Any]:
+        if self._paused:
+            raise CommandRejected("the run is already paused")
+        self._paused = True
+        self.store.update_run(self.id, status="paused")
+        return {}
+
+    def _on_resume(self, command: CommandRecord) -> dict[str, Any]:
+        if not self._paused:
+            raise CommandRejected("the run is not paused")
+        self._paused = False
+        self.store.update_run(self.id, status="running")
+        return {}
+
+    def _on_stop(self, command: CommandRecord) -> dict[str, Any]:
+        self._stop_requested = True
+        self._paused = False
+        return {}
 
     def log(self, metrics: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Record metrics at the current step (e.g. validation after an epoch)."""
@@ -137,9 +277,12 @@ class Run:
                 return
             self._ended = True
         _lifecycle.untrack(self)
+        if self._stop_requested and status == "finished":
+            status = "stopped"
         try:
             self._writer.close()
         finally:
+            self._applier.reject_remaining(self, f"the run ended ({status}) before it was applied")
             now = time.time()
             self.store.end_node(self.id, self._node, self._step)
             self.store.update_run(
@@ -175,10 +318,14 @@ class Run:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool:
         if exc_type is None:
             self.finish()
+        elif issubclass(exc_type, StopTraining):
+            self.finish("stopped")
+            return True
         elif issubclass(exc_type, KeyboardInterrupt):
             self.finish("stopped", error="interrupted (KeyboardInterrupt)")
         else:
             self.finish("crashed", error="".join(traceback.format_exception(exc_type, exc, tb)))
+        return False

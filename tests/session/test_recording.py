@@ -76,7 +76,7 @@ def test_a_real_training_is_recorded_with_its_configuration(store_url: str) -> N
     assert meta["started_at"] > 0
     (root,) = snap.nodes
     assert (root.start_step, root.end_step, root.change_kind) == (0, 15, "start")
-    assert root.values["param_groups"][0]["lr"] == 0.1
+    assert root.values["lr"] == [0.1, 0.05] and root.values["momentum"] == [0.9, 0.9]
 
 
 def test_same_name_twice_gives_two_runs_and_name_means_latest(store_url: str) -> None:

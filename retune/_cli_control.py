@@ -1,0 +1,176 @@
+"""CLI commands that control a live run: get, set, scale, pause, resume, stop, changes."""
+
+from __future__ import annotations
+
+import argparse
+
+from retune._format import number, table, timestamp
+from retune.cli import command, emit_json
+from retune.control import Controller, parse_assignments
+from retune.store import CommandRecord, Store
+
+__all__: list[str] = []
+
+
+def _run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run id, or name (the latest run with that name)")
+
+
+def _wait_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-wait", action="store_true", help="queue the command and return at once")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+
+
+def _change_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+    p.add_argument("assignments", nargs="+", metavar="NAME=VALUE")
+    p.add_argument("--group", help="param group index or name (default: every group)")
+    p.add_argument(
+        "--mode",
+        choices=["rescale", "constant"],
+        default="rescale",
+        help="with an LR scheduler: rescale keeps its shape (default), constant holds the value",
+    )
+    _wait_args(p)
+
+
+def _group(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def _report(args: argparse.Namespace, command: CommandRecord) -> int:
+    if args.json:
+        emit_json(command.__dict__)
+        return 0
+    if command.status == "pending":
+        print(f"command {command.id} ({command.kind}) queued")
+        return 0
+    diff = command.result.get("diff", {})
+    changes = "  ".join(f"{k} {number(a)} -> {number(b)}" for k, (a, b) in diff.items())
+    where = f" at step {command.applied_step}" if command.applied_step is not None else ""
+    print(
+        f"applied {command.kind}{where}" + (f" (node n{command.node}): {changes}" if diff else "")
+    )
+    return 0
+
+
+def _controller(store: Store, args: argparse.Namespace) -> Controller:
+    return Controller(store, args.run, source="cli")
+
+
+@command("set", "set tunables of a live run: retune set RUN lr=1e-3", _change_args)
+def _set(args: argparse.Namespace, store: Store) -> int:
+    values = parse_assignments(args.assignments)
+    ctl = _controller(store, args)
+    done = ctl.set(
+        values,
+        group=_group(args.group),
+        mode=args.mode,
+        wait=not args.no_wait,
+        timeout=args.timeout,
+    )
+    return _report(args, done)
+
+
+@command("scale", "multiply tunables of a live run: retune scale RUN lr=0.5", _change_args)
+def _scale(args: argparse.Namespace, store: Store) -> int:
+    factors = parse_assignments(args.assignments)
+    ctl = _controller(store, args)
+    done = ctl.scale(
+        factors,
+        group=_group(args.group),
+        mode=args.mode,
+        wait=not args.no_wait,
+        timeout=args.timeout,
+    )
+    return _report(args, done)
+
+
+def _plain_args(p: argparse.ArgumentParser) -> None:
+    _run_arg(p)
+    _wait_args(p)
+
+
+def _plain(kind: str) -> None:
+    def handler(args: argparse.Namespace, store: Store) -> int:
+        ctl = _controller(store, args)
+        return _report(args, ctl.send(kind, wait=not args.no_wait, timeout=args.timeout))
+
+    helps = {
+        "pause": "hold a live run at its next step boundary",
+        "resume": "let a paused run continue",
+        "stop": "end a live run cleanly at its next step boundary",
+    }
+    command(kind, helps[kind], _plain_args)(handler)
+
+
+for _kind in ("pause", "resume", "stop"):
+    _plain(_kind)
+
+
+@command("get", "current values of a run's tunables, per param group", _run_arg)
+def _get(args: argparse.Namespace, store: Store) -> int:
+    run = store.get_run(args.run)
+    if args.json:
+        emit_json({entry["name"]: entry.get("value") for entry in run.tunables})
+        return 0
+    if not run.tunables:
+        print(f"run {run.name} ({run.id}) declared no tunables")
+        return 0
+    rows = []
+    for entry in run.tunables:
+        value = entry.get("value")
+        groups = entry.get("groups")
+        bounds = _bounds(entry)
+        if groups is not None and isinstance(value, list):
+            for i, v in enumerate(value):
+                label = f"{i}" + (f" ({groups[i]})" if groups[i] else "")
+                rows.append([entry["name"], label, number(v), bounds])
+        else:
+            rows.append([entry["name"], "-", number(value), bounds])
+    print(table(["NAME", "GROUP", "VALUE", "BOUNDS"], rows))
+    return 0
+
+
+def _bounds(entry: dict[str, object]) -> str:
+    low, high = entry.get("low"), entry.get("high")
+    left = "-inf" if low is None else f"{'[' if entry.get('low_inclusive') else '('}{low}"
+    right = "inf" if high is None else f"{high}{']' if entry.get('high_inclusive') else ')'}"
+    return f"{left}, {right}" if (low is not None or high is not None) else "any finite"
+
+
+@command("changes", "every command sent to a run: who, when, what, outcome", _run_arg)
+def _changes(args: argparse.Namespace, store: Store) -> int:
+    run = store.get_run(args.run)
+    commands = store.list_commands(run.id)
+    if args.json:
+        emit_json([c.__dict__ for c in commands])
+        return 0
+    if not commands:
+        print(f"no commands sent to {run.name} ({run.id})")
+        return 0
+    rows = []
+    for c in commands:
+        diff = c.result.get("diff")
+        if diff:
+            what = "  ".join(f"{k} {number(a)} -> {number(b)}" for k, (a, b) in diff.items())
+        else:
+            what = " ".join(f"{k}={number(v)}" for k, v in _flat(c.payload).items())
+        outcome = c.status + (f": {c.reason}" if c.reason else "")
+        who = f"{c.user or '?'} ({c.source})"
+        step = "-" if c.applied_step is None else str(c.applied_step)
+        rows.append([step, timestamp(c.created_at), who, f"{c.kind} {what}".strip(), outcome])
+    print(table(["STEP", "TIME", "WHO", "WHAT", "OUTCOME"], rows))
+    return 0
+
+
+def _flat(payload: dict[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in payload.items():
+        if isinstance(value, dict):
+            out.update(value)
+        elif value is not None and key != "mode":
+            out[key] = value
+    return out

@@ -1,0 +1,36 @@
+"""Commands and tunables: what may be changed, the two validations, and how changes apply.
+
+* :class:`TunableSpec` / :func:`validate` — plain-data specs, checked at submission (any
+  process, no torch) and again in the training process.
+* :func:`submit` — queue a command (recorded as rejected, with the reason, when invalid).
+* :func:`connect` / :class:`Controller` — control a run from another process.
+* :class:`LiveTunables` — the training process's side: applies set/scale atomically and keeps
+  an attached LR scheduler consistent (``rescale`` or ``constant`` mode).
+"""
+
+from __future__ import annotations
+
+from retune.control._client import Controller, connect
+from retune.control._commands import SOURCES, current_user, submit
+from retune.control._knobs import Knob, KnobValues
+from retune.control._live import LiveTunables
+from retune.control._parse import parse_assignments, parse_value
+from retune.control._schedulers import SchedulerControl
+from retune.control._tunables import TunableSpec, discover_optimizer, validate
+
+__all__ = [
+    "SOURCES",
+    "Controller",
+    "Knob",
+    "KnobValues",
+    "LiveTunables",
+    "SchedulerControl",
+    "TunableSpec",
+    "connect",
+    "current_user",
+    "discover_optimizer",
+    "parse_assignments",
+    "parse_value",
+    "submit",
+    "validate",
+]

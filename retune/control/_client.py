@@ -1,0 +1,136 @@
+"""``retune.connect``: control a run from another process (or thread) through the store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from retune.control._commands import submit
+from retune.errors import CommandRejected, CommandTimeout
+from retune.store import CommandRecord, RunRecord, Store, open_store
+
+__all__ = ["Controller", "connect"]
+
+
+class Controller:
+    """Sends commands to one run and reads its state. Safe to use from any thread.
+
+    Every method that sends a command returns the :class:`CommandRecord` as queued
+    (``pending``), or with ``wait=True`` as resolved: ``applied`` (with the step it took effect
+    at), else :class:`CommandRejected` is raised with the reason.
+    """
+
+    def __init__(
+        self, store: Store, run_ref: str, *, source: str = "python", user: str | None = None
+    ) -> None:
+        self.store = store
+        self._run_id = store.get_run(run_ref).id
+        self._source = source
+        self._user = user
+
+    @property
+    def run(self) -> RunRecord:
+        """The run as the store has it now."""
+        return self.store.get_run(self._run_id)
+
+    def values(self) -> dict[str, Any]:
+        """Current value of every declared tunable (per group for optimizer hyperparameters)."""
+        return {entry["name"]: entry.get("value") for entry in self.run.tunables}
+
+    def send(
+        self,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        wait: bool = False,
+        timeout: float = 60.0,
+    ) -> CommandRecord:
+        """Submit any command kind; the typed methods below are thin wrappers of this."""
+        command = submit(
+            self.store,
+            self._run_id,
+            kind,
+            payload or {},
+            source=self._source,
+            user=self._user,
+        )
+        return self.wait(command.id, timeout=timeout) if wait else command
+
+    def set(
+        self,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        wait: bool = False,
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """Set tunables to absolute values: ``ctl.set(lr=1e-3, group=0, wait=True)``.
+
+        Names that clash with the keywords (``group``, ``mode``...) go in ``values``.
+        ``mode`` decides what an attached LR scheduler does: ``rescale`` keeps its shape from
+        the new value, ``constant`` holds the new value.
+        """
+        merged = {**(values or {}), **kwargs}
+        payload = {"values": merged, "group": group, "mode": mode}
+        return self.send("set", payload, wait=wait, timeout=timeout)
+
+    def scale(
+        self,
+        factors: Mapping[str, float] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        wait: bool = False,
+        timeout: float = 60.0,
+        **kwargs: float,
+    ) -> CommandRecord:
+        """Multiply tunables per group, keeping per-group ratios: ``ctl.scale(lr=0.1)``."""
+        payload = {"factors": {**(factors or {}), **kwargs}, "group": group, "mode": mode}
+        return self.send("scale", payload, wait=wait, timeout=timeout)
+
+    def pause(self, *, wait: bool = False, timeout: float = 60.0) -> CommandRecord:
+        """Hold training at the next step boundary (it keeps polling and heartbeating)."""
+        return self.send("pause", wait=wait, timeout=timeout)
+
+    def resume(self, *, wait: bool = False, timeout: float = 60.0) -> CommandRecord:
+        """Let a paused run continue."""
+        return self.send("resume", wait=wait, timeout=timeout)
+
+    def stop(self, *, wait: bool = False, timeout: float = 60.0) -> CommandRecord:
+        """End training cleanly at the next step boundary; the run becomes ``stopped``."""
+        return self.send("stop", wait=wait, timeout=timeout)
+
+    def wait(self, command_id: int, *, timeout: float = 60.0) -> CommandRecord:
+        """Block until the command is resolved; raise ``CommandRejected`` if it was rejected."""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            command = self.store.get_command(command_id)
+            if command.status == "applied":
+                return command
+            if command.status == "rejected":
+                raise CommandRejected(command.reason or "rejected", command_id=command.id)
+            if time.monotonic() >= deadline:
+                raise CommandTimeout(
+                    f"command {command_id} ({command.kind}) is still pending after {timeout:g}s;"
+                    " is the training process alive? (`retune runs` shows its heartbeat)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
+
+    def history(self) -> list[CommandRecord]:
+        """Every command sent to this run, oldest first."""
+        return self.store.list_commands(self._run_id)
+
+
+def connect(
+    run: str, *, store: str | Store | None = None, source: str = "python", user: str | None = None
+) -> Controller:
+    """A :class:`Controller` for run ``run`` (id, or name for the latest run of that name)."""
+    opened = store if isinstance(store, Store) else open_store(store)
+    return Controller(opened, run, source=source, user=user)

@@ -1,0 +1,146 @@
+"""Submitting commands: the first of the two validations, shared by Python, CLI and UI.
+
+A command is checked against what the run declared (its tunables as recorded in the store)
+before it is queued. A command that fails this check is still recorded, as ``rejected`` with
+the reason, and the caller gets the same reason as an exception; nothing reaches the trainer.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from retune.control._tunables import TunableSpec, validate
+from retune.errors import CommandRejected, InvalidArgument, RetuneError, RunNotLive
+from retune.store import LIVE_STATUSES, CommandRecord, RunRecord, Store
+
+__all__ = ["SCHEDULER_MODES", "SOURCES", "current_user", "submit"]
+
+SOURCES = ("python", "cli", "ui", "notebook", "api")
+SCHEDULER_MODES = ("rescale", "constant")
+
+
+def current_user() -> str | None:
+    """The OS user name, or ``None`` when the platform cannot tell."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+def _specs(run: RunRecord) -> list[TunableSpec]:
+    return [TunableSpec.from_dict(entry) for entry in run.tunables]
+
+
+def _group(payload: Mapping[str, Any]) -> int | str | None:
+    group = payload.get("group")
+    if group is None or (isinstance(group, (int, str)) and not isinstance(group, bool)):
+        return group
+    raise InvalidArgument(f"group must be an index or a name, got {group!r}")
+
+
+def _check_set(run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+    values = payload.get("values")
+    if not isinstance(values, Mapping) or not values:
+        raise InvalidArgument("set needs at least one name=value")
+    group = _group(payload)
+    mode = payload.get("mode", "rescale")
+    if mode not in SCHEDULER_MODES:
+        raise InvalidArgument(f"mode must be one of {', '.join(SCHEDULER_MODES)}, got {mode!r}")
+    specs = _specs(run)
+    normalized = {name: validate(specs, name, value, group) for name, value in values.items()}
+    return {"values": normalized, "group": group, "mode": mode}
+
+
+def _check_scale(run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+    factors = payload.get("factors")
+    if not isinstance(factors, Mapping) or not factors:
+        raise InvalidArgument("scale needs at least one name=factor")
+    group = _group(payload)
+    specs = _specs(run)
+    known = {spec.name for spec in specs}
+    out: dict[str, float] = {}
+    for name, factor in factors.items():
+        if name not in known:
+            valid = ", ".join(sorted(known)) or "none declared"
+            raise InvalidArgument(f"unknown tunable {name!r}; valid names: {valid}")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise InvalidArgument(f"scale factor for {name} must be a number, got {factor!r}")
+        if not math.isfinite(factor) or factor <= 0:
+            raise InvalidArgument(f"scale factor for {name} must be finite and > 0, got {factor}")
+        out[name] = float(factor)
+    return {"factors": out, "group": group, "mode": payload.get("mode", "rescale")}
+
+
+def _check_plain(_run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+    if payload:
+        raise InvalidArgument(f"this command takes no arguments, got {dict(payload)}")
+    return {}
+
+
+def _check_checkpoint(_run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+    tag = payload.get("tag")
+    if tag is not None and (not isinstance(tag, str) or not tag or len(tag) > 255):
+        raise InvalidArgument("a checkpoint tag must be a non-empty string of at most 255 chars")
+    return {"tag": tag}
+
+
+_CHECKS = {
+    "set": _check_set,
+    "scale": _check_scale,
+    "pause": _check_plain,
+    "resume": _check_plain,
+    "stop": _check_plain,
+    "checkpoint": _check_checkpoint,
+}
+
+
+def register_check(kind: str, check: Any) -> None:
+    """Let a later layer (checkpoint/restore) add the submission check of its command kind."""
+    _CHECKS[kind] = check
+
+
+def submit(
+    store: Store,
+    run_ref: str,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    source: str,
+    user: str | None = None,
+) -> CommandRecord:
+    """Validate and queue a command for run ``run_ref`` (id or name); returns it ``pending``.
+
+    Raises ``RunNotFound`` for an unknown run (nothing recorded). Any other failure is recorded
+    as a ``rejected`` command with the reason, then raised: ``RunNotLive`` for a run that is
+    not running or paused, ``CommandRejected`` (whose message is the reason) otherwise.
+    """
+    if source not in SOURCES:
+        raise InvalidArgument(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    run = store.get_run(run_ref)
+    who = user if user is not None else current_user()
+    check = _CHECKS.get(kind)
+    error: RetuneError
+    try:
+        if check is None:
+            raise InvalidArgument(
+                f"unknown command {kind!r}; commands: {', '.join(sorted(_CHECKS))}"
+            )
+        if run.status not in LIVE_STATUSES:
+            raise RunNotLive(
+                f"run {run.name} ({run.id}) is {run.status}; commands need a running or paused run"
+            )
+        normalized = check(run, payload)
+    except RunNotLive as e:
+        error = e
+    except InvalidArgument as e:
+        error = CommandRejected(str(e))
+    else:
+        return store.submit_command(run.id, kind, normalized, source=source, user=who)
+    recorded = store.submit_command(run.id, kind, dict(payload), source=source, user=who)
+    store.resolve_command(recorded.id, status="rejected", reason=str(error))
+    if isinstance(error, CommandRejected):
+        error.command_id = recorded.id
+    raise error

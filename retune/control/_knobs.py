@@ -1,0 +1,107 @@
+"""User knobs: values the training loop reads, or getters/setters Retune calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from retune.control._tunables import TunableSpec, validate
+from retune.errors import InvalidArgument
+
+__all__ = ["Knob", "KnobValues"]
+
+
+class Knob:
+    """A registered user tunable. ``knob.value`` is always the current value.
+
+    Either Retune holds the value (``Knob(name, initial)``) and the loop reads it, or it wraps
+    ``get``/``set`` callables (a dropout module's ``p``, a loss weight in another object).
+    Only the training thread changes it, at a step boundary, after validation.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        initial: Any = None,
+        *,
+        get: Callable[[], Any] | None = None,
+        set: Callable[[Any], None] | None = None,
+        bounds: tuple[float | None, float | None] = (None, None),
+        kind: str | None = None,
+        doc: str = "",
+    ) -> None:
+        if not name or not isinstance(name, str):
+            raise InvalidArgument("a tunable needs a non-empty name")
+        if (get is None) != (set is None):
+            raise InvalidArgument(f"tunable {name}: give both get= and set=, or neither")
+        if get is None and initial is None:
+            raise InvalidArgument(f"tunable {name}: give an initial value or get=/set=")
+        self._value = initial
+        self._get = get
+        self._set = set
+        current = get() if get is not None else initial
+        inferred = kind or _infer_kind(name, current)
+        low, high = bounds
+        self.spec = TunableSpec(name=name, kind=inferred, low=low, high=high, doc=doc)
+        self._value = validate([self.spec], name, current)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def value(self) -> Any:
+        return self._get() if self._get is not None else self._value
+
+    def assign(self, value: Any) -> None:
+        """Set the value (already validated). A wrapped setter's exception propagates."""
+        if self._set is not None:
+            self._set(value)
+        else:
+            self._value = value
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __repr__(self) -> str:
+        return f"Knob({self.name}={self.value!r})"
+
+
+def _infer_kind(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    raise InvalidArgument(f"tunable {name}: values must be float, int or bool, got {value!r}")
+
+
+class KnobValues(Mapping[str, Any]):
+    """Read-only view of current knob values: ``run.hp.clip_norm`` or ``run.hp["clip_norm"]``."""
+
+    def __init__(self, knobs: Mapping[str, Knob]) -> None:
+        self._knobs = knobs
+
+    def __getitem__(self, name: str) -> Any:
+        knob = self._knobs.get(name)
+        if knob is None:
+            raise KeyError(f"no tunable {name!r}; registered: {', '.join(self._knobs) or 'none'}")
+        return knob.value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(str(e)) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._knobs)
+
+    def __len__(self) -> int:
+        return len(self._knobs)
+
+    def __repr__(self) -> str:
+        return f"KnobValues({dict(self)})"

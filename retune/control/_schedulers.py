@@ -1,0 +1,130 @@
+"""What a ``set lr`` means when a torch LR scheduler drives the optimizer.
+
+``rescale`` (default): the schedule keeps its shape from the new value: every quantity the
+scheduler computes the lr from (``base_lrs``, OneCycleLR's ``initial_lr``/``max_lr``/``min_lr``,
+CosineAnnealingLR's ``eta_min``, the children of a SequentialLR) is multiplied by
+``new / current``. Recursive schedulers (StepLR, ExponentialLR, ReduceLROnPlateau...) read the
+group's lr, so the new value carries on by itself.
+
+``constant``: the group holds the new value from then on. Retune pins it in an optimizer step
+pre-hook, so whatever the scheduler writes, every optimizer step uses the pinned value.
+Pins are part of the checkpointed state (:meth:`SchedulerControl.state_dict`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from retune.errors import CommandRejected
+
+__all__ = ["SchedulerControl", "assign_group_value"]
+
+
+def assign_group_value(group: dict[str, Any], key: str, value: Any) -> None:
+    """Set a param group value; a tensor-valued entry (capturable lr) is updated in place."""
+    current = group.get(key)
+    fill = getattr(current, "fill_", None)
+    if callable(fill):
+        fill(value)
+    else:
+        group[key] = value
+
+
+class SchedulerControl:
+    """Keeps an LR scheduler consistent with changes Retune makes to the optimizer."""
+
+    def __init__(self, scheduler: Any, optimizer: Any) -> None:
+        self.scheduler = scheduler
+        self.optimizer = optimizer
+        self.pins: dict[tuple[int, str], Any] = {}
+        self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
+
+    def _before_optimizer_step(self, *_: Any) -> None:
+        self.reapply_pins()
+
+    def reapply_pins(self) -> None:
+        """Write every pinned value back into its group (what the scheduler wrote is undone)."""
+        for (index, key), value in self.pins.items():
+            assign_group_value(self.optimizer.param_groups[index], key, value)
+
+    def _schedulers(self) -> Iterator[Any]:
+        yield self.scheduler
+        yield from getattr(self.scheduler, "_schedulers", [])
+
+    def driven_keys(self) -> set[str]:
+        """Group keys besides lr that the scheduler rewrites each step (OneCycleLR momentum)."""
+        keys: set[str] = set()
+        for scheduler in self._schedulers():
+            if getattr(scheduler, "cycle_momentum", False):
+                keys.add("betas" if getattr(scheduler, "use_beta1", False) else "momentum")
+        return keys
+
+    def check(self, key: str, mode: str, factors: dict[int, float]) -> None:
+        """Reject, before anything changes, what the scheduler cannot follow."""
+        if mode == "constant":
+            return
+        if key in self.driven_keys():
+            raise CommandRejected(
+                f"{type(self.scheduler).__name__} drives {key} every step (cycle_momentum=True): "
+                "set max_momentum/base_momentum to change its cycle, or use mode=constant to "
+                f"hold {key}"
+            )
+        if key != "lr":
+            return
+        for index, factor in factors.items():
+            if not math.isfinite(factor) or factor == 0.0:
+                raise CommandRejected(
+                    f"cannot rescale the schedule of group {index}: its current lr is 0; "
+                    "use mode=constant"
+                )
+        for scheduler in self._schedulers():
+            eta_min = getattr(scheduler, "eta_min", 0)
+            groups = len(self.optimizer.param_groups)
+            if eta_min and (len(set(factors.values())) > 1 or len(factors) < groups):
+                raise CommandRejected(
+                    f"{type(scheduler).__name__} has one eta_min for all groups: rescale lr of "
+                    "every group by the same factor, or use mode=constant"
+                )
+
+    def after_set(
+        self, key: str, mode: str, new_values: dict[int, Any], factors: dict[int, float]
+    ) -> None:
+        """Record the change in the scheduler (rescale) or pin it (constant)."""
+        if mode == "constant":
+            for index, value in new_values.items():
+                self.pins[(index, key)] = value
+            return
+        for index in new_values:
+            self.pins.pop((index, key), None)
+        if key == "lr":
+            self._rescale_lr(factors)
+
+    def _rescale_lr(self, factors: dict[int, float]) -> None:
+        groups = self.optimizer.param_groups
+        for index, factor in factors.items():
+            group = groups[index]
+            for group_key in ("initial_lr", "max_lr", "min_lr"):
+                if group_key in group:
+                    group[group_key] = group[group_key] * factor
+            for scheduler in self._schedulers():
+                base = getattr(scheduler, "base_lrs", None)
+                if base is not None and index < len(base):
+                    base[index] = base[index] * factor
+                last = getattr(scheduler, "_last_lr", None)
+                if last is not None and index < len(last):
+                    last[index] = last[index] * factor
+        factor = next(iter(factors.values()), 1.0)
+        for scheduler in self._schedulers():
+            if getattr(scheduler, "eta_min", 0):
+                scheduler.eta_min = scheduler.eta_min * factor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pins": [[index, key, value] for (index, key), value in self.pins.items()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pins = {(int(i), str(k)): v for i, k, v in state.get("pins", [])}
+
+    def close(self) -> None:
+        self._hook.remove()

@@ -1,0 +1,110 @@
+"""Applying commands in the training process: the second validation, at a step boundary.
+
+Only the training thread calls :meth:`Applier.apply_pending` (from ``run.step()``); the writer
+thread only appends fetched commands to the in-memory ``inbox`` and sets ``wake``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from retune.errors import CommandRejected, RetuneError
+from retune.store import CommandRecord
+
+if TYPE_CHECKING:
+    from retune.session._run import Run
+
+__all__ = ["Applier"]
+
+log = logging.getLogger("retune")
+
+Handler = Callable[["Run", CommandRecord], dict[str, Any]]
+
+
+class Applier:
+    """Owns the command inbox of one run and applies what arrives, in order.
+
+    A handler returns the command's result (recorded with it) or raises: ``CommandRejected``
+    becomes ``rejected`` with its message; any other exception becomes ``rejected`` with the
+    exception's type and message. Training goes on either way.
+    """
+
+    def __init__(self, handlers: dict[str, Handler]) -> None:
+        self.inbox: deque[CommandRecord] = deque()
+        self.wake = threading.Event()
+        self._handlers = handlers
+        self._seen = 0
+        self._warned = False
+
+    def poll(self, run: Run) -> None:
+        """Fetch new pending commands into the inbox (writer thread; never raises)."""
+        try:
+            fresh = run.store.pending_commands(run.id, after_id=self._seen)
+        except RetuneError as e:
+            if not self._warned:
+                log.warning("retune: cannot poll commands, will retry: %s", e)
+                self._warned = True
+            return
+        self._warned = False
+        for command in fresh:
+            self.inbox.append(command)
+            self._seen = command.id
+        if fresh:
+            self.wake.set()
+
+    def apply_pending(self, run: Run) -> None:
+        """Apply every command in the inbox, oldest first (training thread only)."""
+        while self.inbox:
+            command = self.inbox.popleft()
+            self._apply(run, command)
+
+    def _apply(self, run: Run, command: CommandRecord) -> None:
+        handler = self._handlers.get(command.kind)
+        try:
+            if handler is None:
+                raise CommandRejected(f"this training process cannot apply {command.kind!r}")
+            result = handler(run, command)
+        except CommandRejected as e:
+            self._resolve(run, command, "rejected", reason=str(e))
+        except Exception as e:
+            log.debug("command %s failed:\n%s", command.id, traceback.format_exc())
+            self._resolve(run, command, "rejected", reason=f"{type(e).__name__}: {e}")
+        else:
+            self._resolve(run, command, "applied", result=result)
+
+    @staticmethod
+    def _resolve(
+        run: Run,
+        command: CommandRecord,
+        status: str,
+        *,
+        reason: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        run.store.resolve_command(
+            command.id,
+            status=status,
+            reason=reason,
+            applied_step=run.global_step if status == "applied" else None,
+            node=run.node,
+            result=result,
+        )
+        if status == "rejected":
+            run.store.add_event(
+                run.id,
+                "command_rejected",
+                {"command": command.id, "kind": command.kind, "reason": reason},
+                node=run.node,
+                step=run.global_step,
+            )
+
+    def reject_remaining(self, run: Run, reason: str) -> None:
+        """Reject whatever is still queued (in memory or in the store) when the run ends."""
+        self.poll(run)
+        while self.inbox:
+            self._resolve(run, self.inbox.popleft(), "rejected", reason=reason)
