@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from retune._format import number, table, timestamp
 from retune.cli import command, emit_json
@@ -134,10 +135,10 @@ def _get(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def _bounds(entry: dict[str, object]) -> str:
+def _bounds(entry: dict[str, Any]) -> str:
     low, high = entry.get("low"), entry.get("high")
-    left = "-inf" if low is None else f"{'[' if entry.get('low_inclusive') else '('}{low}"
-    right = "inf" if high is None else f"{high}{']' if entry.get('high_inclusive') else ')'}"
+    left = "(-inf" if low is None else f"{'[' if entry.get('low_inclusive') else '('}{low:g}"
+    right = "inf)" if high is None else f"{high:g}{']' if entry.get('high_inclusive') else ')'}"
     return f"{left}, {right}" if (low is not None or high is not None) else "any finite"
 
 

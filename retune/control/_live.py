@@ -144,9 +144,10 @@ class LiveTunables:
                 self._write(change, change.new)
                 done.append(change)
         except Exception as e:
-            for change in reversed(done):
-                self._write(change, change.old)
-            raise CommandRejected(f"setting {change.spec.name} failed: {e}") from e
+            failed = change.spec.name
+            for applied in reversed(done):
+                self._write(applied, applied.old)
+            raise CommandRejected(f"setting {failed} failed: {e}") from e
         if self.scheduler is not None:
             for key, (new_values, factors) in by_key.items():
                 self.scheduler.after_set(key, mode, new_values, factors)

@@ -6,9 +6,12 @@ CosineAnnealingLR's ``eta_min``, the children of a SequentialLR) is multiplied b
 ``new / current``. Recursive schedulers (StepLR, ExponentialLR, ReduceLROnPlateau...) read the
 group's lr, so the new value carries on by itself.
 
-``constant``: the group holds the new value from then on. Retune pins it in an optimizer step
-pre-hook, so whatever the scheduler writes, every optimizer step uses the pinned value.
-Pins are part of the checkpointed state (:meth:`SchedulerControl.state_dict`).
+``constant``: the group holds the new value from then on. Retune pins it: right after every
+``scheduler.step()`` (so ``get_last_lr()`` and the group show the pinned value) and again in an
+optimizer step pre-hook (so nothing written in between is ever used). The ``step`` wrapper is
+installed by giving the scheduler instance a subclass of its own class, which keeps
+``state_dict()`` free of Retune objects. Pins are part of the checkpointed state
+(:meth:`SchedulerControl.state_dict`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,21 @@ class SchedulerControl:
         self.optimizer = optimizer
         self.pins: dict[tuple[int, str], Any] = {}
         self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
+        self._original_class: type | None = None
+
+    def _install_step_wrapper(self) -> None:
+        if self._original_class is not None:
+            return
+        original = type(self.scheduler)
+        control = self
+
+        def step(scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original.step(scheduler, *args, **kwargs)
+            control.reapply_pins()
+            return result
+
+        self.scheduler.__class__ = type(original.__name__, (original,), {"step": step})
+        self._original_class = original
 
     def _before_optimizer_step(self, *_: Any) -> None:
         self.reapply_pins()
@@ -48,6 +66,9 @@ class SchedulerControl:
         """Write every pinned value back into its group (what the scheduler wrote is undone)."""
         for (index, key), value in self.pins.items():
             assign_group_value(self.optimizer.param_groups[index], key, value)
+            last = getattr(self.scheduler, "_last_lr", None)
+            if key == "lr" and last is not None and index < len(last):
+                last[index] = value
 
     def _schedulers(self) -> Iterator[Any]:
         yield self.scheduler
@@ -95,6 +116,8 @@ class SchedulerControl:
         if mode == "constant":
             for index, value in new_values.items():
                 self.pins[(index, key)] = value
+            self._install_step_wrapper()
+            self.reapply_pins()
             return
         for index in new_values:
             self.pins.pop((index, key), None)
@@ -125,6 +148,12 @@ class SchedulerControl:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pins = {(int(i), str(k)): v for i, k, v in state.get("pins", [])}
+        if self.pins:
+            self._install_step_wrapper()
 
     def close(self) -> None:
+        """Remove the hook and the step wrapper; the scheduler is as it was given."""
         self._hook.remove()
+        if self._original_class is not None:
+            self.scheduler.__class__ = self._original_class
+            self._original_class = None
