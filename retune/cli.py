@@ -301,6 +301,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _NO_STORE: Any = None
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -73,7 +73,9 @@ def init(
     tunables = LiveTunables(optimizer, scheduler)
     owns_store = not isinstance(store, Store)
     opened = open_store(store) if not isinstance(store, Store) else store
-    record = opened.create_run(name, config=_json.jsonable(config or {}), meta=meta, tunables=[])
+    record = opened.create_run(
+        name, config=_json.jsonable(config or {}), meta=meta, tunables=tunables.records()
+    )
     root = opened.create_node(
         record.id,
         parent=None,

@@ -23,7 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import delete as sql_delete
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from retune import _json
 from retune.errors import (
@@ -137,12 +137,12 @@ class SqlStore(Store):
                 yield conn
         except RetuneError:
             raise
-        except OperationalError as e:
-            raise StoreUnavailable(
-                f"store {self.url} cannot be used: {e.orig if e.orig else e}"
-            ) from e
+        except DBAPIError as e:
+            reason = str(e.orig if e.orig is not None else e).splitlines()[0]
+            raise StoreUnavailable(f"store {self.url} cannot be used: {reason}") from e
         except SQLAlchemyError as e:
-            raise StoreError(f"store {self.url} failed: {e}") from e
+            reason = str(e).splitlines()[0]
+            raise StoreError(f"store {self.url} failed: {reason}") from e
 
     def close(self) -> None:
         self._writer.dispose()

@@ -72,7 +72,7 @@ def test_keyboard_interrupt_marks_stopped(store_url: str) -> None:
 
 def test_import_retune_does_not_import_torch() -> None:
     code = (
-        "import sys, retune, retune.store, retune.cli\n"
+        "import sys, retune, retune.store, retune.cli, retune.control\n"
         "heavy = {'torch', 'keras', 'transformers', 'tensorflow'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
