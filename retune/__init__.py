@@ -1,21 +1,25 @@
 """Retune: interactive hyperparameter tuning with experiment tracking and model restoring.
 
-Attach it to a training loop with :func:`init`, read a run back with :func:`load`.
+Attach it to a training loop with :func:`init`, read a run back with :func:`load`, control
+a live run from anywhere with :func:`connect`.
 Importing ``retune`` never imports torch, keras or transformers.
 """
 
 from __future__ import annotations
 
+from retune.control import Controller, connect
 from retune.errors import (
     CheckpointCorrupt,
     CheckpointNotFound,
     CommandRejected,
+    CommandTimeout,
     InvalidArgument,
     NodeNotFound,
     RetuneError,
     RunNotFound,
     RunNotLive,
     SchemaMismatch,
+    StopTraining,
     StoreError,
     StoreUnavailable,
 )
@@ -27,6 +31,8 @@ __all__ = [
     "CheckpointCorrupt",
     "CheckpointNotFound",
     "CommandRejected",
+    "CommandTimeout",
+    "Controller",
     "InvalidArgument",
     "MetricSeries",
     "NodeNotFound",
@@ -38,7 +44,9 @@ __all__ = [
     "SchemaMismatch",
     "StoreError",
     "StoreUnavailable",
+    "StopTraining",
     "__version__",
+    "connect",
     "init",
     "load",
 ]
