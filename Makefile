@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The dev/test install pins torch to the CPU wheel on local disk; the library accepts a range.
 TORCH_PIN := torch==2.13.0
+PY_SOURCES := retune tests benchmarks
 
 .PHONY: demo test lint bench clean
 
@@ -25,12 +26,12 @@ demo: $(VENV)/.installed-dev
 	$(VENV)/bin/retune demo
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -p no:cacheprovider
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/logging_overhead.py
