@@ -101,13 +101,12 @@ def _plain(kind: str) -> None:
 
     helps = {
         "pause": "hold a live run at its next step boundary",
-        "resume": "let a paused run continue",
         "stop": "end a live run cleanly at its next step boundary",
     }
     command(kind, helps[kind], _plain_args)(handler)
 
 
-for _kind in ("pause", "resume", "stop"):
+for _kind in ("pause", "stop"):  # resume: see _cli_checkpoints (it also resumes in a new process)
     _plain(_kind)
 
 

@@ -262,7 +262,10 @@ def _demo(args: argparse.Namespace, _store: Store) -> int:
 
 # -- entry point -------------------------------------------------------------------------------
 def _load_command_modules() -> None:
-    from retune import _cli_control  # noqa: F401  (registers set/scale/get/... commands)
+    from retune import (  # noqa: F401  (each registers its commands)
+        _cli_checkpoints,
+        _cli_control,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,7 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failed check, 2 error)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    trailing: list[str] = []
+    if "--" in words:  # everything after -- is a command to run (retune resume RUN -- ...)
+        cut = words.index("--")
+        words, trailing = words[:cut], words[cut + 1 :]
+    args = parser.parse_args(words)
+    args.trailing = trailing
     cmd = _COMMANDS[args.command]
     try:
         if not cmd.needs_store:

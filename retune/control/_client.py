@@ -93,6 +93,27 @@ class Controller:
         payload = {"factors": {**(factors or {}), **kwargs}, "group": group, "mode": mode}
         return self.send("scale", payload, wait=wait, timeout=timeout)
 
+    def checkpoint(
+        self, tag: str | None = None, *, wait: bool = False, timeout: float = 120.0
+    ) -> CommandRecord:
+        """Save the run's full training state at its next step boundary."""
+        return self.send("checkpoint", {"tag": tag}, wait=wait, timeout=timeout)
+
+    def restore(
+        self,
+        target: str,
+        *,
+        set: Mapping[str, Any] | None = None,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        wait: bool = False,
+        timeout: float = 120.0,
+    ) -> CommandRecord:
+        """Go back to checkpoint ``target`` (``c3``, ``latest``, ``n3``, ``n3@1200``) on a new
+        branch, optionally with new values: ``ctl.restore("n3@1200", set={"lr": 1e-3})``."""
+        payload = {"target": target, "set": dict(set or {}), "group": group, "mode": mode}
+        return self.send("restore", payload, wait=wait, timeout=timeout)
+
     def pause(self, *, wait: bool = False, timeout: float = 60.0) -> CommandRecord:
         """Hold training at the next step boundary (it keeps polling and heartbeating)."""
         return self.send("pause", wait=wait, timeout=timeout)

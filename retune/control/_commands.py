@@ -41,7 +41,7 @@ def _group(payload: Mapping[str, Any]) -> int | str | None:
     raise InvalidArgument(f"group must be an index or a name, got {group!r}")
 
 
-def _check_set(run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+def _check_set(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
     values = payload.get("values")
     if not isinstance(values, Mapping) or not values:
         raise InvalidArgument("set needs at least one name=value")
@@ -54,7 +54,7 @@ def _check_set(run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
     return {"values": normalized, "group": group, "mode": mode}
 
 
-def _check_scale(run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+def _check_scale(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
     factors = payload.get("factors")
     if not isinstance(factors, Mapping) or not factors:
         raise InvalidArgument("scale needs at least one name=factor")
@@ -74,17 +74,38 @@ def _check_scale(run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
     return {"factors": out, "group": group, "mode": payload.get("mode", "rescale")}
 
 
-def _check_plain(_run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+def _check_plain(store: Store, _run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
     if payload:
         raise InvalidArgument(f"this command takes no arguments, got {dict(payload)}")
     return {}
 
 
-def _check_checkpoint(_run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+def _check_checkpoint(store: Store, _run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
     tag = payload.get("tag")
     if tag is not None and (not isinstance(tag, str) or not tag or len(tag) > 255):
         raise InvalidArgument("a checkpoint tag must be a non-empty string of at most 255 chars")
     return {"tag": tag}
+
+
+def _check_restore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+    from retune.checkpoint import resolve_checkpoint
+    from retune.errors import CheckpointNotFound
+
+    target = payload.get("target")
+    if not isinstance(target, str) or not target:
+        raise InvalidArgument("restore needs a target: c3, latest, n3 or n3@1200")
+    try:
+        resolve_checkpoint(store, run.id, target)
+    except CheckpointNotFound as e:
+        raise InvalidArgument(str(e)) from e
+    values = payload.get("set") or {}
+    if not isinstance(values, Mapping):
+        raise InvalidArgument("restore's set must map names to values")
+    group = _group(payload)
+    specs = _specs(run)
+    normalized = {name: validate(specs, name, value, group) for name, value in values.items()}
+    mode = payload.get("mode", "rescale")
+    return {"target": target, "set": normalized, "group": group, "mode": mode}
 
 
 _CHECKS = {
@@ -94,12 +115,8 @@ _CHECKS = {
     "resume": _check_plain,
     "stop": _check_plain,
     "checkpoint": _check_checkpoint,
+    "restore": _check_restore,
 }
-
-
-def register_check(kind: str, check: Any) -> None:
-    """Let a later layer (checkpoint/restore) add the submission check of its command kind."""
-    _CHECKS[kind] = check
 
 
 def submit(
@@ -132,7 +149,7 @@ def submit(
             raise RunNotLive(
                 f"run {run.name} ({run.id}) is {run.status}; commands need a running or paused run"
             )
-        normalized = check(run, payload)
+        normalized = check(store, run, payload)
     except RunNotLive as e:
         error = e
     except InvalidArgument as e:

@@ -39,6 +39,7 @@ class Applier:
         self.wake = threading.Event()
         self._handlers = handlers
         self._seen = 0
+        self._done: set[int] = set()
         self._warned = False
 
     def poll(self, run: Run) -> None:
@@ -63,7 +64,18 @@ class Applier:
             command = self.inbox.popleft()
             self._apply(run, command)
 
+    def apply_now(self, run: Run, command: CommandRecord) -> CommandRecord:
+        """Apply one command at once (training thread); raise ``CommandRejected`` if rejected."""
+        self._apply(run, command)
+        resolved = run.store.get_command(command.id)
+        if resolved.status == "rejected":
+            raise CommandRejected(resolved.reason or "rejected", command_id=command.id)
+        return resolved
+
     def _apply(self, run: Run, command: CommandRecord) -> None:
+        if command.id in self._done:
+            return  # already applied directly (run.restore) before the poller saw it
+        self._done.add(command.id)
         handler = self._handlers.get(command.kind)
         try:
             if handler is None:

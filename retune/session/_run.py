@@ -5,20 +5,25 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from retune.control import Knob, KnobValues, LiveTunables
 from retune.errors import CommandRejected, InvalidArgument, RetuneError, StopTraining
-from retune.session import _lifecycle
+from retune.session import _lifecycle, _restore
+from retune.session._checkpointer import Checkpointer, CheckpointPolicy
 from retune.session._control import Applier
+from retune.session._loop import LoopPosition
+from retune.session._snapshot import RunSnapshot, read_snapshot
+from retune.session._tree import TreeNode
 from retune.session._writer import MetricWriter
-from retune.store import CommandRecord, NodeRecord, RunRecord, Store
+from retune.store import CheckpointRecord, CommandRecord, RunRecord, Store
 
 __all__ = ["Run"]
 
 _NUMBER_TYPES = (float, int)
+_NEVER = 2**62  # a step no run reaches: no scheduled checkpoint
 
 
 def _coerce_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -50,19 +55,34 @@ class Run:
         self,
         store: Store,
         record: RunRecord,
-        root: NodeRecord,
+        node: int,
         *,
+        training: Mapping[str, Any],
         tunables: LiveTunables,
+        data_seed: int,
+        objects_url: str,
+        policy: CheckpointPolicy,
         flush_interval: float,
         poll_interval: float,
         owns_store: bool,
     ) -> None:
         self.store = store
         self._record = record
-        self._node = root.id
+        self._node = node
         self._step = 0
         self._owns_store = owns_store
+        self.model = training.get("model")
+        self.optimizer = training.get("optimizer")
+        self.scheduler = training.get("scheduler")
+        self.scaler = training.get("scaler")
         self.tunables = tunables
+        self.state: dict[str, Any] = {}
+        """User state saved in every checkpoint: tensors, numbers, strings, lists, dicts."""
+        self.loop = LoopPosition(data_seed)
+        self.loop.should_stop = lambda: self._stop_requested
+        self.loop.on_epoch_end = self._on_epoch_end
+        self.checkpointer = Checkpointer(self, objects_url, policy)
+        self._next_checkpoint = policy.every_n_steps or _NEVER
         self._ended = False
         self._paused = False
         self._stop_requested = False
@@ -75,6 +95,8 @@ class Run:
                 "pause": Run._on_pause,
                 "resume": Run._on_resume,
                 "stop": Run._on_stop,
+                "checkpoint": Run._on_checkpoint,
+                "restore": _restore.on_restore,
             }
         )
         self._inbox = self._applier.inbox
@@ -138,13 +160,17 @@ class Run:
         self._step += 1
         if values:
             self._buffer.append((self._step, self._node, time.time(), values))
-        if self._inbox:
+        if self._inbox or self._step >= self._next_checkpoint:
             self._at_boundary()
         return self._step
 
     # -- commands ---------------------------------------------------------------------------
     def _at_boundary(self) -> None:
-        """Apply queued commands; hold here while paused; raise StopTraining after a stop."""
+        """Scheduled checkpoint; queued commands; hold while paused; StopTraining after a stop."""
+        if self._step >= self._next_checkpoint:
+            every = self.checkpointer.policy.every_n_steps or _NEVER
+            self._next_checkpoint = (self._step // every + 1) * every
+            self.checkpointer.save("schedule")
         self._applier.apply_pending(self)
         while self._paused and not self._stop_requested:
             if self._applier.wake.wait(self._poll_interval):
@@ -152,6 +178,9 @@ class Run:
             self._applier.apply_pending(self)
         if self._stop_requested:
             raise StopTraining(f"run {self.name} ({self.id}) stopped at step {self._step}")
+
+    def _set_step(self, step: int) -> None:
+        self._step = step
 
     @property
     def should_stop(self) -> bool:
@@ -208,13 +237,17 @@ class Run:
     def _change(self, command: CommandRecord, kind: str) -> dict[str, Any]:
         payload = command.payload
         group, mode = payload.get("group"), payload.get("mode", "rescale")
-        if kind == "set":
-            values = payload.get("values", {})
-            diff = self.tunables.set(values, group, mode)
-        else:
-            diff = self.tunables.scale(payload.get("factors", {}), group, mode)
+        before = self.checkpointer.save("change")  # so that any change can be undone
+        try:
+            if kind == "set":
+                diff = self.tunables.set(payload.get("values", {}), group, mode)
+            else:
+                diff = self.tunables.scale(payload.get("factors", {}), group, mode)
+        except CommandRejected:
+            self.store.delete_checkpoints(self.id, [before.id])
+            raise
         self._start_node(kind, diff, command.user)
-        return {"diff": diff, "mode": mode}
+        return {"diff": diff, "mode": mode, "checkpoint": before.label}
 
     def _on_set(self, command: CommandRecord) -> dict[str, Any]:
         return self._change(command, "set")
@@ -222,13 +255,16 @@ class Run:
     def _on_scale(self, command: CommandRecord) -> dict[str, Any]:
         return self._change(command, "scale")
 
-    def _start_node(self, kind: str, diff: dict[str, Any], who: str | None) -> None:
-        """Close the current node at this step and open a child with the new values."""
+    def _start_node(
+        self, kind: str, diff: dict[str, Any], who: str | None, parent: int | None = None
+    ) -> None:
+        """Close the current node and open a child (of ``parent``, default the current node)
+        starting at the current step, with the current values."""
         self.flush()  # points of the old node are written before the tree changes
         self.store.end_node(self.id, self._node, self._step)
         node = self.store.create_node(
             self.id,
-            parent=self._node,
+            parent=self._node if parent is None else parent,
             start_step=self._step,
             change_kind=kind,
             values=self.tunables.values(),
@@ -237,6 +273,73 @@ class Run:
         )
         self._node = node.id
         self.store.update_run(self.id, tunables=self.tunables.records())
+
+    # -- checkpoints, loop position, restore ------------------------------------------------
+    def checkpoint(self, tag: str | None = None) -> CheckpointRecord:
+        """Save the full training state now (call between steps, from the training thread)."""
+        return self.checkpointer.save("user", tag=tag)
+
+    def restore(
+        self,
+        target: str,
+        *,
+        set: Mapping[str, Any] | None = None,
+        group: int | str | None = None,
+        mode: str = "rescale",
+    ) -> CommandRecord:
+        """Go back to a checkpoint now, on a new branch, optionally with new values.
+
+        ``target`` is ``c3``, ``latest``, a node ``n3`` or ``n3@1200``. Call it from the
+        training thread between steps; from elsewhere use ``retune.connect(run).restore()``.
+        Raises ``CommandRejected`` with the reason when it cannot be done (nothing changes).
+        """
+        from retune.control import submit
+
+        payload = {"target": target, "set": dict(set or {}), "group": group, "mode": mode}
+        command = submit(self.store, self.id, "restore", payload, source="python")
+        return self._applier.apply_now(self, command)
+
+    def epochs(self, count: int) -> Iterator[int]:
+        """``for epoch in run.epochs(n)``: starts at the restored epoch after a resume."""
+        return self.loop.epochs(count)
+
+    def batches(self, loader: Any) -> Iterator[Any]:
+        """``for batch in run.batches(loader)``: this epoch's batches in Retune's seeded order,
+        from the restored batch on. Works with any map-style dataset in a DataLoader."""
+        return self.loop.batches(loader)
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch of :meth:`epochs` (restores may move it)."""
+        return self.loop.epoch
+
+    def _loop_state(self) -> dict[str, int]:
+        return {**self.loop.state_dict(), "step": self._step}
+
+    def _set_loop_state(self, state: dict[str, int]) -> None:
+        self.loop.load_state_dict(state)
+        self._step = int(state["step"])
+        every = self.checkpointer.policy.every_n_steps
+        self._next_checkpoint = (self._step // every + 1) * every if every else _NEVER
+
+    def _on_epoch_end(self) -> None:
+        every = self.checkpointer.policy.every_n_epochs
+        if every and self.loop.epoch % every == 0:
+            self.checkpointer.save("schedule")
+
+    def _on_checkpoint(self, command: CommandRecord) -> dict[str, Any]:
+        record = self.checkpointer.save("command", tag=command.payload.get("tag"))
+        return {"checkpoint": record.label, "step": record.step}
+
+    def tree(self) -> list[TreeNode]:
+        """The run's tree as stored now (buffered metrics are flushed first)."""
+        self.flush()
+        return read_snapshot(self.store, self.id).tree()
+
+    def branch(self, node: int | str) -> RunSnapshot:
+        """The branch ending at ``node``: ``run.branch("n3").metric("loss")``."""
+        self.flush()
+        return read_snapshot(self.store, self.id).branch(node)
 
     def _on_pause(self, command: CommandRecord) -> dict[str, Any]:
         if self._paused:

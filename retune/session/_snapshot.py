@@ -9,7 +9,8 @@ import numpy as np
 
 from retune._downsample import minmax_indices
 from retune.errors import InvalidArgument
-from retune.store import NodeRecord, RunRecord, Store
+from retune.session._tree import TreeNode, branch_mask, build_tree, parse_node, path_to
+from retune.store import CheckpointRecord, NodeRecord, RunRecord, Store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,6 +95,7 @@ class RunSnapshot:
     run: RunRecord
     nodes: tuple[NodeRecord, ...]
     series: dict[str, MetricSeries]
+    checkpoints: tuple[CheckpointRecord, ...] = ()
 
     @property
     def id(self) -> str:
@@ -132,6 +134,30 @@ class RunSnapshot:
             raise InvalidArgument(f"run {self.name} has no metric {key!r} (it has: {known})")
         return self.series[key].select(start, end, max_points)
 
+    def tree(self) -> list[TreeNode]:
+        """Every node with parent, children, steps, values, diff, checkpoints, metric summary."""
+        return build_tree(self.nodes, self.checkpoints, self.series)
+
+    def branch(self, node: int | str) -> RunSnapshot:
+        """The run as seen along one branch: the path from the root to ``node``.
+
+        Its metric series hold each path node's points up to where the next one starts.
+        """
+        path = path_to(self.nodes, parse_node(node))
+        series = {}
+        for key, data in self.series.items():
+            mask = branch_mask(path, data.nodes, data.steps)
+            index = np.flatnonzero(mask)
+            index = index[np.argsort(data.steps[index], kind="stable")]
+            series[key] = MetricSeries(
+                key,
+                _frozen(data.steps[index]),
+                _frozen(data.values[index]),
+                _frozen(data.times[index]),
+                _frozen(data.nodes[index]),
+            )
+        return RunSnapshot(self.run, tuple(path), series, self.checkpoints)
+
     def to_pandas(self) -> pd.DataFrame:
         """All metrics in long form: columns key, step, value, time, node."""
         import pandas as pd
@@ -150,4 +176,4 @@ def read_snapshot(store: Store, ref: str) -> RunSnapshot:
     for key in store.metric_keys(run.id):
         data = store.read_metric(run.id, key)
         series[key] = MetricSeries(key, data.steps, data.values, data.times, data.nodes)
-    return RunSnapshot(run, nodes, series)
+    return RunSnapshot(run, nodes, series, tuple(store.list_checkpoints(run.id)))

@@ -79,6 +79,11 @@ class Store(ABC):
     ) -> None:
         """Set the given fields of a run; ``None`` leaves a field alone. ``meta`` is merged."""
 
+    @abstractmethod
+    def reopen_run(self, run_id: str) -> RunRecord:
+        """Mark an ended run ``running`` again (a new process resumes it): clears the end time
+        and error, sets a fresh heartbeat."""
+
     # -- nodes ------------------------------------------------------------------------------
     @abstractmethod
     def create_node(

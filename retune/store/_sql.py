@@ -263,6 +263,18 @@ class SqlStore(Store):
             if result.rowcount == 0:
                 raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
 
+    def reopen_run(self, run_id: str) -> RunRecord:
+        with self._tx(write=True) as conn:
+            result = conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(status="running", ended_at=None, error=None, heartbeat_at=time.time())
+            )
+            if result.rowcount == 0:
+                raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
+        return self._run(row)
+
     # -- nodes ------------------------------------------------------------------------------
     @staticmethod
     def _node(row: Row[Any]) -> NodeRecord:

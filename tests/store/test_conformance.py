@@ -212,3 +212,12 @@ def test_concurrent_writers_from_threads_lose_nothing(store: Store) -> None:
         thread.join()
     for t in range(4):
         assert store.read_metric(run_id, f"k{t}").steps.tolist() == list(range(20))
+
+
+def test_reopen_run_clears_the_end(store: Store) -> None:
+    run = store.create_run("again", config={}, meta={}, tunables=[])
+    store.update_run(run.id, status="crashed", ended_at=run.created_at + 1, error="boom")
+    reopened = store.reopen_run(run.id)
+    assert (reopened.status, reopened.ended_at, reopened.error) == ("running", None, None)
+    with pytest.raises(RunNotFound):
+        store.reopen_run("nope")

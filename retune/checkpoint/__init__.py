@@ -1,0 +1,27 @@
+"""Checkpoints: the full training state as raw tensor blobs plus a JSON manifest, no pickle.
+
+* :class:`ObjectStore` — content-addressed blobs at a folder or any fsspec URL.
+* :func:`encode_state` / :func:`decode_state` — state tree <-> manifest + blobs.
+* :func:`iterate_batches` — the seeded per-epoch data order that lets a restore jump to any
+  (epoch, batch).
+"""
+
+from __future__ import annotations
+
+from retune.checkpoint._codec import FORMAT_VERSION, decode_state, encode_state, manifest_blobs
+from retune.checkpoint._loop import epoch_seed, iterate_batches, num_batches
+from retune.checkpoint._objects import ObjectStore, digest
+from retune.checkpoint._targets import resolve_checkpoint
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ObjectStore",
+    "decode_state",
+    "digest",
+    "encode_state",
+    "epoch_seed",
+    "iterate_batches",
+    "manifest_blobs",
+    "num_batches",
+    "resolve_checkpoint",
+]

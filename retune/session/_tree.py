@@ -1,0 +1,139 @@
+"""The tuning tree of a run: nodes with their diffs, checkpoints and metric summaries, and the
+curve of one branch (its path from the root, each node's points up to where its child starts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from retune.errors import NodeNotFound
+from retune.store import CheckpointRecord, NodeRecord
+
+__all__ = ["TreeNode", "branch_mask", "build_tree", "path_to", "summarize"]
+
+
+@dataclass(frozen=True)
+class TreeNode:
+    """One node of the tree, as ``run.tree()`` and ``retune tree --json`` give it."""
+
+    id: int
+    parent: int | None
+    children: tuple[int, ...]
+    start_step: int
+    end_step: int | None
+    change_kind: str
+    values: dict[str, Any]
+    diff: dict[str, Any]
+    created_by: str | None
+    created_at: float
+    checkpoints: tuple[str, ...]
+    metrics: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"n{self.id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.label,
+            "parent": None if self.parent is None else f"n{self.parent}",
+            "children": [f"n{c}" for c in self.children],
+            "start_step": self.start_step,
+            "end_step": self.end_step,
+            "change_kind": self.change_kind,
+            "values": self.values,
+            "diff": self.diff,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+            "checkpoints": list(self.checkpoints),
+            "metrics": self.metrics,
+        }
+
+
+def summarize(values: np.ndarray, key: str) -> dict[str, float | int | None]:
+    """Last value and best (min for loss-like keys, max for accuracy-like keys) of a series."""
+    finite = values[np.isfinite(values)]
+    lower_is_better = not any(word in key.lower() for word in ("acc", "auc", "f1", "score"))
+    best: float | None = None
+    if len(finite):
+        best = float(finite.min() if lower_is_better else finite.max())
+    last = float(values[-1]) if len(values) else None
+    return {"last": last, "best": best, "count": len(values)}
+
+
+def build_tree(
+    nodes: tuple[NodeRecord, ...],
+    checkpoints: tuple[CheckpointRecord, ...],
+    series: dict[str, Any],
+) -> list[TreeNode]:
+    """Tree nodes in id order; ``series`` maps metric keys to objects with nodes/values arrays."""
+    children: dict[int, list[int]] = {n.id: [] for n in nodes}
+    for node in nodes:
+        if node.parent is not None and node.parent in children:
+            children[node.parent].append(node.id)
+    by_node: dict[int, list[str]] = {}
+    for checkpoint in checkpoints:
+        by_node.setdefault(checkpoint.node, []).append(checkpoint.label)
+    out = []
+    for node in nodes:
+        metrics = {}
+        for key, data in series.items():
+            mask = data.nodes == node.id
+            if mask.any():
+                metrics[key] = summarize(data.values[mask], key)
+        out.append(
+            TreeNode(
+                id=node.id,
+                parent=node.parent,
+                children=tuple(children[node.id]),
+                start_step=node.start_step,
+                end_step=node.end_step,
+                change_kind=node.change_kind,
+                values=node.values,
+                diff=node.diff,
+                created_by=node.created_by,
+                created_at=node.created_at,
+                checkpoints=tuple(by_node.get(node.id, [])),
+                metrics=metrics,
+            )
+        )
+    return out
+
+
+def parse_node(ref: int | str) -> int:
+    """``3``, ``"3"`` or ``"n3"`` -> 3."""
+    if isinstance(ref, int):
+        return ref
+    text = ref.strip().removeprefix("n")
+    if not text.isdigit():
+        raise NodeNotFound(f"{ref!r} is not a node (nodes are written n1, n2, ...)")
+    return int(text)
+
+
+def path_to(nodes: tuple[NodeRecord, ...], node_id: int) -> list[NodeRecord]:
+    """The nodes from the root down to ``node_id``."""
+    by_id = {n.id: n for n in nodes}
+    if node_id not in by_id:
+        known = ", ".join(n.label for n in nodes)
+        raise NodeNotFound(f"no node n{node_id}; the run has {known}")
+    path = [by_id[node_id]]
+    while path[-1].parent is not None:
+        path.append(by_id[path[-1].parent])
+    return path[::-1]
+
+
+def branch_mask(path: list[NodeRecord], point_nodes: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Which points belong to the branch ending at ``path[-1]``.
+
+    Each node contributes its points up to the step where the next node of the path starts; the
+    last node contributes all of its points.
+    """
+    mask = np.zeros(len(steps), dtype=bool)
+    for node, child in zip(path, [*path[1:], None], strict=True):
+        limit = math.inf if child is None else child.start_step
+        mask |= (point_nodes == node.id) & (steps <= limit)
+    return mask
