@@ -65,7 +65,7 @@ class _Encoder:
         if isinstance(value, bytes):
             return self.array_bytes({"t": "bytes"}, memoryview(value))
         if isinstance(value, (np.ndarray, np.generic)):
-            array = np.ascontiguousarray(value)
+            array = np.asarray(value, order="C")  # keeps 0-d shapes, unlike ascontiguousarray
             if array.dtype.hasobject:
                 raise InvalidArgument(f"numpy object arrays cannot be checkpointed ({path})")
             little_endian = array.dtype.newbyteorder("<")

@@ -6,6 +6,7 @@ usage: python exact_trainer.py STORE NAME [RESUME_TARGET]
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -15,9 +16,7 @@ import retune
 EPOCHS = 4
 
 
-def build() -> tuple[
-    torch.nn.Module, torch.optim.Optimizer, object, DataLoader[tuple[torch.Tensor, ...]]
-]:
+def build() -> tuple[Any, Any, Any, Any]:
     torch.manual_seed(1234)
     x = torch.randn(200, 10)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
