@@ -123,7 +123,8 @@ def _resume(args: argparse.Namespace, store: Store) -> int:
 
 def _metric_line(node: TreeNode, keys: int = 3) -> str:
     parts = []
-    for key in sorted(node.metrics)[:keys]:
+    preferred = sorted(node.metrics, key=lambda k: (not k.startswith("val"), "loss" not in k, k))
+    for key in preferred[:keys]:
         summary = node.metrics[key]
         parts.append(f"{key}={number(summary['last'])}")
     return " ".join(parts)

@@ -64,6 +64,16 @@ def _evaluate(model: Any, x: Any, y: Any) -> tuple[float, float]:
     return loss, acc
 
 
+def _print_tree(run_id: str, store: str | None) -> None:
+    from retune._cli_checkpoints import draw_tree
+    from retune.session import load
+
+    snapshot = load(run_id, store=store)
+    print(f"the tuning tree of {snapshot.name} ({snapshot.id}):")
+    for line in draw_tree(snapshot.tree()):
+        print("  " + line)
+
+
 def run_demo(
     *,
     epochs: int = 30,
@@ -91,19 +101,26 @@ def run_demo(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "data": "sklearn digits"}
     run = retune.init(
-        name, model=model, optimizer=optimizer, scheduler=scheduler, config=config, seed=seed,
+        name,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config=config,
+        seed=seed,
         store=store,
-    )  # fmt: skip
+        checkpoint_every_n_epochs=1,
+        keep_last=100,  # small model: keep every epoch so any point can be restored
+    )
     clip = run.tunable("clip_norm", 5.0, bounds=(0.0, None), doc="gradient clipping norm")
     run.tune_dropout(model)
     print(f"retune: recording run {run.name} ({run.id}); change it live from another terminal:")
-    print(f"  retune set {run.name} lr=1e-3      retune pause {run.name}      "
-          f"retune get {run.name}")  # fmt: skip
+    print(f"  retune set {run.name} lr=1e-3    retune get {run.name}    retune pause {run.name}")
+    print(f"  retune restore {run.name} n1@200 weight_decay=1e-3    retune tree {run.name}")
     bar = tqdm(total=epochs * len(loader), unit="step", dynamic_ncols=True)
     val_acc = 0.0
     with run:
-        for _epoch in range(epochs):
-            for x, y in loader:
+        for _epoch in run.epochs(epochs):
+            for x, y in run.batches(loader):
                 logits = model(x)
                 loss = functional.cross_entropy(logits, y)
                 optimizer.zero_grad()
@@ -124,11 +141,13 @@ def run_demo(
         bar.close()
     test_loss, test_acc = _evaluate(model, x_test, y_test)
     print(f"test accuracy {test_acc:.4f} (loss {test_loss:.4f}) on {len(y_test)} held-out digits")
+    _print_tree(run.id, store)
     print("look at the run:")
     print("  retune runs")
     print(f"  retune show {name}")
     print(f"  retune metrics {name} val_acc")
     print(f"  retune changes {name}")
+    print(f"  retune tree {name}")
     if test_acc <= 0.95:
         print("retune: warning: test accuracy is not above 95%")
         return 1
