@@ -36,6 +36,7 @@ test: lint
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/logging_overhead.py
 	$(PY) benchmarks/command_latency.py
+	$(PY) benchmarks/checkpoint_io.py
 
 clean:
 	rm -rf $(VENV) .retune .pytest_cache .mypy_cache .ruff_cache

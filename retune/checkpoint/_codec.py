@@ -12,6 +12,7 @@ pool (hashing and file writes release the GIL).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Callable
@@ -140,6 +141,35 @@ class _Decoder:
         self.label = label
         self.map_location = map_location
         self.packs: dict[str, bytes] = {}
+        self.preloaded: dict[str, Any] = {}
+
+    def preload(self, root: Any) -> None:
+        """Read every big tensor blob straight into a new tensor's memory, several at once."""
+        torch = _require_torch()
+        wanted: dict[str, int] = {}
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                if node.get("t") == "tensor" and "blob" in node and node["nbytes"]:
+                    wanted[node["blob"]] = node["nbytes"]
+                for item in node.get("items", []):
+                    walk(item[1] if node.get("t") == "dict" else item)
+
+        walk(root)
+
+        def load(key: str) -> tuple[str, Any]:
+            mapped = self.objects.map(key)
+            if mapped is not None and mapped.nbytes == wanted[key]:
+                return key, torch.frombuffer(mapped, dtype=torch.uint8)
+            buffer = torch.empty(wanted[key], dtype=torch.uint8)
+            self.objects.read_into(key, memoryview(buffer.numpy()))
+            return key, buffer
+
+        try:
+            with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+                self.preloaded = dict(pool.map(load, wanted))
+        except CheckpointCorrupt as e:
+            raise CheckpointCorrupt(f"checkpoint {self.label} cannot be restored: {e}") from e
 
     def raw(self, node: dict[str, Any]) -> bytes | memoryview:
         try:
@@ -180,10 +210,12 @@ class _Decoder:
     def tensor(self, node: dict[str, Any]) -> Any:
         torch = _require_torch()
         dtype = getattr(torch, node["dtype"])
-        data = self.raw(node)
-        if len(data) == 0:
+        if node.get("blob") in self.preloaded:
+            tensor = self.preloaded.pop(node["blob"]).view(dtype).reshape(node["shape"])
+        elif node["nbytes"] == 0:
             tensor = torch.empty(node["shape"], dtype=dtype)
         else:
+            data = self.raw(node)
             tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             tensor = tensor.view(dtype).reshape(node["shape"])
         device = self.map_location or node.get("device", "cpu")
@@ -211,7 +243,14 @@ def decode_state(
             f"checkpoint {label} has format {manifest.get('format')!r}; this Retune reads "
             f"format {FORMAT_VERSION}"
         )
-    return _Decoder(objects, label, map_location).decode(manifest["root"])
+    decoder = _Decoder(objects, label, map_location)
+    if _torch() is not None or _has_tensors(manifest["root"]):
+        decoder.preload(manifest["root"])
+    return decoder.decode(manifest["root"])
+
+
+def _has_tensors(root: Any) -> bool:
+    return '"t": "tensor"' in json.dumps(root)
 
 
 def manifest_blobs(manifest: dict[str, Any]) -> set[str]:

@@ -7,6 +7,7 @@ that already exists is not written again, which is how identical tensors are sto
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import threading
 import uuid
@@ -130,6 +131,62 @@ class ObjectStore:
         if actual != key:
             raise CheckpointCorrupt(f"blob {key} is corrupt: its bytes hash to {actual}")
         return data
+
+    def map(self, key: str) -> memoryview | None:
+        """The blob mapped copy-on-write into memory, verified; ``None`` for remote stores.
+
+        No copy is made: pages come from the OS page cache as they are touched, and writes
+        to the mapping stay private to this process.
+        """
+        if self._local is None:
+            return None
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size == 0:
+                    return None
+                mapped = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_COPY)
+        except FileNotFoundError as e:
+            raise CheckpointCorrupt(f"blob {key} is missing from {self.url}") from e
+        except OSError as e:
+            raise CheckpointCorrupt(f"blob {key} cannot be read from {self.url}: {e}") from e
+        view = memoryview(mapped)
+        actual = digest(view)
+        if actual != key:
+            raise CheckpointCorrupt(f"blob {key} is corrupt: its bytes hash to {actual}")
+        return view
+
+    def read_into(self, key: str, buffer: memoryview) -> None:
+        """Fill ``buffer`` (exactly the blob's size) with the blob's bytes, verified.
+
+        One copy from the file into the caller's memory (a tensor's storage, say); hashing and
+        reading release the GIL, so several blobs can be read at once from threads.
+        """
+        if self._local is None:
+            data = self.get(key)
+            if len(data) != buffer.nbytes:
+                raise CheckpointCorrupt(
+                    f"blob {key} has {len(data)} bytes, expected {buffer.nbytes}"
+                )
+            buffer[:] = data
+            return
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as handle:
+                read = handle.readinto(buffer)
+                extra = handle.read(1)
+        except FileNotFoundError as e:
+            raise CheckpointCorrupt(f"blob {key} is missing from {self.url}") from e
+        except OSError as e:
+            raise CheckpointCorrupt(f"blob {key} cannot be read from {self.url}: {e}") from e
+        if read != buffer.nbytes or extra:
+            raise CheckpointCorrupt(
+                f"blob {key} is corrupt: it does not have {buffer.nbytes} bytes"
+            )
+        actual = digest(buffer)
+        if actual != key:
+            raise CheckpointCorrupt(f"blob {key} is corrupt: its bytes hash to {actual}")
 
     def size(self, key: str) -> int:
         path = self._path(key)
