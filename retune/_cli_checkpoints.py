@@ -208,3 +208,18 @@ def _gc(args: argparse.Namespace, store: Store) -> int:
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{verb} {deleted} blobs ({freed:,} bytes); {len(used)} in use")
     return 0
+
+
+def _ui_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--token", help="require this token (or 'auto'); needed off loopback")
+    p.add_argument("--read-only", action="store_true", help="serve without any control")
+
+
+@command("ui", "serve the dashboard (runs, live charts, control panel, tree, audit log)", _ui_args)
+def _ui(args: argparse.Namespace, store: Store) -> int:
+    from retune.server import serve
+
+    serve(store, host=args.host, port=args.port, token=args.token, read_only=args.read_only)
+    return 0

@@ -55,6 +55,7 @@ def init(
     keep_last: int = 5,
     flush_interval: float = 1.0,
     poll_interval: float = 0.05,
+    ui: bool | int = False,
 ) -> Run:
     """Start recording a training run (or resume one) and return its handle.
 
@@ -147,6 +148,12 @@ def init(
             created_by=who,
         )
         run._node = root.id
+    if ui:
+        from retune.server import serve_in_thread
+
+        port = 8765 if ui is True else int(ui)
+        run.ui_server, url = serve_in_thread(open_store(opened.url), port=port)
+        print(f"retune: dashboard at {url}runs/{run.id}", flush=True)
     return run
 
 

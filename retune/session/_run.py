@@ -83,6 +83,7 @@ class Run:
         self.loop.on_epoch_end = self._on_epoch_end
         self.checkpointer = Checkpointer(self, objects_url, policy)
         self._next_checkpoint = policy.every_n_steps or _NEVER
+        self.ui_server: Any = None  # the dashboard served by retune.init(..., ui=True)
         self._ended = False
         self._paused = False
         self._stop_requested = False

@@ -1,0 +1,238 @@
+"""The dashboard's HTTP app: a JSON API over the store, live updates, and the pages.
+
+``create_app(store)`` builds it; it talks only to the store, so it can be restarted while runs
+train, and shows any number of runs. Errors are ``{"error": code, "message": ...}`` with the
+status from :mod:`retune.errors` (one mapping, in :func:`_retune_error`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    Response,
+    StreamingResponse,
+)
+from pydantic import BaseModel, Field
+
+from retune import _json
+from retune.control import submit
+from retune.errors import InvalidArgument, RetuneError
+from retune.server._security import SecurityPolicy
+from retune.session._snapshot import MetricSeries, read_snapshot
+from retune.store import LIVE_STATUSES, RunRecord, Store
+
+__all__ = ["create_app"]
+
+STATIC = Path(__file__).parent / "static"
+STALE_AFTER = 30.0
+
+
+class CommandIn(BaseModel):
+    """A command from the dashboard: ``{"kind": "set", "payload": {"values": {"lr": 1e-3}}}``."""
+
+    kind: str = Field(examples=["set"])
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+def _json_response(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(_json.jsonable(data), status_code=status)
+
+
+def _live_status(run: RunRecord, now: float) -> str:
+    heartbeat = run.heartbeat_at
+    if run.status in LIVE_STATUSES and heartbeat is not None and now - heartbeat > STALE_AFTER:
+        return "stale"
+    return run.status
+
+
+def _run_summary(run: RunRecord, last: dict[str, tuple[int, float]], now: float) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "name": run.name,
+        "status": _live_status(run, now),
+        "stored_status": run.status,
+        "step": run.step,
+        "created_at": run.created_at,
+        "duration": run.duration,
+        "heartbeat_at": run.heartbeat_at,
+        "last_metrics": {k: v for k, (_, v) in last.items()},
+    }
+
+
+def _series(series: MetricSeries) -> dict[str, Any]:
+    return {
+        "steps": series.steps.tolist(),
+        "values": [None if math.isnan(v) else v for v in series.values.tolist()],  # NaN: null
+        "nonfinite": series.nonfinite.nonzero()[0].tolist(),
+        "nodes": series.nodes.tolist(),
+    }
+
+
+def create_app(
+    store: Store,
+    *,
+    read_only: bool = False,
+    token: str | None = None,
+    allowed_hosts: set[str] | None = None,
+) -> FastAPI:
+    """The dashboard app over ``store``. ``read_only`` refuses every command."""
+    app = FastAPI(
+        title="Retune", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json"
+    )
+    policy = SecurityPolicy(token=token, allowed_hosts=allowed_hosts or set())
+    app.middleware("http")(policy)
+
+    @app.exception_handler(RetuneError)
+    async def _retune_error(_request: Request, error: RetuneError) -> JSONResponse:
+        return JSONResponse(error.to_dict(), status_code=error.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", []))
+        message = f"{where}: {first.get('msg', 'invalid request')}"
+        return JSONResponse({"error": "invalid_argument", "message": message}, status_code=400)
+
+    async def blocking(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    @app.get("/api/runs", summary="Runs, newest first")
+    async def runs(name: str | None = None, status: str | None = None) -> JSONResponse:
+        records = await blocking(store.list_runs, name=name)
+        last = await blocking(store.last_metrics, [r.id for r in records])
+        now = time.time()
+        out = [_run_summary(r, last[r.id], now) for r in records]
+        if status is not None:
+            out = [r for r in out if r["status"] == status]
+        return _json_response(out)
+
+    @app.get("/api/runs/{run}", summary="One run: configuration, tunables, status")
+    async def run_detail(run: str) -> JSONResponse:
+        record = await blocking(store.get_run, run)
+        last = (await blocking(store.last_metrics, [record.id]))[record.id]
+        data = _run_summary(record, last, time.time())
+        data.update(config=record.config, meta=record.meta, tunables=record.tunables,
+                    error=record.error, read_only=read_only)  # fmt: skip
+        return _json_response(data)
+
+    @app.get("/api/runs/{run}/tree", summary="The tuning tree")
+    async def tree(run: str) -> JSONResponse:
+        snapshot = await blocking(read_snapshot, store, run)
+        return _json_response({"nodes": [n.to_dict() for n in snapshot.tree()]})
+
+    @app.get("/api/runs/{run}/metrics/{key}", summary="A metric, downsampled by min/max buckets")
+    async def metric(  # noqa: PLR0917 - FastAPI passes query parameters by name
+        run: str,
+        key: str,
+        branch: str | None = None,
+        start: int | None = None,
+        end: int | None = None,
+        max_points: int = Query(2000, ge=3, le=100_000),
+    ) -> JSONResponse:
+        def read() -> dict[str, Any]:
+            record = store.get_run(run)
+            data = store.read_metric(record.id, key, start=start, end=end)
+            if not len(data.steps) and key not in store.metric_keys(record.id):
+                raise InvalidArgument(f"run {record.name} has no metric {key!r}")
+            series = MetricSeries(key, data.steps, data.values, data.times, data.nodes)
+            if branch is not None:
+                snapshot_nodes = tuple(store.list_nodes(record.id))
+                from retune.session._tree import branch_mask, parse_node, path_to
+
+                path = path_to(snapshot_nodes, parse_node(branch))
+                mask = branch_mask(path, series.nodes, series.steps)
+                index = mask.nonzero()[0]
+                index = index[series.steps[index].argsort(kind="stable")]
+                series = MetricSeries(key, series.steps[index], series.values[index],
+                                      series.times[index], series.nodes[index])  # fmt: skip
+            total = len(series)
+            picked = series.select(max_points=max_points)
+            return {"key": key, "total": total, **_series(picked)}
+
+        return _json_response(await blocking(read))
+
+    @app.get("/api/runs/{run}/metrics", summary="The run's metric keys")
+    async def metric_keys(run: str) -> JSONResponse:
+        record = await blocking(store.get_run, run)
+        return _json_response(await blocking(store.metric_keys, record.id))
+
+    @app.get("/api/runs/{run}/commands", summary="The audit log: every command and its outcome")
+    async def commands(run: str) -> JSONResponse:
+        record = await blocking(store.get_run, run)
+        return _json_response([c.__dict__ for c in await blocking(store.list_commands, record.id)])
+
+    @app.post("/api/runs/{run}/commands", status_code=202, summary="Send a command to a run")
+    async def send(run: str, command: CommandIn, request: Request) -> JSONResponse:
+        if read_only:
+            return JSONResponse(
+                {"error": "read_only", "message": "this dashboard is read-only"}, status_code=403
+            )
+        user = "token" if token is not None else None
+        record = await blocking(submit, store, run, command.kind, command.payload,
+                                source="ui", user=user)  # fmt: skip
+        return _json_response(record.__dict__, status=202)
+
+    @app.get("/api/commands/{command_id}", summary="One command")
+    async def command_detail(command_id: int) -> JSONResponse:
+        return _json_response((await blocking(store.get_command, command_id)).__dict__)
+
+    @app.get("/api/events", summary="Server-Sent Events: a 'runs' event whenever anything moves")
+    async def events(
+        request: Request, interval: float = Query(0.5, ge=0.1, le=5)
+    ) -> StreamingResponse:
+        async def stream() -> AsyncIterator[str]:
+            previous = ""
+            while not await request.is_disconnected():
+                records = await blocking(store.list_runs)
+                state = [[r.id, r.status, r.step, r.heartbeat_at] for r in records]
+                commands_seen = []
+                for r in records:
+                    if r.status in LIVE_STATUSES:
+                        latest = await blocking(store.list_commands, r.id)
+                        commands_seen.append([r.id, [[c.id, c.status] for c in latest[-5:]]])
+                fingerprint = json.dumps([state, commands_seen])
+                if fingerprint != previous:
+                    previous = fingerprint
+                    yield f"event: runs\ndata: {fingerprint}\n\n"
+                else:
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(interval)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    @app.get("/runs/{run}", include_in_schema=False)
+    async def run_page(run: str) -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name == "plotly.min.js":
+            import plotly
+
+            path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+        else:
+            path = STATIC / name
+            if path.parent != STATIC or not path.is_file():
+                return JSONResponse(
+                    {"error": "not_found", "message": f"no static file {name!r}"}, status_code=404
+                )
+        return FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+
+    return app

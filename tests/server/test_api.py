@@ -1,0 +1,171 @@
+"""The dashboard's API, in-process against a real SQLite store; every route and its errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+import retune
+from retune.server import check_bind, create_app
+from retune.store import Store, open_store
+
+ORIGIN = "http://testserver"
+HOSTS = {"testserver"}  # the test client's Host header
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = open_store(store_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def runs(store: Store) -> Iterator[dict[str, Any]]:
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with retune.init("done", model=model, optimizer=opt, store=store) as finished:
+        for i in range(1, 101):
+            finished.step(loss=1.0 / i if i != 50 else math.nan)
+        finished.checkpoint()
+    live = retune.init("live", model=model, optimizer=opt, store=store, flush_interval=0.05)
+    live.step(loss=1.0)
+    live.flush()
+    yield {"finished": finished.id, "live": live.id}
+    live.finish()
+
+
+@pytest.fixture
+def client(store: Store) -> TestClient:
+    return TestClient(create_app(store, allowed_hosts=HOSTS))
+
+
+def _error(response: Any, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and body["message"]
+    return str(body["message"])
+
+
+def test_runs_list_and_filters(client: TestClient, runs: dict[str, Any]) -> None:
+    listed = client.get("/api/runs").json()
+    assert [r["name"] for r in listed] == ["live", "done"]
+    assert listed[1]["step"] == 100 and listed[1]["status"] == "finished"
+    assert listed[1]["last_metrics"]["loss"] == pytest.approx(0.01)
+    assert [r["name"] for r in client.get("/api/runs?status=running").json()] == ["live"]
+    assert client.get("/api/runs?name=nope").json() == []
+
+
+def test_run_detail_tree_and_keys(client: TestClient, runs: dict[str, Any]) -> None:
+    detail = client.get(f"/api/runs/{runs['finished']}").json()
+    assert detail["name"] == "done" and detail["read_only"] is False
+    assert {t["name"] for t in detail["tunables"]} >= {"lr", "momentum"}
+    tree = client.get("/api/runs/done/tree").json()["nodes"]
+    assert tree[0]["id"] == "n1" and tree[0]["checkpoints"] == ["c1"]
+    assert client.get("/api/runs/done/metrics").json() == ["loss"]
+    for path in ("/api/runs/nope", "/api/runs/nope/tree", "/api/runs/nope/metrics",
+                 "/api/runs/nope/commands", "/api/runs/nope/metrics/loss"):  # fmt: skip
+        _error(client.get(path), 404, "run_not_found")
+
+
+def test_metric_series_downsampled_with_nan_kept(client: TestClient, runs: dict[str, Any]) -> None:
+    full = client.get("/api/runs/done/metrics/loss").json()
+    assert full["total"] == 100 and full["steps"] == list(range(1, 101))
+    assert full["values"][49] is None and full["nonfinite"] == [49]
+    small = client.get("/api/runs/done/metrics/loss?max_points=10").json()
+    assert len(small["steps"]) <= 10 and 50 in small["steps"] and 1 in small["steps"]
+    window = client.get("/api/runs/done/metrics/loss?start=10&end=12").json()
+    assert window["steps"] == [10, 11, 12]
+    branch = client.get("/api/runs/done/metrics/loss?branch=n1").json()
+    assert branch["total"] == 100
+    _error(client.get("/api/runs/done/metrics/nope"), 400, "invalid_argument")
+    _error(client.get("/api/runs/done/metrics/loss?max_points=1"), 400, "invalid_argument")
+    _error(client.get("/api/runs/done/metrics/loss?branch=n9"), 404, "node_not_found")
+
+
+def test_commands_are_validated_and_recorded(client: TestClient, runs: dict[str, Any]) -> None:
+    sent = client.post("/api/runs/live/commands", json={"kind": "set", "payload": {"values": {"lr": 0.01}}},
+                       headers={"Origin": ORIGIN})  # fmt: skip
+    assert sent.status_code == 202 and sent.json()["status"] == "pending"
+    assert sent.json()["source"] == "ui"
+    message = _error(client.post("/api/runs/live/commands", json={"kind": "set", "payload": {"values": {"lr": -1}}}),
+                     422, "command_rejected")  # fmt: skip
+    assert message == "lr must be > 0, got -1"
+    _error(
+        client.post("/api/runs/live/commands", json={"kind": "explode"}), 422, "command_rejected"
+    )
+    _error(client.post("/api/runs/done/commands", json={"kind": "pause"}), 409, "run_not_live")
+    _error(client.post("/api/runs/nope/commands", json={"kind": "pause"}), 404, "run_not_found")
+    _error(client.post("/api/runs/live/commands", json={"payload": {}}), 400, "invalid_argument")
+    audit = client.get("/api/runs/live/commands").json()
+    assert [c["status"] for c in audit] == ["pending", "rejected", "rejected"]
+    assert client.get(f"/api/commands/{sent.json()['id']}").json()["kind"] == "set"
+    _error(client.get("/api/commands/999"), 400, "invalid_argument")
+
+
+def test_cross_site_and_rebinding_requests_are_refused(
+    client: TestClient, runs: dict[str, Any]
+) -> None:
+    body = {"kind": "pause"}
+    _error(client.post("/api/runs/live/commands", json=body, headers={"Origin": "http://evil.example"}),
+           403, "forbidden_origin")  # fmt: skip
+    _error(client.post("/api/runs/live/commands", content='{"kind": "pause"}',
+                       headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type")  # fmt: skip
+    _error(client.get("/api/runs", headers={"Host": "evil.example"}), 421, "bad_host")
+    assert client.get("/api/runs/live/commands").json() == []
+
+
+def test_read_only_and_token(store: Store, runs: dict[str, Any]) -> None:
+    read_only = TestClient(create_app(store, read_only=True, allowed_hosts=HOSTS))
+    _error(read_only.post("/api/runs/live/commands", json={"kind": "pause"}), 403, "read_only")
+    assert read_only.get("/api/runs/live").json()["read_only"] is True
+    guarded = TestClient(create_app(store, token="s3cret", allowed_hosts=HOSTS))
+    _error(guarded.get("/api/runs"), 401, "unauthorized")
+    assert guarded.get("/api/runs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    first = guarded.get("/?token=s3cret")
+    assert first.status_code == 200 and "retune_token" in first.cookies
+    assert guarded.get("/api/runs").status_code == 200  # the cookie now carries it
+    _error(
+        TestClient(create_app(store, token="s3cret", allowed_hosts=HOSTS)).get(
+            "/api/runs?token=wrong"
+        ),
+        401,
+        "unauthorized",
+    )
+
+
+def test_binding_rules() -> None:
+    assert check_bind("127.0.0.1", None) is None
+    assert check_bind("::1", None) is None
+    with pytest.raises(
+        retune.InvalidArgument, match=r"refusing to serve on 0\.0\.0\.0 without a token"
+    ):
+        check_bind("0.0.0.0", None)
+    assert check_bind("0.0.0.0", "t") == "t"
+    assert len(check_bind("0.0.0.0", "auto") or "") > 20
+
+
+def test_pages_static_files_and_openapi(client: TestClient, runs: dict[str, Any]) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert "plotly.min.js" in client.get("/runs/done").text
+    assert client.get("/static/app.js").status_code == 200
+    plotly = client.get("/static/plotly.min.js")
+    assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
+    _error(client.get("/static/nope.js"), 404, "not_found")
+    schema = client.get("/api/openapi.json").json()
+    assert "/api/runs/{run}/commands" in schema["paths"]
+
+
+def test_server_sent_events(client: TestClient, runs: dict[str, Any]) -> None:
+    with client.stream("GET", "/api/events?interval=0.1") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                assert line == "event: runs"
+                break
