@@ -5,9 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The dev/test install pins torch to the CPU wheel on local disk; the library accepts a range.
 TORCH_PIN := torch==2.13.0
-PY_SOURCES := retune tests benchmarks
+PY_SOURCES := retune tests benchmarks scripts
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench screenshots browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,20 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy
 
-test: lint
+# The dashboard tests drive Debian's chromium (Playwright with executable_path, no download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "note: sudo apt-get install chromium to run the browser tests (skipped without it)"; \
+	  fi; }
+
+test: lint browser
 	$(VENV)/bin/pytest -p no:cacheprovider
+
+screenshots: $(VENV)/.installed-dev browser
+	$(PY) scripts/screenshots.py
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/logging_overhead.py

@@ -203,7 +203,8 @@ class LiveTunables:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name, value in state.get("knobs", {}).items():
-            if name in self.knobs:
-                self.knobs[name].assign(value)
+            knob = self.knobs.get(name)
+            if knob is not None and _plain(knob.value) != value:  # setters run only on change
+                knob.assign(value)
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state.get("scheduler", {}))

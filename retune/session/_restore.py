@@ -47,16 +47,20 @@ def on_restore(run: Run, command: CommandRecord) -> dict[str, Any]:
     except RetuneError as e:
         raise CommandRejected(str(e)) from e
     before = run.checkpointer.save("change")  # the branch being left can be restored later
-    run.flush()
-    run.store.end_node(run.id, run.node, run.global_step)
-    apply_state(run, state)
+    left_node, left_step = run.node, run.global_step
     diff: dict[str, Any] = {}
-    if values:
-        try:
+    try:
+        apply_state(run, state)
+        if values:
             diff = run.tunables.set(values, group, mode)
-        except CommandRejected:
-            apply_state(run, run.checkpointer.load(before))
+    except Exception as e:
+        apply_state(run, run.checkpointer.load(before))  # back to where the command found us
+        run.store.delete_checkpoints(run.id, [before.id])
+        if isinstance(e, CommandRejected):
             raise
+        raise CommandRejected(f"restoring {record.label} failed: {type(e).__name__}: {e}") from e
+    run.flush()
+    run.store.end_node(run.id, left_node, left_step)
     run._start_node("restore", diff, command.user, parent=record.node)
     run.store.add_event(
         run.id,

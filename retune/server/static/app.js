@@ -202,7 +202,7 @@ async function refreshRun() {
   drawTree();
   $("#audit tbody").replaceChildren(...commands.slice().reverse().map((c) => h("tr", {},
     h("td", {}, c.id), h("td", {}, new Date(c.created_at * 1000).toLocaleTimeString()), h("td", {}, `${c.user ?? "?"} (${c.source})`),
-    h("td", {}, `${c.kind} ${JSON.stringify(c.result?.diff ?? c.payload)}`), h("td", { class: `cmd-${c.status}` }, c.status + (c.reason ? `: ${c.reason}` : "")), h("td", {}, c.applied_step ?? "-"))));
+    h("td", {}, `${c.kind} ${c.result?.diff ? Object.entries(c.result.diff).map(([k, [a, b]]) => `${k} ${fmt(a)} → ${fmt(b)}`).join(", ") : JSON.stringify(c.payload)}`), h("td", { class: `cmd-${c.status}` }, c.status + (c.reason ? `: ${c.reason}` : "")), h("td", {}, c.applied_step ?? "-"))));
   await drawCharts();
 }
 

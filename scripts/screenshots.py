@@ -1,0 +1,85 @@
+"""Regenerate the dashboard screenshots in docs/img (``make screenshots``).
+
+Trains the digits demo in a subprocess, changes lr and restores from the root with another
+weight decay (two branches), serves the dashboard, and has headless Chromium capture the runs
+page, the run page and the tree.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+import retune
+from retune.server import serve_in_thread
+from retune.store import open_store
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _wait_step(store: str, name: str, step: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if open_store(store).get_run(name).step >= step:
+                return
+        except retune.RetuneError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} did not reach step {step}")
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        store = str(Path(folder) / "retune.db")
+        cli = [sys.executable, "-m", "retune"]
+        trainer = subprocess.Popen(
+            [*cli, "demo", "--epochs", "12", "--step-delay", "0.03", "--store", store],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_step(store, "digits-cnn", 70)
+        subprocess.run([*cli, "set", "digits-cnn", "lr=5e-4", "--store", store], check=True)
+        _wait_step(store, "digits-cnn", 140)
+        subprocess.run([*cli, "restore", "digits-cnn", "n1", "weight_decay=1e-2", "--store", store],
+                       check=True)  # fmt: skip
+        _wait_step(store, "digits-cnn", 170)
+        server, url = serve_in_thread(open_store(store), port=8799)
+        run_id = open_store(store).get_run("digits-cnn").id
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("#runs tbody tr")
+            page.screenshot(path=str(OUT / "runs.png"))
+            page.goto(f"{url}runs/{run_id}")
+            page.wait_for_selector('.chart[data-key="loss"] .main-svg')
+            page.wait_for_selector('.node[data-node="n3"]')
+            time.sleep(1.5)
+            page.screenshot(path=str(OUT / "run.png"), full_page=True)
+            page.click('.node[data-node="n1"]')
+            page.locator("aside").screenshot(path=str(OUT / "tree.png"))
+            browser.close()
+        server.should_exit = True
+        trainer.wait(timeout=180)
+    print(f"screenshots written to {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
