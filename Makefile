@@ -23,7 +23,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev
 	touch $@
 
 demo: $(VENV)/.installed-dev
-	$(VENV)/bin/retune demo
+	$(VENV)/bin/retune demo --scripted
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check $(PY_SOURCES)

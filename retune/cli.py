@@ -244,6 +244,17 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
         default=0.05,
         help="seconds to sleep per step, so a person can steer it (default 0.05; 0 = full speed)",
     )
+    p.add_argument(
+        "--scripted",
+        action="store_true",
+        help="also play a tuning session: a set, a restore, a resume in a new process",
+    )
+    p.add_argument("--no-ui", action="store_true", help="do not serve the dashboard")
+    p.add_argument("--port", type=int, default=8765, help="dashboard port (default 8765)")
+    p.add_argument(
+        "--exit", action="store_true", help="exit when training ends (else keep serving)"
+    )
+    p.add_argument("--resume", help=argparse.SUPPRESS)  # used by --scripted's second process
 
 
 @command("demo", "train a small CNN on the digits data with Retune attached", _demo_args,
@@ -257,6 +268,10 @@ def _demo(args: argparse.Namespace, _store: Store) -> int:
         seed=args.seed,
         store=args.store,
         step_delay=args.step_delay,
+        scripted=args.scripted,
+        ui_port=None if args.no_ui else args.port,
+        keep_serving=not args.exit and sys.stdin.isatty(),  # scripts and CI get their prompt back
+        resume=args.resume,
     )
 
 

@@ -83,8 +83,18 @@ def run_demo(
     step_delay: float = 0.0,
     batch_size: int = 64,
     lr: float = 2e-3,
+    scripted: bool = False,
+    ui_port: int | None = None,
+    keep_serving: bool = False,
+    resume: str | None = None,
 ) -> int:
-    """Train, print the test accuracy and how to look at the run; 0 if accuracy > 95%."""
+    """Train, print the test accuracy and how to look at the run; 0 if accuracy > 95%.
+
+    ``ui_port`` serves the dashboard while training (and, with ``keep_serving``, afterwards
+    until Ctrl-C). ``scripted`` plays a short tuning session by itself: a ``set`` during
+    the first third, a ``restore`` of the root with another weight decay, and, when training
+    ends, a ``resume`` in a new process that trains two more epochs.
+    """
     import torch
     from torch.nn import functional
     from torch.utils.data import DataLoader, TensorDataset
@@ -108,11 +118,14 @@ def run_demo(
         config=config,
         seed=seed,
         store=store,
+        resume=resume,
         checkpoint_every_n_epochs=1,
         keep_last=100,  # small model: keep every epoch so any point can be restored
     )
     clip = run.tunable("clip_norm", 5.0, bounds=(0.0, None), doc="gradient clipping norm")
     run.tune_dropout(model)
+    server = _serve(run, ui_port) if ui_port is not None else None
+    director = _Director(run.name, store, epochs * len(loader)) if scripted and not resume else None
     print(f"retune: recording run {run.name} ({run.id}); change it live from another terminal:")
     print(f"  retune set {run.name} lr=1e-3    retune get {run.name}    retune pause {run.name}")
     print(f"  retune restore {run.name} n1@200 weight_decay=1e-3    retune tree {run.name}")
@@ -131,6 +144,8 @@ def run_demo(
                 acc = (logits.argmax(1) == y).float().mean().item()
                 lr_now = optimizer.param_groups[0]["lr"]
                 run.step(loss=loss.item(), acc=acc, lr=lr_now)
+                if director is not None:
+                    director.after_step(run.global_step)
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_now:.2e}",
                                 val_acc=f"{val_acc:.3f}")  # fmt: skip
@@ -140,6 +155,8 @@ def run_demo(
             run.log(val_loss=val_loss, val_acc=val_acc)
         bar.close()
     test_loss, test_acc = _evaluate(model, x_test, y_test)
+    if director is not None:
+        director.resume_in_new_process(epochs + 2, step_delay)
     print(f"test accuracy {test_acc:.4f} (loss {test_loss:.4f}) on {len(y_test)} held-out digits")
     _print_tree(run.id, store)
     print("look at the run:")
@@ -148,7 +165,65 @@ def run_demo(
     print(f"  retune metrics {name} val_acc")
     print(f"  retune changes {name}")
     print(f"  retune tree {name}")
+    code = 0
     if test_acc <= 0.95:
         print("retune: warning: test accuracy is not above 95%")
-        return 1
-    return 0
+        code = 1
+    if server is not None and keep_serving:
+        print("retune: the dashboard keeps serving; Ctrl-C to quit", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return code
+
+
+def _serve(run: Any, port: int) -> Any:
+    from retune.errors import InvalidArgument
+    from retune.server import serve_in_thread
+    from retune.store import open_store
+
+    for candidate in range(port, port + 20):  # the next free port if 8765 is taken
+        try:
+            server, url = serve_in_thread(open_store(run.store.url), port=candidate)
+        except InvalidArgument:
+            continue
+        print(f"retune: dashboard at {url}runs/{run.id}", flush=True)
+        return server
+    print("retune: no free port for the dashboard; `retune ui` can serve it later")
+    return None
+
+
+class _Director:
+    """Plays a tuning session from "another process": commands go through the store."""
+
+    def __init__(self, name: str, store: str | None, total_steps: int) -> None:
+        import retune
+
+        self.name, self.store = name, store
+        self.ctl = retune.connect(name, store=store, source="python")
+        self.set_at, self.restore_at = total_steps // 3, total_steps // 2
+        self.done: set[str] = set()
+
+    def after_step(self, step: int) -> None:
+        if step >= self.set_at and "set" not in self.done:
+            self.done.add("set")
+            self.ctl.set(lr=5e-4)
+            print(f"\nretune demo: set lr=5e-4 at step {step}", flush=True)
+        elif step >= self.restore_at and "restore" not in self.done:
+            self.done.add("restore")
+            self.ctl.restore("n1", set={"weight_decay": 1e-3})
+            print(f"\nretune demo: restore n1 with weight_decay=1e-3 at step {step}", flush=True)
+
+    def resume_in_new_process(self, epochs: int, step_delay: float) -> None:
+        import subprocess
+        import sys
+
+        print(f"retune demo: resuming {self.name} in a new process for two more epochs", flush=True)
+        command = [sys.executable, "-m", "retune", "demo", "--resume", "latest", "--no-ui",
+                   "--exit", "--epochs", str(epochs), "--step-delay", str(step_delay),
+                   "--name", self.name]  # fmt: skip
+        if self.store:
+            command += ["--store", self.store]
+        subprocess.run(command, check=False)

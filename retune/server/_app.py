@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -160,6 +160,34 @@ def create_app(
             total = len(series)
             picked = series.select(max_points=max_points)
             return {"key": key, "total": total, **_series(picked)}
+
+        return _json_response(await blocking(read))
+
+    @app.get(
+        "/api/runs/{run}/branches/{key}",
+        summary="A metric along several branches at once (one read), each downsampled",
+    )
+    async def branches(
+        run: str,
+        key: str,
+        node: Annotated[list[str], Query(description="branch end nodes: node=n3&node=n7")],
+        max_points: int = Query(2000, ge=3, le=100_000),
+    ) -> JSONResponse:
+        def read() -> dict[str, Any]:
+            from retune.session._tree import branch_mask, parse_node, path_to
+
+            record = store.get_run(run)
+            data = store.read_metric(record.id, key)
+            nodes = tuple(store.list_nodes(record.id))
+            out = {}
+            for ref in node[:64]:
+                path = path_to(nodes, parse_node(ref))
+                index = branch_mask(path, data.nodes, data.steps).nonzero()[0]
+                index = index[data.steps[index].argsort(kind="stable")]
+                series = MetricSeries(key, data.steps[index], data.values[index],
+                                      data.times[index], data.nodes[index])  # fmt: skip
+                out[ref] = {"total": len(series), **_series(series.select(max_points=max_points))}
+            return {"key": key, "branches": out}
 
         return _json_response(await blocking(read))
 

@@ -78,13 +78,18 @@ def build_tree(
     by_node: dict[int, list[str]] = {}
     for checkpoint in checkpoints:
         by_node.setdefault(checkpoint.node, []).append(checkpoint.label)
+    metrics_of: dict[int, dict[str, dict[str, float | int | None]]] = {n.id: {} for n in nodes}
+    for key, data in series.items():  # one pass per key: points grouped by node
+        order = np.argsort(data.nodes, kind="stable")
+        grouped_nodes, grouped_values = data.nodes[order], data.values[order]
+        ids, starts = np.unique(grouped_nodes, return_index=True)
+        ends = [*starts[1:], len(grouped_nodes)]
+        for node_id, start, end in zip(ids.tolist(), starts.tolist(), ends, strict=True):
+            if node_id in metrics_of:
+                metrics_of[node_id][key] = summarize(grouped_values[start:end], key)
     out = []
     for node in nodes:
-        metrics = {}
-        for key, data in series.items():
-            mask = data.nodes == node.id
-            if mask.any():
-                metrics[key] = summarize(data.values[mask], key)
+        metrics = metrics_of[node.id]
         out.append(
             TreeNode(
                 id=node.id,

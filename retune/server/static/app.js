@@ -65,7 +65,8 @@ async function runsPage() {
 // ---- run page ---------------------------------------------------------------------------
 const state = { run: null, tree: [], keys: [], selected: null, compare: [], log: false, smooth: false };
 
-function leaves(nodes) { return nodes.filter((n) => n.children.length === 0); }
+const MAX_BRANCHES = 8;  // distinct colours stay readable; the newest branches are drawn
+function leaves(nodes) { return nodes.filter((n) => n.children.length === 0).slice(-MAX_BRANCHES); }
 
 function smooth(values) {
   const out = []; let avg = null;
@@ -77,12 +78,15 @@ async function drawCharts() {
   const branches = state.compare.length === 2 ? state.compare : leaves(state.tree).map((n) => n.id);
   const container = $("#charts");
   const changes = state.tree.filter((n) => n.parent !== null);
-  for (const key of state.keys) {
+  const query = branches.map((b) => `node=${b}`).join("&");
+  const fetched = await Promise.all(state.keys.map((key) =>
+    api(`/api/runs/${state.run.id}/branches/${encodeURIComponent(key)}?${query}&max_points=2000`)));
+  for (const [k, key] of state.keys.entries()) {
     let div = container.querySelector(`[data-key="${CSS.escape(key)}"]`);
     if (!div) { div = h("div", { class: "chart card", "data-key": key }); container.append(div); }
     const traces = [];
     for (const [i, branch] of branches.entries()) {
-      const s = await api(`/api/runs/${state.run.id}/metrics/${encodeURIComponent(key)}?branch=${branch}&max_points=2000`);
+      const s = fetched[k].branches[branch];
       if (!s.steps.length) continue;
       traces.push({ x: s.steps, y: state.smooth ? smooth(s.values) : s.values, name: branch, mode: "lines",
         line: { color: COLORS[state.tree.findIndex((n) => n.id === branch) % COLORS.length], width: 1.6 } });
