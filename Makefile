@@ -45,10 +45,11 @@ test: lint browser
 screenshots: $(VENV)/.installed-dev browser
 	$(PY) scripts/screenshots.py
 
-bench: $(VENV)/.installed-bench
+bench: $(VENV)/.installed-bench browser
 	$(PY) benchmarks/logging_overhead.py
 	$(PY) benchmarks/command_latency.py
 	$(PY) benchmarks/checkpoint_io.py
+	$(PY) benchmarks/dashboard.py
 
 clean:
 	rm -rf $(VENV) .retune .pytest_cache .mypy_cache .ruff_cache
