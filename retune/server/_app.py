@@ -27,7 +27,7 @@ from fastapi.responses import (
 from pydantic import BaseModel, Field
 
 from retune import _json
-from retune.control import submit
+from retune.control import current_user, submit
 from retune.errors import InvalidArgument, RetuneError
 from retune.server._security import SecurityPolicy
 from retune.session._snapshot import MetricSeries, read_snapshot
@@ -207,7 +207,8 @@ def create_app(
             return JSONResponse(
                 {"error": "read_only", "message": "this dashboard is read-only"}, status_code=403
             )
-        user = "token" if token is not None else None
+        # who: the token holder off loopback, else the OS user the dashboard runs as
+        user = "token" if token is not None else current_user()
         record = await blocking(submit, store, run, command.kind, command.payload,
                                 source="ui", user=user)  # fmt: skip
         return _json_response(record.__dict__, status=202)

@@ -163,6 +163,24 @@ def test_pages_static_files_and_openapi(client: TestClient, runs: dict[str, Any]
     assert "/api/runs/{run}/commands" in schema["paths"]
 
 
+def test_events_reject_a_bad_interval(client: TestClient) -> None:
+    _error(client.get("/api/events?interval=0"), 400, "invalid_argument")
+
+
+def test_init_with_ui_serves_the_dashboard(store_url: str) -> None:
+    import httpx
+
+    from tests.server._net import free_port
+
+    port = free_port()
+    with retune.init("served", store=store_url, ui=port) as run:
+        run.step(loss=1.0)
+        run.flush()
+        listed = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=5).json()
+        assert [r["name"] for r in listed] == ["served"]
+        run.ui_server.should_exit = True
+
+
 def test_server_sent_events(client: TestClient, runs: dict[str, Any]) -> None:
     with client.stream("GET", "/api/events?interval=0.1") as stream:
         for line in stream.iter_lines():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -44,11 +43,7 @@ if not Path(CHROMIUM).exists():
 
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.server._net import free_port  # noqa: E402
 
 
 def _eventually(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
@@ -69,7 +64,7 @@ def dashboard(tmp_path: Path) -> Iterator[dict[str, Any]]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     _eventually(lambda: _step(store) >= 5)
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "retune", "ui", "--port", str(port), "--store", store],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -134,6 +129,11 @@ def test_watch_steer_and_branch_from_the_browser(dashboard: dict[str, Any], page
     assert (applied.status, applied.source, applied.result["diff"]) == (
         "applied", "ui", {"lr[body]": [0.1, 0.02]},
     )  # fmt: skip
+    # the trainer logs optimizer.param_groups[0]["lr"] every step: the optimizer holds it
+    _eventually(lambda: _step(store) > (applied.applied_step or 0) + 3)
+    lr = retune.load("e2e", store=store).metric("lr")
+    after = lr.values[lr.steps > (applied.applied_step or 0)]
+    assert len(after) and set(after.tolist()) == {0.02}
 
     # "restore here" on the root creates a new branch that appears in the tree
     page.click('.node[data-node="n1"]')
