@@ -106,6 +106,7 @@ checkpoints = Table(
     Column("nbytes", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
     ForeignKeyConstraint(["run_id", "node"], ["nodes.run_id", "nodes.id"], ondelete="CASCADE"),
+    Index("ix_checkpoints_run_node_step", "run_id", "node", "step"),  # since v0.1.1
 )
 
 events = Table(

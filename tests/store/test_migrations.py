@@ -60,3 +60,24 @@ def test_db_upgrade_is_idempotent_at_head(tmp_path: Path) -> None:
     before, after = upgrade_store(url)
     assert before is None and after == head_revision()
     assert upgrade_store(url) == (head_revision(), head_revision())
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "retune-v0.1.0.db"
+
+
+def test_a_store_written_by_0_1_0_asks_for_an_upgrade_then_works(tmp_path: Path) -> None:
+    import shutil
+
+    from retune.cli import main
+
+    path = tmp_path / "old.db"
+    shutil.copy(FIXTURE, path)
+    with pytest.raises(SchemaMismatch, match=r"older schema \(v0\.1\.0.*run `retune db upgrade"):
+        open_store(str(path))
+    assert main(["db", "upgrade", "--store", str(path)]) == 0
+    store = open_store(str(path))
+    run = store.get_run("old-run")
+    assert run.config == {"made_by": "retune 0.1.0"} and run.status == "finished"
+    assert store.read_metric(run.id, "loss").steps.tolist() == list(range(1, 101))
+    assert [c.tag for c in store.list_checkpoints(run.id)] == ["old"]
+    store.close()
