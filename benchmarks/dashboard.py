@@ -23,16 +23,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine_line, print_json, table
 
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 def _fill(store_url: str, name: str, points: int, nodes: int, keys: tuple[str, ...]) -> str:
     """A run with ``nodes`` nodes (a long chain with side branches) and ``points`` per key."""
@@ -101,9 +91,11 @@ def main() -> int:
         )
         from playwright.sync_api import sync_playwright
 
+        from retune.server._headless import CHROMIUM, CHROMIUM_ARGS
+
         page_times = []
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for _ in range(args.repeat):
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 start = time.perf_counter()

@@ -8,7 +8,7 @@ import subprocess
 from typing import Any
 
 from retune._format import number
-from retune.cli import command, emit_json
+from retune.cli import command, emit_json, run_arg, wait_args
 from retune.control import Controller, parse_assignments
 from retune.errors import InvalidArgument
 from retune.session._init import RESUME_FROM_ENV, RESUME_RUN_ENV
@@ -19,19 +19,10 @@ from retune.store import Store
 __all__ = ["draw_tree"]
 
 
-def _run_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run id, or name (the latest run with that name)")
-
-
-def _wait_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-wait", action="store_true", help="queue the command and return at once")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
-
-
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
+    run_arg(p)
     p.add_argument("--tag", help="a name kept with the checkpoint (tagged ones are never pruned)")
-    _wait_args(p)
+    wait_args(p)
 
 
 @command("checkpoint", "save a live run's full training state now", _checkpoint_args)
@@ -48,12 +39,12 @@ def _checkpoint(args: argparse.Namespace, store: Store) -> int:
 
 
 def _restore_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
+    run_arg(p)
     p.add_argument("target", help="c3, latest, a node n3, or n3@1200")
     p.add_argument("assignments", nargs="*", metavar="NAME=VALUE", help="new values to apply")
     p.add_argument("--group", help="param group for the new values")
     p.add_argument("--mode", choices=["rescale", "constant"], default="rescale")
-    _wait_args(p)
+    wait_args(p)
 
 
 @command("restore", "send a live run back to a checkpoint, on a new branch", _restore_args)
@@ -82,9 +73,9 @@ def _restore(args: argparse.Namespace, store: Store) -> int:
 
 
 def _resume_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
+    run_arg(p)
     p.add_argument("--from", dest="target", default="latest", help="checkpoint (default latest)")
-    _wait_args(p)
+    wait_args(p)
     p.epilog = "the training command follows --, e.g. retune resume mnist -- python train.py"
 
 
@@ -159,7 +150,7 @@ def draw_tree(nodes: list[TreeNode], current: int | None = None) -> list[str]:
     return lines
 
 
-@command("tree", "the run's tuning tree: nodes, diffs, metrics, checkpoints", _run_arg)
+@command("tree", "the run's tuning tree: nodes, diffs, metrics, checkpoints", run_arg)
 def _tree(args: argparse.Namespace, store: Store) -> int:
     snapshot = read_snapshot(store, args.run)
     nodes = snapshot.tree()

@@ -6,24 +6,15 @@ import argparse
 from typing import Any
 
 from retune._format import number, table, timestamp
-from retune.cli import command, emit_json
+from retune.cli import command, emit_json, run_arg, wait_args
 from retune.control import Controller, parse_assignments
 from retune.store import CommandRecord, Store
 
 __all__: list[str] = []
 
 
-def _run_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run id, or name (the latest run with that name)")
-
-
-def _wait_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-wait", action="store_true", help="queue the command and return at once")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
-
-
 def _change_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
+    run_arg(p)
     p.add_argument("assignments", nargs="+", metavar="NAME=VALUE")
     p.add_argument("--group", help="param group index or name (default: every group)")
     p.add_argument(
@@ -32,7 +23,7 @@ def _change_args(p: argparse.ArgumentParser) -> None:
         default="rescale",
         help="with an LR scheduler: rescale keeps its shape (default), constant holds the value",
     )
-    _wait_args(p)
+    wait_args(p)
 
 
 def _group(text: str | None) -> int | str | None:
@@ -61,37 +52,33 @@ def _controller(store: Store, args: argparse.Namespace) -> Controller:
     return Controller(store, args.run, source="cli")
 
 
-@command("set", "set tunables of a live run: retune set RUN lr=1e-3", _change_args)
-def _set(args: argparse.Namespace, store: Store) -> int:
-    values = parse_assignments(args.assignments)
-    ctl = _controller(store, args)
-    done = ctl.set(
-        values,
-        group=_group(args.group),
-        mode=args.mode,
-        wait=not args.no_wait,
-        timeout=args.timeout,
-    )
-    return _report(args, done)
+def _change(kind: str) -> None:
+    def handler(args: argparse.Namespace, store: Store) -> int:
+        ctl = _controller(store, args)
+        send = ctl.set if kind == "set" else ctl.scale
+        done = send(
+            parse_assignments(args.assignments),
+            group=_group(args.group),
+            mode=args.mode,
+            wait=not args.no_wait,
+            timeout=args.timeout,
+        )
+        return _report(args, done)
+
+    helps = {
+        "set": "set tunables of a live run: retune set RUN lr=1e-3",
+        "scale": "multiply tunables of a live run: retune scale RUN lr=0.5",
+    }
+    command(kind, helps[kind], _change_args)(handler)
 
 
-@command("scale", "multiply tunables of a live run: retune scale RUN lr=0.5", _change_args)
-def _scale(args: argparse.Namespace, store: Store) -> int:
-    factors = parse_assignments(args.assignments)
-    ctl = _controller(store, args)
-    done = ctl.scale(
-        factors,
-        group=_group(args.group),
-        mode=args.mode,
-        wait=not args.no_wait,
-        timeout=args.timeout,
-    )
-    return _report(args, done)
+_change("set")
+_change("scale")
 
 
 def _plain_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
-    _wait_args(p)
+    run_arg(p)
+    wait_args(p)
 
 
 def _plain(kind: str) -> None:
@@ -110,7 +97,7 @@ for _kind in ("pause", "stop"):  # resume: see _cli_checkpoints (it also resumes
     _plain(_kind)
 
 
-@command("get", "current values of a run's tunables, per param group", _run_arg)
+@command("get", "current values of a run's tunables, per param group", run_arg)
 def _get(args: argparse.Namespace, store: Store) -> int:
     run = store.get_run(args.run)
     if args.json:
@@ -141,7 +128,7 @@ def _bounds(entry: dict[str, Any]) -> str:
     return f"{left}, {right}" if (low is not None or high is not None) else "any finite"
 
 
-@command("changes", "every command sent to a run: who, when, what, outcome", _run_arg)
+@command("changes", "every command sent to a run: who, when, what, outcome", run_arg)
 def _changes(args: argparse.Namespace, store: Store) -> int:
     run = store.get_run(args.run)
     commands = store.list_commands(run.id)

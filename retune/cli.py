@@ -56,6 +56,19 @@ def command(
     return register
 
 
+def run_arg(p: argparse.ArgumentParser) -> None:
+    """The RUN positional every per-run command takes."""
+    p.add_argument("run", help="run id, or name (the latest run with that name)")
+
+
+def wait_args(p: argparse.ArgumentParser, timeout: float = 120.0) -> None:
+    """--no-wait / --timeout for commands sent to a live run."""
+    p.add_argument("--no-wait", action="store_true", help="queue the command and return at once")
+    p.add_argument(
+        "--timeout", type=float, default=timeout, help=f"seconds to wait (default {timeout:g})"
+    )
+
+
 def emit_json(value: Any) -> None:
     print(_json.dumps(value, indent=2))
 
@@ -123,10 +136,6 @@ def _runs(args: argparse.Namespace, store: Store) -> int:
 
 
 # -- show --------------------------------------------------------------------------------------
-def _run_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run id, or name (the latest run with that name)")
-
-
 def _describe(run: RunRecord, last: dict[str, tuple[int, float]]) -> list[str]:
     meta = run.meta
     lines = [
@@ -164,7 +173,7 @@ def _describe(run: RunRecord, last: dict[str, tuple[int, float]]) -> list[str]:
     return lines
 
 
-@command("show", "a run's configuration, hyperparameters and last metrics", _run_arg)
+@command("show", "a run's configuration, hyperparameters and last metrics", run_arg)
 def _show(args: argparse.Namespace, store: Store) -> int:
     run = store.get_run(args.run)
     last = store.last_metrics([run.id])[run.id]
@@ -189,7 +198,7 @@ def _show(args: argparse.Namespace, store: Store) -> int:
 
 # -- metrics -----------------------------------------------------------------------------------
 def _metrics_args(p: argparse.ArgumentParser) -> None:
-    _run_arg(p)
+    run_arg(p)
     p.add_argument("key", help="metric name, e.g. loss")
     p.add_argument("--start", type=int, help="first step")
     p.add_argument("--end", type=int, help="last step")

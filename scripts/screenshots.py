@@ -17,19 +17,10 @@ from playwright.sync_api import sync_playwright
 
 import retune
 from retune.server import serve_in_thread
+from retune.server._headless import CHROMIUM, CHROMIUM_ARGS
 from retune.store import open_store
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _wait_step(store: str, name: str, step: int) -> None:
@@ -62,7 +53,7 @@ def main() -> int:
         server, url = serve_in_thread(open_store(store), port=8799)
         run_id = open_store(store).get_run("digits-cnn").id
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(url)
             page.wait_for_selector("#runs tbody tr")

@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from retune.control._commands import submit
+from retune.control._commands import restore_payload, submit
 from retune.errors import CommandRejected, CommandTimeout
 from retune.store import CommandRecord, RunRecord, Store, open_store
 
@@ -111,7 +111,7 @@ class Controller:
     ) -> CommandRecord:
         """Go back to checkpoint ``target`` (``c3``, ``latest``, ``n3``, ``n3@1200``) on a new
         branch, optionally with new values: ``ctl.restore("n3@1200", set={"lr": 1e-3})``."""
-        payload = {"target": target, "set": dict(set or {}), "group": group, "mode": mode}
+        payload = restore_payload(target, set, group, mode)
         return self.send("restore", payload, wait=wait, timeout=timeout)
 
     def pause(self, *, wait: bool = False, timeout: float = 60.0) -> CommandRecord:

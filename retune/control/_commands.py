@@ -16,7 +16,7 @@ from retune.control._tunables import TunableSpec, validate
 from retune.errors import CommandRejected, InvalidArgument, RetuneError, RunNotLive
 from retune.store import LIVE_STATUSES, CommandRecord, RunRecord, Store
 
-__all__ = ["SCHEDULER_MODES", "SOURCES", "current_user", "submit"]
+__all__ = ["SCHEDULER_MODES", "SOURCES", "current_user", "restore_payload", "submit"]
 
 SOURCES = ("python", "cli", "ui", "notebook", "api")
 SCHEDULER_MODES = ("rescale", "constant")
@@ -117,6 +117,13 @@ _CHECKS = {
     "checkpoint": _check_checkpoint,
     "restore": _check_restore,
 }
+
+
+def restore_payload(
+    target: str, values: Mapping[str, Any] | None, group: int | str | None, mode: str
+) -> dict[str, Any]:
+    """The payload of a ``restore`` command, as every surface builds it."""
+    return {"target": target, "set": dict(values or {}), "group": group, "mode": mode}
 
 
 def submit(

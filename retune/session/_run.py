@@ -294,9 +294,9 @@ class Run:
         training thread between steps; from elsewhere use ``retune.connect(run).restore()``.
         Raises ``CommandRejected`` with the reason when it cannot be done (nothing changes).
         """
-        from retune.control import submit
+        from retune.control._commands import restore_payload, submit
 
-        payload = {"target": target, "set": dict(set or {}), "group": group, "mode": mode}
+        payload = restore_payload(target, set, group, mode)
         command = submit(self.store, self.id, "restore", payload, source="python")
         return self._applier.apply_now(self, command)
 

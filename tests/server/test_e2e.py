@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,18 +19,9 @@ import httpx
 import pytest
 
 import retune
+from retune.server._headless import CHROMIUM, CHROMIUM_ARGS
 from retune.store import open_store
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TRAINER = Path(__file__).parents[1] / "control" / "trainer.py"
 
 pytestmark = pytest.mark.slow
@@ -95,7 +85,7 @@ def _answers(url: str) -> bool:
 @pytest.fixture
 def page() -> Iterator[Page]:
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser.new_page(viewport={"width": 1400, "height": 1000})
         browser.close()
 
