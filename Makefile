@@ -39,8 +39,10 @@ browser:
 	    echo "note: sudo apt-get install chromium to run the browser tests (skipped without it)"; \
 	  fi; }
 
+# The store's conformance suite also runs on a real PostgreSQL (scripts/postgres.sh starts one).
 test: lint browser
-	$(VENV)/bin/pytest -p no:cacheprovider
+	RETUNE_TEST_POSTGRES_URL="$${RETUNE_TEST_POSTGRES_URL:-$$(bash scripts/postgres.sh)}" \
+	  $(VENV)/bin/pytest -p no:cacheprovider
 
 screenshots: $(VENV)/.installed-dev browser
 	$(PY) scripts/screenshots.py

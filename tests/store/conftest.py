@@ -1,7 +1,8 @@
 """The one parametrized fixture every backend's conformance run goes through.
 
 SQLite always runs. PostgreSQL runs when ``RETUNE_TEST_POSTGRES_URL`` points at a server
-(each test gets a fresh database schema by dropping all tables first).
+(``make test`` starts one with ``scripts/postgres.sh``; each test gets a fresh schema). In CI
+a missing PostgreSQL is an error, not a skip.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from retune.store import Store, open_store
 BACKENDS = ["sqlite"]
 if os.environ.get("RETUNE_TEST_POSTGRES_URL"):
     BACKENDS.append("postgresql")
+elif os.environ.get("CI"):
+    raise RuntimeError("CI runs the store suite on PostgreSQL too: run it through `make test`")
 
 
 def _fresh_postgres(url: str) -> str:
