@@ -125,7 +125,10 @@ def _describe(node: TreeNode) -> str:
     end = "…" if node.end_step is None else str(node.end_step)
     diff = ", ".join(f"{k} {number(a)} -> {number(b)}" for k, (a, b) in node.diff.items())
     change = node.change_kind if not diff else f"{node.change_kind} {diff}"
-    checkpoints = f" [{', '.join(node.checkpoints)}]" if node.checkpoints else ""
+    shown = node.checkpoints
+    if len(shown) > 4:
+        shown = (shown[0], "…", shown[-1], f"{len(node.checkpoints)} in all")
+    checkpoints = f" [{', '.join(shown)}]" if shown else ""
     return (
         f"{node.label} steps {node.start_step}..{end}  {change}  {_metric_line(node)}{checkpoints}"
     )

@@ -1,12 +1,15 @@
 """Ending runs that the script did not end: normal interpreter exit and uncaught exceptions.
 
 Registered once, the first time a run starts. At exit every run still open is finished:
-``crashed`` (with the traceback) when an uncaught exception ended the script, else ``finished``.
+``crashed`` (with the traceback) when an uncaught exception ended the script, ``stopped`` after
+Ctrl-C or SIGTERM (a SIGTERM handler is installed when the program has none), else
+``finished``. Buffered metrics are flushed in every case; only SIGKILL loses the last second.
 """
 
 from __future__ import annotations
 
 import atexit
+import signal
 import sys
 import threading
 import traceback
@@ -26,6 +29,7 @@ _open_runs: set[_Endable] = set()
 _lock = threading.Lock()
 _installed = False
 _uncaught: list[str] = []
+_terminated: list[int] = []
 
 
 def _excepthook(
@@ -41,9 +45,17 @@ def _excepthook(
 _previous_excepthook = sys.excepthook
 
 
+def _on_sigterm(signum: int, _frame: object) -> None:
+    """A scheduler (Slurm, Kubernetes, ``kill``) asks the process to end: end it cleanly."""
+    _terminated.append(signum)
+    raise SystemExit(128 + signum)
+
+
 def _at_exit() -> None:
     error = _uncaught[-1] if _uncaught else None
-    if error is not None and error.rstrip().endswith("KeyboardInterrupt"):
+    if _terminated:
+        status, error = "stopped", "terminated by SIGTERM"
+    elif error is not None and error.rstrip().endswith("KeyboardInterrupt"):
         status = "stopped"
     else:
         status = "crashed" if error else "finished"
@@ -59,8 +71,17 @@ def track(run: _Endable) -> None:
             _previous_excepthook = sys.excepthook
             sys.excepthook = _excepthook
             atexit.register(_at_exit)
+            _install_sigterm()
             _installed = True
         _open_runs.add(run)
+
+
+def _install_sigterm() -> None:
+    """Handle SIGTERM like Ctrl-C, unless the program set its own handler (or is not main)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def untrack(run: _Endable) -> None:

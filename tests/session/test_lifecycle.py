@@ -77,3 +77,28 @@ def test_import_retune_does_not_import_torch() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sigterm_flushes_and_marks_the_run_stopped(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    store = str(tmp_path / "term.db")
+    code = (
+        "import sys, time, retune\n"
+        "run = retune.init('termed', store=sys.argv[1], flush_interval=3600)\n"
+        "for i in range(10_000_000):\n"
+        "    run.step(loss=float(i))\n"
+        "    if i == 500: print('ready', flush=True)\n"
+        "    time.sleep(0.0005)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, store], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    snap = retune.load("termed", store=store)
+    assert snap.status == "stopped" and snap.run.error == "terminated by SIGTERM"
+    steps = snap.metric("loss").steps
+    assert len(steps) > 500 and steps.tolist() == list(range(1, len(steps) + 1))
