@@ -89,6 +89,16 @@ def test_metric_series_downsampled_with_nan_kept(client: TestClient, runs: dict[
     _error(client.get("/api/runs/done/metrics/loss?branch=n9"), 404, "node_not_found")
 
 
+def test_branches_of_a_metric_in_one_request(client: TestClient, runs: dict[str, Any]) -> None:
+    body = client.get("/api/runs/done/branches/loss?node=n1&max_points=20").json()
+    assert body["key"] == "loss" and body["branches"]["n1"]["total"] == 100
+    assert len(body["branches"]["n1"]["steps"]) <= 20
+    _error(client.get("/api/runs/done/branches/loss"), 400, "invalid_argument")
+    _error(client.get("/api/runs/done/branches/loss?node=n7"), 404, "node_not_found")
+    _error(client.get("/api/runs/done/branches/loss?node=x"), 404, "node_not_found")
+    _error(client.get("/api/runs/nope/branches/loss?node=n1"), 404, "run_not_found")
+
+
 def test_commands_are_validated_and_recorded(client: TestClient, runs: dict[str, Any]) -> None:
     sent = client.post("/api/runs/live/commands", json={"kind": "set", "payload": {"values": {"lr": 0.01}}},
                        headers={"Origin": ORIGIN})  # fmt: skip

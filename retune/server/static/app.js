@@ -59,7 +59,7 @@ async function runsPage() {
   filter.addEventListener("input", draw);
   status.addEventListener("change", draw);
   await draw();
-  live(throttle(draw, 1000));
+  live(throttle(draw, 500));
 }
 
 // ---- run page ---------------------------------------------------------------------------
@@ -230,7 +230,7 @@ async function runPage(id) {
   if (!state.run.read_only) $("#tunables tbody").replaceChildren(...tunableRows(state.run));
   state.run.tunables = state.run.tunables ?? [];
   await refreshRun();
-  live(throttle(refreshRun, 1000));
+  live(throttle(refreshRun, 500));
 }
 
 const match = location.pathname.match(/^\/runs\/([^/]+)$/);
