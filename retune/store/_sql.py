@@ -122,6 +122,8 @@ class SqlStore(Store):
 
     def _open(self, *, upgrade: bool) -> None:
         with self._tx(write=True) as conn:
+            if conn.dialect.name == "postgresql":  # one process at a time creates or migrates
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7256438)")
             self.revision_at_open = _migrate.current_revision(conn)
             if upgrade or _migrate.is_empty(conn):
                 _migrate.upgrade(conn)
@@ -143,6 +145,12 @@ class SqlStore(Store):
         except SQLAlchemyError as e:
             reason = str(e).splitlines()[0]
             raise StoreError(f"store {self.url} failed: {reason}") from e
+
+    @staticmethod
+    def _lock_run(conn: Connection, run_id: str) -> None:
+        """Serialize numbering within a run: a row lock on PostgreSQL (SQLite's writer lock,
+        taken by BEGIN IMMEDIATE, already serializes every write)."""
+        conn.execute(select(runs.c.id).where(runs.c.id == run_id).with_for_update())
 
     def close(self) -> None:
         self._writer.dispose()
@@ -304,6 +312,7 @@ class SqlStore(Store):
         created_by: str | None,
     ) -> NodeRecord:
         with self._tx(write=True) as conn:
+            self._lock_run(conn, run_id)
             highest = conn.execute(
                 select(func.max(nodes.c.id)).where(nodes.c.run_id == run_id)
             ).scalar()
@@ -592,6 +601,7 @@ class SqlStore(Store):
         nbytes: int,
     ) -> CheckpointRecord:
         with self._tx(write=True) as conn:
+            self._lock_run(conn, run_id)
             highest = conn.execute(
                 select(func.max(checkpoints.c.id)).where(checkpoints.c.run_id == run_id)
             ).scalar()

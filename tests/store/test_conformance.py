@@ -221,3 +221,22 @@ def test_reopen_run_clears_the_end(store: Store) -> None:
     assert (reopened.status, reopened.ended_at, reopened.error) == ("running", None, None)
     with pytest.raises(RunNotFound):
         store.reopen_run("nope")
+
+
+def test_node_and_checkpoint_numbers_stay_unique_under_concurrency(store: Store) -> None:
+    run_id = _run_with_root(store)
+
+    def add(worker: int) -> None:
+        for _ in range(10):
+            store.create_node(run_id, parent=1, start_step=worker, change_kind="set", values={},
+                              diff={}, created_by=str(worker))  # fmt: skip
+            store.add_checkpoint(run_id, node=1, step=worker, tag=None, reason="user",
+                                 manifest={}, nbytes=0)  # fmt: skip
+
+    threads = [threading.Thread(target=add, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [n.id for n in store.list_nodes(run_id)] == list(range(1, 42))
+    assert [c.id for c in store.list_checkpoints(run_id)] == list(range(1, 41))
