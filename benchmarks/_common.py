@@ -1,7 +1,12 @@
-"""Helpers shared by the benchmarks: timing, a machine line, tables, JSON output."""
+"""Helpers shared by the benchmarks: timing, a machine line, tables, JSON output.
+
+Benchmarks are scripts, not tests: they print what they measured and never assert on time.
+Import with ``sys.path.insert(0, str(Path(__file__).parent))`` then ``from _common import ...``.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -9,8 +14,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
+
+MAKE_BENCH_HINT = "run `make bench` (it installs the .[bench] extra: tensorboard, mlflow, ...)"
 
 
 def machine_line(packages: Sequence[str] = ()) -> str:
@@ -34,13 +42,43 @@ def machine_line(packages: Sequence[str] = ()) -> str:
     return ", ".join(parts)
 
 
-def best_of(repeat: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
-    """Run ``fn`` (which returns seconds) ``repeat`` times; (median, all runs)."""
-    runs = [fn() for _ in range(repeat)]
-    return statistics.median(runs), runs
+def missing_modules(modules: Sequence[str]) -> list[str]:
+    """``"name (error)"`` for each module of ``modules`` that cannot be imported."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            missing.append(f"{name} ({e})")
+    return missing
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds (or any measure) of each repetition of one measurement."""
+
+    runs: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def best(self) -> float:
+        return min(self.runs)
+
+    @property
+    def worst(self) -> float:
+        return max(self.runs)
+
+
+def repeated(repeat: int, fn: Callable[[], float]) -> Timings:
+    """Run ``fn`` (which returns seconds) ``repeat`` times."""
+    return Timings(tuple(fn() for _ in range(repeat)))
 
 
 def timed(fn: Callable[[], Any]) -> float:
+    """Seconds ``fn()`` took (``time.perf_counter``)."""
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -59,3 +97,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def print_json(data: dict[str, Any]) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def print_json_line(data: dict[str, Any]) -> None:
+    """``data`` as one line of JSON on stdout (easy to append to a log and parse back)."""
+    print(json.dumps(data, sort_keys=True, separators=(",", ":")), flush=True)

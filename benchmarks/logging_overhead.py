@@ -1,148 +1,296 @@
 """Per-step cost of logging three scalars: Retune vs TensorBoard's writer vs MLflow.
 
 Run with ``make bench`` or ``.venv/bin/python benchmarks/logging_overhead.py``. Every
-contender runs in this one process on the same loop (50,000 steps, loss/acc/lr), including its
-final flush/close. MLflow is slow enough (milliseconds per call) that it runs fewer steps; its
-figure is still per step. Reported: microseconds per step, the overhead over a bare loop, and
-the ratios of overheads (how many times more a competitor adds to each step than Retune).
+contender runs in this one process on the same loop (default 50,000 steps logging loss, acc and
+lr), and its final flush/close is inside the timed region; set-up (``retune.init``, creating
+the writer, ``mlflow.start_run``) is not. MLflow takes milliseconds per call, so it runs fewer
+steps (``--mlflow-steps``); its figure is still per step. Repetitions go round-robin over the
+contenders, each in a fresh temporary folder; the median is reported. After each timed run the
+written data is read back and counted (outside the timing), so a contender that drops points
+cannot look fast. Reported: microseconds per step, the overhead over a bare loop that computes
+the same three floats, the ratios of those overheads (competitor / Retune), and how many full
+(generation 2) garbage collections ran inside the timings.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import best_of, machine_line, print_json, table, timed
+from _common import (
+    MAKE_BENCH_HINT,
+    Timings,
+    machine_line,
+    missing_modules,
+    print_json_line,
+    table,
+)
+
+KEYS = ("loss", "acc", "lr")
+TARGETS = {"retune_us_per_step": 6.0, "tensorboard / retune": 20.0, "mlflow / retune": 500.0}
 
 
-def bare(steps: int, _folder: Path) -> float:
+@dataclass(frozen=True)
+class Sample:
+    """One timed run: seconds in all, seconds of the final flush/close, full GCs inside."""
+
+    total: float
+    close: float
+    full_gcs: int
+
+
+class _FullCollections:
+    """Counts generation-2 garbage collections while installed (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            self.count += 1
+
+
+def _clock(loop: Callable[[], None], close: Callable[[], Any]) -> Sample:
+    counter = _FullCollections()
+    gc.callbacks.append(counter)
+    try:
+        start = time.perf_counter()
+        loop()
+        looped = time.perf_counter()
+        close()
+        end = time.perf_counter()
+    finally:
+        gc.callbacks.remove(counter)
+    return Sample(end - start, end - looped, counter.count)
+
+
+def _check(name: str, counts: dict[str, int], steps: int) -> None:
+    """Every contender must have written every point; a benchmark that drops data lies."""
+    if any(counts.get(key) != steps for key in KEYS):
+        raise SystemExit(f"{name} wrote {counts} points, expected {steps} per key")
+
+
+def bare(steps: int, _folder: Path) -> Sample:
     def loop() -> None:
-        total = 0.0
         for i in range(steps):
-            loss, acc, lr = 1.0 / (i + 1), i / steps, 0.1
-            total += loss + acc + lr
+            _values = (1.0 / (i + 1), i / steps, 0.1)
 
-    return timed(loop)
+    return _clock(loop, lambda: None)
 
 
-def with_retune(steps: int, folder: Path) -> float:
+def with_retune(steps: int, folder: Path) -> Sample:
     import retune
 
-    run = retune.init("bench", store=str(folder / "retune.db"))
+    store = f"sqlite:///{folder / 'retune.db'}"
+    run = retune.init("bench", store=store)
 
     def loop() -> None:
         for i in range(steps):
             run.step(loss=1.0 / (i + 1), acc=i / steps, lr=0.1)
-        run.finish()
 
-    return timed(loop)
+    sample = _clock(loop, run.finish)
+    snapshot = retune.load(run.id, store=store)
+    _check("retune", {key: len(snapshot.metric(key)) for key in KEYS}, steps)
+    return sample
 
 
-def with_tensorboard(steps: int, folder: Path) -> float:
-    from torch.utils.tensorboard import SummaryWriter
+def _tensorboard_writer(
+    logdir: Path,
+) -> tuple[Callable[[str, float, int], None], Callable[[], None]]:
+    """``(add_scalar, close)``: torch's SummaryWriter, or TensorBoard's own event writer."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    writer = SummaryWriter(log_dir=str(folder / "tb"))
+        events = EventFileWriter(str(logdir))
+
+        def add_scalar(tag: str, value: float, step: int) -> None:
+            summary = Summary(value=[Summary.Value(tag=tag, simple_value=value)])
+            events.add_event(Event(wall_time=time.time(), step=step, summary=summary))
+
+        return add_scalar, events.close
+    writer = SummaryWriter(log_dir=str(logdir))
+    return writer.add_scalar, writer.close
+
+
+def _tensorboard_counts(logdir: Path) -> dict[str, int]:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    counts = dict.fromkeys(KEYS, 0)
+    for path in logdir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                counts[value.tag] = counts.get(value.tag, 0) + 1
+    return counts
+
+
+def with_tensorboard(steps: int, folder: Path) -> Sample:
+    logdir = folder / "tb"
+    add_scalar, close = _tensorboard_writer(logdir)
 
     def loop() -> None:
         for i in range(steps):
-            writer.add_scalar("loss", 1.0 / (i + 1), i)
-            writer.add_scalar("acc", i / steps, i)
-            writer.add_scalar("lr", 0.1, i)
-        writer.close()
+            add_scalar("loss", 1.0 / (i + 1), i)
+            add_scalar("acc", i / steps, i)
+            add_scalar("lr", 0.1, i)
 
-    return timed(loop)
+    sample = _clock(loop, close)
+    _check("tensorboard", _tensorboard_counts(logdir), steps)
+    return sample
 
 
-def with_mlflow(steps: int, folder: Path) -> float:
+def with_mlflow(steps: int, folder: Path) -> Sample:
     import mlflow
 
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    logging.getLogger("alembic").setLevel(logging.ERROR)
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    mlflow.set_experiment("bench")
-    with mlflow.start_run():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+        mlflow.set_experiment("bench")
+        active = mlflow.start_run()
 
         def loop() -> None:
             for i in range(steps):
                 mlflow.log_metrics({"loss": 1.0 / (i + 1), "acc": i / steps, "lr": 0.1}, step=i)
 
-        return timed(loop)
+        sample = _clock(loop, mlflow.end_run)
+        client = mlflow.MlflowClient()
+        counts = {key: len(client.get_metric_history(active.info.run_id, key)) for key in KEYS}
+    _check("mlflow", counts, steps)
+    return sample
 
 
-def measure(fn: Callable[[int, Path], float], steps: int, repeat: int) -> float:
-    """Median seconds per step over ``repeat`` runs, each in a fresh folder."""
+def _quiet_mlflow() -> None:
+    """No banners, progress bars or migration logs from MLflow (set before importing it)."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    for name in ("mlflow", "alembic", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
-    def once() -> float:
-        with tempfile.TemporaryDirectory() as folder:
-            return fn(steps, Path(folder)) / steps
 
-    median, _ = best_of(repeat, once)
-    return median
+CONTENDERS: dict[str, Callable[[int, Path], Sample]] = {
+    "bare loop": bare,
+    "retune": with_retune,
+    "tensorboard": with_tensorboard,
+    "mlflow": with_mlflow,
+}
+
+
+def measure(steps: dict[str, int], repeat: int) -> dict[str, list[Sample]]:
+    """``repeat`` rounds; each round runs every contender once, in a fresh temporary folder."""
+    samples: dict[str, list[Sample]] = {name: [] for name in CONTENDERS}
+    for _ in range(repeat):
+        for name, fn in CONTENDERS.items():
+            with tempfile.TemporaryDirectory(prefix="retune-bench-") as folder:
+                samples[name].append(fn(steps[name], Path(folder)))
+    return samples
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50_000)
-    parser.add_argument("--mlflow-steps", type=int, default=300)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50_000, help="steps (default 50,000)")
+    parser.add_argument(
+        "--mlflow-steps", type=int, default=1_000, help="steps for MLflow (default 1,000)"
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="rounds; median (default 5)")
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON line on stdout (the table goes to stderr)"
+    )
     args = parser.parse_args()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    warnings.filterwarnings("ignore")
-    try:
-        import mlflow  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError as e:
-        print(f"missing a competitor ({e}); run `make bench` to install them", file=sys.stderr)
+    if min(args.steps, args.mlflow_steps, args.repeat) < 1:
+        parser.error("--steps, --mlflow-steps and --repeat must be at least 1")
+    _quiet_mlflow()
+    missing = missing_modules(["mlflow", "tensorboard"])
+    if missing:
+        print(f"logging_overhead: missing {', '.join(missing)}; {MAKE_BENCH_HINT}", file=sys.stderr)
         return 2
 
+    steps = {name: args.steps for name in CONTENDERS} | {"mlflow": args.mlflow_steps}
+    samples = measure(steps, args.repeat)
     per_step = {
-        "bare loop": measure(bare, args.steps, args.repeat),
-        "retune": measure(with_retune, args.steps, args.repeat),
-        "tensorboard": measure(with_tensorboard, args.steps, args.repeat),
-        "mlflow": measure(with_mlflow, args.mlflow_steps, args.repeat),
+        name: Timings(tuple(s.total / steps[name] for s in runs)) for name, runs in samples.items()
     }
-    overhead = {k: v - per_step["bare loop"] for k, v in per_step.items()}
-    ratios = {
-        "tensorboard / retune": overhead["tensorboard"] / overhead["retune"],
-        "mlflow / retune": overhead["mlflow"] / overhead["retune"],
+    close_s = {name: Timings(tuple(s.close for s in runs)).median for name, runs in samples.items()}
+    full_gcs = {name: [s.full_gcs for s in runs] for name, runs in samples.items()}
+    cost = {name: t.median for name, t in per_step.items()}
+    overhead = {name: c - cost["bare loop"] for name, c in cost.items()}
+    ratios = {  # on per-step overhead (cost minus the bare loop's)
+        f"{name} / retune": overhead[name] / overhead["retune"]
+        for name in ("tensorboard", "mlflow")
     }
-    machine = machine_line(["torch", "tensorboard", "mlflow", "sqlalchemy"])
-    if args.json:
-        print_json(
-            {
-                "machine": machine,
-                "per_step_s": per_step,
-                "overhead_s": overhead,
-                "ratios": ratios,
-                "steps": args.steps,
-                "mlflow_steps": args.mlflow_steps,
-            }
-        )
-        return 0
-    steps = {"mlflow": args.mlflow_steps}
-    print(machine)
-    print(f"3 scalars per step; {args.steps:,} steps ({args.mlflow_steps:,} for mlflow); "
-          f"median of {args.repeat}; final flush/close included")  # fmt: skip
+    cost_ratios = {
+        f"{name} / retune": cost[name] / cost["retune"] for name in ("tensorboard", "mlflow")
+    }
+    met = {
+        "retune_us_per_step": cost["retune"] * 1e6 <= TARGETS["retune_us_per_step"],
+        **{key: ratios[key] >= target for key, target in TARGETS.items() if "/" in key},
+    }
+    machine = machine_line(["retune", "torch", "tensorboard", "mlflow", "sqlalchemy", "numpy"])
+
+    out = sys.stderr if args.json else sys.stdout
     rows = [
         [
             name,
-            f"{steps.get(name, args.steps):,}",
-            f"{v * 1e6:,.2f}",
+            f"{steps[name]:,}",
+            f"{cost[name] * 1e6:,.2f}",
+            f"{per_step[name].best * 1e6:,.2f}-{per_step[name].worst * 1e6:,.2f}",
             f"{overhead[name] * 1e6:,.2f}",
+            f"{close_s[name] * 1e3:,.1f}",
+            f"{sum(full_gcs[name])}/{args.repeat}",
         ]
-        for name, v in per_step.items()
+        for name in CONTENDERS
     ]
-    print(table(["contender", "steps", "us/step", "overhead us/step"], rows))
-    for name, ratio in ratios.items():
-        print(f"{name}: {ratio:,.0f}x")
+    print(machine, file=out)
+    print(
+        f"3 scalars per step, {args.steps:,} steps (MLflow: {args.mlflow_steps:,}, per-step "
+        f"figure); median of {args.repeat} rounds; final flush/close inside the timing",
+        file=out,
+    )
+    headers = ["contender", "steps", "us/step", "range", "overhead us/step", "close ms", "full GCs"]
+    print(table(headers, rows), file=out)
+    for key, ratio in ratios.items():
+        print(
+            f"{key}: {ratio:,.0f}x on per-step overhead ({cost_ratios[key]:,.0f}x on per-step "
+            f"cost); target >= {TARGETS[key]:,.0f}x: {'met' if met[key] else 'NOT met'}",
+            file=out,
+        )
+    print(
+        f"retune: {cost['retune'] * 1e6:.2f} us/step incl. final flush; target <= "
+        f"{TARGETS['retune_us_per_step']:g}: {'met' if met['retune_us_per_step'] else 'NOT met'}",
+        file=out,
+    )
+    if args.json:
+        print_json_line(
+            {
+                "benchmark": "logging_overhead",
+                "machine": machine,
+                "steps": steps,
+                "repeat": args.repeat,
+                "us_per_step": {k: [s * 1e6 for s in t.runs] for k, t in per_step.items()},
+                "median_us_per_step": {k: v * 1e6 for k, v in cost.items()},
+                "overhead_us_per_step": {k: v * 1e6 for k, v in overhead.items()},
+                "close_ms": {k: v * 1e3 for k, v in close_s.items()},
+                "full_gcs": full_gcs,
+                "ratios_on_overhead": ratios,
+                "ratios_on_cost": cost_ratios,
+                "targets": TARGETS,
+                "targets_met": met,
+            }
+        )
     return 0
 
 
