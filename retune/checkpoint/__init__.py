@@ -1,14 +1,24 @@
 """Checkpoints: the full training state as raw tensor blobs plus a JSON manifest, no pickle.
 
 * :class:`ObjectStore` — content-addressed blobs at a folder or any fsspec URL.
-* :func:`encode_state` / :func:`decode_state` — state tree <-> manifest + blobs.
-* :func:`iterate_batches` — the seeded per-epoch data order that lets a restore jump to any
-  (epoch, batch).
+* :func:`encode_state` / :func:`decode_state` — state tree <-> manifest + blobs;
+  :func:`manifest_hashes` — the blobs a manifest refers to (garbage collection).
+* :func:`iterate_batches` / :func:`num_batches` / :func:`epoch_seed` — the seeded per-epoch
+  data order that lets a restore jump to any (epoch, batch).
+* :func:`resolve_checkpoint` — what ``c3``, ``latest``, ``n3`` and ``n3@1200`` name.
+
+Importing this package never imports torch.
 """
 
 from __future__ import annotations
 
-from retune.checkpoint._codec import FORMAT_VERSION, decode_state, encode_state, manifest_blobs
+from retune.checkpoint._codec import (
+    FORMAT_VERSION,
+    decode_state,
+    encode_state,
+    manifest_blobs,
+    manifest_hashes,
+)
 from retune.checkpoint._loop import epoch_seed, iterate_batches, num_batches
 from retune.checkpoint._objects import ObjectStore, digest
 from retune.checkpoint._targets import resolve_checkpoint
@@ -22,6 +32,7 @@ __all__ = [
     "epoch_seed",
     "iterate_batches",
     "manifest_blobs",
+    "manifest_hashes",
     "num_batches",
     "resolve_checkpoint",
 ]

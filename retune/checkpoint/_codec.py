@@ -2,37 +2,67 @@
 
 A *state tree* is nested dicts (str or int keys), lists and tuples of: None, bool, int, float
 (NaN and inf included), str, bytes, ``torch.Tensor``, ``numpy.ndarray``, numpy scalars,
-``torch.dtype`` and ``torch.device``. Anything else is refused with the path to it.
+``torch.dtype`` and ``torch.device``. Anything else is refused with its path in the tree.
 
-Tensors become raw little-endian bytes. Each tensor of at least ``pack_below`` bytes is one blob
-keyed by its hash (identical tensors are stored once, across checkpoints and runs); smaller ones
-are packed together into one blob per checkpoint. Blobs are hashed and written by a small thread
-pool (hashing and file writes release the GIL).
+Manifest (plain JSON, no NaN literals)::
+
+    {"format": 1, "root": NODE}
+
+    NODE = null | true | 1 | 2.5 | "text"                      # JSON scalars as themselves
+         | {"t": "float", "v": "nan" | "inf" | "-inf"}          # non-finite floats
+         | {"t": "dict", "items": [[KEY, NODE], ...]}           # KEY: str or int, order kept
+         | {"t": "list" | "tuple", "items": [NODE, ...]}
+         | {"t": "dtype", "v": "bfloat16"} | {"t": "device", "v": "cuda:0"}
+         | {"t": "tensor", "dtype": "float32", "shape": [2, 3], "device": "cpu",
+            "requires_grad": false, DATA}
+         | {"t": "ndarray" | "npscalar", "dtype": "<f4", "shape": [2, 3], DATA}
+         | {"t": "bytes", DATA}
+
+    DATA = "blob": KEY, "nbytes": N                          # one blob of its own
+         | "pack": KEY, "offset": O, "nbytes": N             # a slice of the pack blob
+
+Array bytes are raw and little-endian, C order. Each array of at least ``pack_below`` bytes is
+one blob keyed by its sha256, so identical tensors are stored once across checkpoints and runs;
+smaller ones are concatenated into one pack blob per checkpoint. Big blobs are hashed and
+written by a small thread pool (hashing and file I/O release the GIL), from the tensor's own
+memory. torch is only imported when the tree (or manifest) holds torch objects.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from retune.checkpoint._objects import ObjectStore, digest
 from retune.errors import CheckpointCorrupt, InvalidArgument
 
-__all__ = ["FORMAT_VERSION", "decode_state", "encode_state", "manifest_blobs"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["FORMAT_VERSION", "decode_state", "encode_state", "manifest_blobs", "manifest_hashes"]
 
 FORMAT_VERSION = 1
 PACK_BELOW = 64 * 1024
 _WORKERS = 4
 
 
-def _torch() -> Any:
+def _loaded_torch() -> Any:
+    """torch if something already imported it (then tensors may be in the tree), else None."""
     return sys.modules.get("torch")
+
+
+def _import_torch() -> Any:
+    import torch
+
+    return torch
+
+
+# -- encoding ------------------------------------------------------------------------------
 
 
 class _Encoder:
@@ -43,41 +73,35 @@ class _Encoder:
         self.small: list[tuple[dict[str, Any], memoryview]] = []
         self.nbytes = 0
 
-    def array_bytes(self, node: dict[str, Any], data: memoryview) -> dict[str, Any]:
+    def data(self, node: dict[str, Any], data: memoryview) -> dict[str, Any]:
         self.nbytes += data.nbytes
         (self.small if data.nbytes < self.pack_below else self.big).append((node, data))
         return node
 
     def encode(self, value: Any, path: str) -> Any:
-        if value is None or isinstance(value, (bool, int, str)):
+        if value is None or isinstance(value, (bool, str)):
             return value
+        if isinstance(value, (np.ndarray, np.generic)):  # before float: np.float64 is a float
+            return self.ndarray(value, path)
+        if isinstance(value, int):
+            return int(value)
         if isinstance(value, float):
-            return value if math.isfinite(value) else {"t": "float", "v": repr(value)}
+            return float(value) if math.isfinite(value) else {"t": "float", "v": repr(value)}
         if isinstance(value, dict):
             items = []
             for key, item in value.items():
                 if not isinstance(key, (str, int)) or isinstance(key, bool):
-                    raise InvalidArgument(f"state key {key!r} at {path} must be a str or int")
+                    raise InvalidArgument(
+                        f"cannot checkpoint the key {key!r} at {path}: dict keys must be str or int"
+                    )
                 items.append([key, self.encode(item, f"{path}[{key!r}]")])
             return {"t": "dict", "items": items}
         if isinstance(value, (list, tuple)):
             items = [self.encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
             return {"t": "list" if isinstance(value, list) else "tuple", "items": items}
-        if isinstance(value, bytes):
-            return self.array_bytes({"t": "bytes"}, memoryview(value))
-        if isinstance(value, (np.ndarray, np.generic)):
-            array = np.asarray(value, order="C")  # keeps 0-d shapes, unlike ascontiguousarray
-            if array.dtype.hasobject:
-                raise InvalidArgument(f"numpy object arrays cannot be checkpointed ({path})")
-            little_endian = array.dtype.newbyteorder("<")
-            node = {
-                "t": "ndarray" if isinstance(value, np.ndarray) else "npscalar",
-                "dtype": little_endian.str,
-                "shape": list(array.shape),
-            }
-            raw: Any = array.astype(little_endian, copy=False).reshape(-1).view(np.uint8)
-            return self.array_bytes(node, memoryview(raw))
-        torch = _torch()
+        if isinstance(value, (bytes, bytearray)):
+            return self.data({"t": "bytes"}, memoryview(bytes(value)))
+        torch = _loaded_torch()
         if torch is not None:
             if isinstance(value, torch.Tensor):
                 return self.tensor(value, path)
@@ -87,13 +111,33 @@ class _Encoder:
                 return {"t": "device", "v": str(value)}
         raise InvalidArgument(
             f"cannot checkpoint {type(value).__name__} at {path}: state may hold tensors, "
-            "arrays, numbers, strings, bytes, and lists/tuples/dicts of them"
+            "arrays, numbers, strings, bytes, dtypes, devices, and lists/tuples/dicts of them"
         )
 
-    def tensor(self, tensor: Any, path: str) -> dict[str, Any]:
-        if tensor.is_sparse or tensor.is_quantized:
-            raise InvalidArgument(f"sparse and quantized tensors cannot be checkpointed ({path})")
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    def ndarray(self, value: np.ndarray | np.generic, path: str) -> dict[str, Any]:
+        array = np.asarray(value, order="C")  # keeps 0-d shapes, unlike ascontiguousarray
+        if array.dtype.hasobject or array.dtype.fields is not None:
+            raise InvalidArgument(
+                f"cannot checkpoint the numpy {array.dtype} array at {path}: object and "
+                "structured dtypes are not supported"
+            )
+        little = array.dtype.newbyteorder("<")
+        node = {
+            "t": "ndarray" if isinstance(value, np.ndarray) else "npscalar",
+            "dtype": little.str,
+            "shape": list(array.shape),
+        }
+        raw: Any = array.astype(little, copy=False).reshape(-1).view(np.uint8)
+        return self.data(node, memoryview(raw))
+
+    def tensor(self, tensor: torch.Tensor, path: str) -> dict[str, Any]:
+        torch = _import_torch()
+        if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_meta:
+            raise InvalidArgument(
+                f"cannot checkpoint the {tensor.layout} tensor at {path}: only dense tensors "
+                "with data are supported (convert it with .to_dense() first)"
+            )
+        flat = tensor.detach().resolve_conj().resolve_neg().to("cpu").contiguous().reshape(-1)
         node = {
             "t": "tensor",
             "dtype": str(tensor.dtype).removeprefix("torch."),
@@ -101,14 +145,15 @@ class _Encoder:
             "device": str(tensor.device),
             "requires_grad": bool(tensor.requires_grad),
         }
-        raw = flat.view(_torch().uint8) if flat.numel() else flat.new_empty(0).view(_torch().uint8)
-        return self.array_bytes(node, memoryview(raw.numpy()))
+        raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
+        buffer: Any = raw.numpy()
+        return self.data(node, memoryview(buffer))
 
     def write(self) -> None:
         """Hash and store the big blobs in parallel, then one pack for the small ones."""
 
         def store(data: memoryview) -> str:
-            return self.objects.put(data, digest(data))
+            return self.objects.put(data, digest(data), sync=False)
 
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
             keys = list(pool.map(store, [data for _, data in self.big]))
@@ -119,7 +164,7 @@ class _Encoder:
             for node, data in self.small:
                 node.update(offset=len(pack), nbytes=data.nbytes)
                 pack += data
-            key = self.objects.put(memoryview(pack))
+            key = self.objects.put(memoryview(pack), sync=False)
             for node, _ in self.small:
                 node["pack"] = key
         self.objects.sync()
@@ -128,11 +173,35 @@ class _Encoder:
 def encode_state(
     tree: Any, objects: ObjectStore, *, pack_below: int = PACK_BELOW
 ) -> tuple[dict[str, Any], int]:
-    """Write the tree's arrays as blobs; return ``(manifest, bytes of array data)``."""
+    """Store the tree's arrays as blobs in ``objects``; return ``(manifest, array bytes)``.
+
+    The manifest is JSON-serializable (strict JSON: no NaN literals) and refers to blobs that
+    are durable when this returns. Tensors are copied to the CPU when they live elsewhere; the
+    original device is recorded. Unsupported values raise :class:`InvalidArgument` naming
+    their path, e.g. ``state['user']['best'][2]``, before anything is written.
+    """
+    if pack_below < 0:
+        raise InvalidArgument(f"pack_below must be >= 0, got {pack_below}")
     encoder = _Encoder(objects, pack_below)
     root = encoder.encode(tree, "state")
     encoder.write()
     return {"format": FORMAT_VERSION, "root": root}, encoder.nbytes
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every tagged node of a manifest tree, depth first."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            children = item.get("items", ())
+            if item.get("t") == "dict":
+                children = [pair[1] for pair in children]
+            stack.extend(children)
 
 
 class _Decoder:
@@ -145,48 +214,45 @@ class _Decoder:
 
     def preload(self, root: Any) -> None:
         """Read every big tensor blob straight into a new tensor's memory, several at once."""
-        torch = _require_torch()
-        wanted: dict[str, int] = {}
-
-        def walk(node: Any) -> None:
-            if isinstance(node, dict):
-                if node.get("t") == "tensor" and "blob" in node and node["nbytes"]:
-                    wanted[node["blob"]] = node["nbytes"]
-                for item in node.get("items", []):
-                    walk(item[1] if node.get("t") == "dict" else item)
-
-        walk(root)
+        torch = _import_torch()
+        wanted = {
+            n["blob"]: int(n["nbytes"])
+            for n in _walk(root)
+            if n.get("t") == "tensor" and "blob" in n and n["nbytes"]
+        }
 
         def load(key: str) -> tuple[str, Any]:
             mapped = self.objects.map(key)
-            if mapped is not None and mapped.nbytes == wanted[key]:
+            if mapped is not None:
+                if mapped.nbytes != wanted[key]:
+                    raise CheckpointCorrupt(
+                        f"blob {key} has {mapped.nbytes} bytes, the manifest says {wanted[key]}"
+                    )
                 return key, torch.frombuffer(mapped, dtype=torch.uint8)
             buffer = torch.empty(wanted[key], dtype=torch.uint8)
             self.objects.read_into(key, memoryview(buffer.numpy()))
             return key, buffer
 
-        try:
-            with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-                self.preloaded = dict(pool.map(load, wanted))
-        except CheckpointCorrupt as e:
-            raise CheckpointCorrupt(f"checkpoint {self.label} cannot be restored: {e}") from e
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            self.preloaded = dict(pool.map(load, wanted))
 
     def raw(self, node: dict[str, Any]) -> bytes | memoryview:
-        try:
-            if "pack" in node:
-                key = node["pack"]
-                if key not in self.packs:
-                    self.packs[key] = self.objects.get(key)
-                start = node["offset"]
-                return memoryview(self.packs[key])[start : start + node["nbytes"]]
-            return self.objects.get(node["blob"])
-        except CheckpointCorrupt as e:
-            raise CheckpointCorrupt(f"checkpoint {self.label} cannot be restored: {e}") from e
+        nbytes = int(node["nbytes"])
+        if "pack" in node:
+            key = node["pack"]
+            if key not in self.packs:
+                self.packs[key] = self.objects.get(key)
+            start = int(node["offset"])
+            data: bytes | memoryview = memoryview(self.packs[key])[start : start + nbytes]
+        else:
+            data = self.objects.get(node["blob"])
+        if len(data) != nbytes:
+            raise CheckpointCorrupt(f"an entry has {len(data)} bytes, the manifest says {nbytes}")
+        return data
 
     def decode(self, node: Any) -> Any:
         if not isinstance(node, dict):
             return node
-        kind = node["t"]
         decoders: dict[str, Callable[[dict[str, Any]], Any]] = {
             "float": lambda n: float(n["v"]),
             "dict": lambda n: {k: self.decode(v) for k, v in n["items"]},
@@ -196,38 +262,47 @@ class _Decoder:
             "ndarray": self.ndarray,
             "npscalar": lambda n: self.ndarray(n)[()],
             "tensor": self.tensor,
-            "dtype": lambda n: getattr(_require_torch(), n["v"]),
-            "device": lambda n: _require_torch().device(n["v"]),
+            "dtype": self.dtype,
+            "device": lambda n: _import_torch().device(n["v"]),
         }
+        kind = node.get("t")
         if kind not in decoders:
-            raise CheckpointCorrupt(f"checkpoint {self.label}: unknown entry kind {kind!r}")
+            raise CheckpointCorrupt(f"unknown entry kind {kind!r}")
         return decoders[kind](node)
 
     def ndarray(self, node: dict[str, Any]) -> np.ndarray:
-        flat = np.frombuffer(self.raw(node), dtype=np.dtype(node["dtype"])).copy()
+        flat = np.frombuffer(self.raw(node), dtype=np.dtype(node["dtype"])).copy()  # writable
         return flat.reshape(node["shape"])
 
+    def dtype(self, node: dict[str, Any]) -> Any:
+        dtype = getattr(_import_torch(), node["v"], None)
+        if dtype is None:
+            raise CheckpointCorrupt(f"this torch has no dtype {node['v']!r}")
+        return dtype
+
     def tensor(self, node: dict[str, Any]) -> Any:
-        torch = _require_torch()
-        dtype = getattr(torch, node["dtype"])
-        if node.get("blob") in self.preloaded:
-            tensor = self.preloaded.pop(node["blob"]).view(dtype).reshape(node["shape"])
-        elif node["nbytes"] == 0:
-            tensor = torch.empty(node["shape"], dtype=dtype)
+        torch = _import_torch()
+        dtype = self.dtype({"v": node["dtype"]})
+        key = node.get("blob")
+        if key in self.preloaded:
+            raw = self.preloaded.pop(key)
+        elif int(node["nbytes"]) == 0:
+            raw = torch.empty(0, dtype=torch.uint8)
         else:
-            data = self.raw(node)
-            tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            tensor = tensor.view(dtype).reshape(node["shape"])
+            raw = torch.frombuffer(bytearray(self.raw(node)), dtype=torch.uint8)  # one copy
+        try:
+            tensor = raw.view(dtype).reshape(node["shape"])
+        except RuntimeError as e:
+            raise CheckpointCorrupt(
+                f"a {node['dtype']} tensor of shape {node['shape']} does not fit its "
+                f"{raw.numel()} bytes"
+            ) from e
         device = self.map_location or node.get("device", "cpu")
         if device != "cpu":
             tensor = tensor.to(device)
+        if node.get("requires_grad") and (tensor.is_floating_point() or tensor.is_complex()):
+            tensor.requires_grad_(True)
         return tensor
-
-
-def _require_torch() -> Any:
-    import torch
-
-    return torch
 
 
 def decode_state(
@@ -237,33 +312,42 @@ def decode_state(
     label: str = "?",
     map_location: str | None = "cpu",
 ) -> Any:
-    """Rebuild the tree; every blob is verified. ``CheckpointCorrupt`` names ``label``."""
-    if manifest.get("format") != FORMAT_VERSION:
+    """Rebuild the tree a manifest describes, verifying every blob it reads.
+
+    Returns equal values of the original types (tuples stay tuples, int keys stay ints,
+    tensors are bitwise equal, writable, on ``map_location``; ``None`` keeps the recorded
+    device). Raises :class:`CheckpointCorrupt` naming ``label`` (say ``"c3 of run r1"``) when a
+    blob is missing or altered, the manifest is malformed, or its format is unknown.
+    """
+    version = manifest.get("format") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
         raise CheckpointCorrupt(
-            f"checkpoint {label} has format {manifest.get('format')!r}; this Retune reads "
-            f"format {FORMAT_VERSION}"
+            f"checkpoint {label} has format {version!r}; this Retune reads format "
+            f"{FORMAT_VERSION}" + (" (upgrade Retune to restore it)" if newer else "")
         )
+    root = manifest.get("root")
     decoder = _Decoder(objects, label, map_location)
-    if _torch() is not None or _has_tensors(manifest["root"]):
-        decoder.preload(manifest["root"])
-    return decoder.decode(manifest["root"])
+    try:
+        if any(n.get("t") == "tensor" for n in _walk(root)):
+            decoder.preload(root)
+        return decoder.decode(root)
+    except CheckpointCorrupt as e:
+        raise CheckpointCorrupt(f"checkpoint {label} cannot be restored: {e}") from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointCorrupt(
+            f"checkpoint {label} cannot be restored: its manifest is malformed ({e!r})"
+        ) from e
 
 
-def _has_tensors(root: Any) -> bool:
-    return '"t": "tensor"' in json.dumps(root)
-
-
-def manifest_blobs(manifest: dict[str, Any]) -> set[str]:
-    """Every blob key a manifest refers to (for garbage collection)."""
+def manifest_hashes(manifest: dict[str, Any]) -> set[str]:
+    """Every blob key a manifest refers to (what garbage collection must keep)."""
     keys: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for field in ("blob", "pack"):
-                if field in node:
-                    keys.add(node[field])
-            for item in node.get("items", []):
-                walk(item[1] if node.get("t") == "dict" else item)
-
-    walk(manifest.get("root"))
+    for node in _walk(manifest.get("root")):
+        for field in ("blob", "pack"):
+            if field in node:
+                keys.add(node[field])
     return keys
+
+
+manifest_blobs = manifest_hashes  # the name the session and the CLI use

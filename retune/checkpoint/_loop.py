@@ -1,93 +1,142 @@
 """The data order Retune owns: one seeded permutation per epoch, so any (epoch, batch) can be
-reached directly, without replaying data.
+reached directly, without replaying (or even loading) the batches before it.
+
+torch is imported only when these functions are called.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retune.errors import InvalidArgument
 
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
 __all__ = ["epoch_seed", "iterate_batches", "num_batches"]
 
-_MASK = (1 << 63) - 1
+_U64 = (1 << 64) - 1
 
 
 def epoch_seed(base_seed: int, epoch: int) -> int:
-    """A distinct, reproducible seed for each epoch (splitmix64 of the two)."""
-    z = (base_seed * 0x9E3779B97F4A7C15 + epoch + 1) & ((1 << 64) - 1)
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & ((1 << 64) - 1)
-    return (z ^ (z >> 31)) & _MASK
+    """A distinct, reproducible 63-bit seed for each (base_seed, epoch): splitmix64 mixing.
+
+    Pure arithmetic: the same on every machine, Python and torch version.
+    """
+    z = (base_seed * 0x9E3779B97F4A7C15 + epoch + 1) & _U64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return (z ^ (z >> 31)) & ((1 << 63) - 1)
 
 
-def _check(loader: Any) -> None:
-    from torch.utils.data import DataLoader, IterableDataset
+def _shuffles(loader: DataLoader[Any]) -> bool:
+    """Whether the loader shuffles; refuses loaders whose order Retune cannot reproduce."""
+    from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
     if not isinstance(loader, DataLoader):
-        raise InvalidArgument("run.batches() takes a torch DataLoader")
+        raise InvalidArgument(f"run.batches() takes a torch DataLoader, not {type(loader)!r}")
     if isinstance(loader.dataset, IterableDataset):
         raise InvalidArgument(
             "run.batches() needs a map-style dataset (with __getitem__ and __len__): an "
-            "IterableDataset cannot jump to a batch without replaying the data before it"
+            "IterableDataset has no random access, so a restore could not jump to a batch "
+            "without replaying the data before it"
         )
     if loader.batch_size is None:
-        raise InvalidArgument("run.batches() needs a DataLoader with a batch_size")
+        raise InvalidArgument(
+            "run.batches() needs a DataLoader built with batch_size (Retune draws the batches "
+            "itself), not with a custom batch_sampler"
+        )
+    sampler = loader.sampler
+    if isinstance(sampler, RandomSampler):
+        if sampler.replacement or sampler.num_samples != len(loader.dataset):  # type: ignore[arg-type]
+            raise InvalidArgument(
+                "run.batches() reproduces shuffle=True (each item once per epoch); a "
+                "RandomSampler with replacement or num_samples is not supported"
+            )
+        return True
+    if type(sampler) is SequentialSampler:
+        return False
+    raise InvalidArgument(
+        f"run.batches() supports DataLoaders with shuffle=True or shuffle=False; its "
+        f"{type(sampler).__name__} decides the order itself, so a restore could not "
+        "reproduce it"
+    )
 
 
-def num_batches(loader: Any) -> int:
-    """Batches per epoch, honouring ``drop_last``."""
-    _check(loader)
-    size, batch = len(loader.dataset), int(loader.batch_size)
+def num_batches(loader: DataLoader[Any]) -> int:
+    """Batches per epoch of ``loader`` as :func:`iterate_batches` yields them (``drop_last``
+    honoured)."""
+    _shuffles(loader)
+    size, batch = len(loader.dataset), int(loader.batch_size or 1)  # type: ignore[arg-type]
     return size // batch if loader.drop_last else -(-size // batch)
 
 
-def _order(loader: Any, base_seed: int, epoch: int) -> list[int]:
-    import torch
-    from torch.utils.data import RandomSampler
+class _Batches:
+    """Index lists of batches ``start..`` of one epoch's order; sliced lazily, never all kept."""
 
-    size = len(loader.dataset)
-    if not isinstance(loader.sampler, RandomSampler):
-        return list(range(size))
-    generator = torch.Generator().manual_seed(epoch_seed(base_seed, epoch))
-    return [int(i) for i in torch.randperm(size, generator=generator).tolist()]
+    def __init__(self, order: Any, batch_size: int, count: int, start: int) -> None:
+        self.order = order  # a 1-d int64 tensor, the epoch's full order
+        self.batch_size = batch_size
+        self.count = count
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, self.count - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        size = self.batch_size
+        for index in range(self.start, self.count):
+            yield self.order[index * size : (index + 1) * size].tolist()
 
 
 def iterate_batches(
-    loader: Any, *, base_seed: int, epoch: int, start_batch: int = 0
+    loader: DataLoader[Any], *, base_seed: int, epoch: int, start_batch: int = 0
 ) -> Iterator[Any]:
     """The batches of ``epoch`` from ``start_batch`` on, as ``loader`` would build them.
 
-    Shuffling loaders get a permutation seeded by ``epoch_seed(base_seed, epoch)``; others keep
-    their order. Batch size, ``drop_last``, ``collate_fn``, workers and pinning are the loader's.
-    Skipped batches are never loaded. The new loader gets its own generator, so iterating it
-    draws nothing from torch's global RNG (which the checkpoint restores).
+    A shuffling loader (``shuffle=True``) gets the permutation drawn by
+    ``torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(base_seed, epoch)))``;
+    a sequential one keeps its order. Batch size, ``drop_last``, ``collate_fn``, workers,
+    ``worker_init_fn``, pinning, timeout, prefetching and ``in_order`` are the loader's;
+    workers are never persistent. The first ``start_batch`` batches are skipped at the index
+    level: their items are never loaded. Worker seeds come from the epoch too, and nothing is
+    drawn from torch's global RNG (which checkpoints restore).
+
+    Raises :class:`InvalidArgument` for an IterableDataset, a custom sampler or batch_sampler,
+    or a negative ``start_batch``.
     """
     import torch
     from torch.utils.data import DataLoader
 
-    _check(loader)
-    order = _order(loader, base_seed, epoch)
-    batch = loader.batch_size
-    batches = [order[i : i + batch] for i in range(0, len(order), batch)]
-    if loader.drop_last and batches and len(batches[-1]) < batch:
-        batches.pop()
-    remaining = batches[start_batch:]
-    if not remaining:
+    shuffle = _shuffles(loader)
+    if start_batch < 0:
+        raise InvalidArgument(f"start_batch must be >= 0, got {start_batch}")
+    size = len(loader.dataset)  # type: ignore[arg-type]
+    if shuffle:
+        generator = torch.Generator().manual_seed(epoch_seed(base_seed, epoch))
+        order = torch.randperm(size, generator=generator)
+    else:
+        order = torch.arange(size)
+    batches = _Batches(order, int(loader.batch_size or 1), num_batches(loader), start_batch)
+    if not len(batches):
         return iter(())
-    worker_seed = torch.Generator().manual_seed(epoch_seed(base_seed + 1, epoch))
+    options: dict[str, Any] = {}
+    for name in ("pin_memory_device", "in_order"):  # newer torch only
+        if hasattr(loader, name):
+            options[name] = getattr(loader, name)
     subset = DataLoader(
         loader.dataset,
-        batch_sampler=remaining,
+        batch_sampler=batches,
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
         timeout=loader.timeout,
         worker_init_fn=loader.worker_init_fn,
         multiprocessing_context=loader.multiprocessing_context,
-        generator=worker_seed,
+        generator=torch.Generator().manual_seed(epoch_seed(base_seed + 1, epoch)),
         prefetch_factor=loader.prefetch_factor,
         persistent_workers=False,
+        **options,
     )
     return iter(subset)

@@ -172,7 +172,7 @@ class LiveTunables:
         else:
             group = self.optimizer.param_groups[change.group]
             stored = tuple(value) if isinstance(value, (list, tuple)) else value
-            assign_group_value(group, change.spec.name, stored)
+            assign_group_value(group, change.spec.name, stored, self.optimizer.param_groups)
 
     @staticmethod
     def _diff(changes: list[_Change]) -> dict[str, Any]:

@@ -30,13 +30,20 @@ def parse_value(text: str) -> Any:
 
 
 def parse_assignments(words: Sequence[str]) -> dict[str, Any]:
-    """``["lr=1e-3", "betas=0.9,0.99"]`` -> ``{"lr": 0.001, "betas": (0.9, 0.99)}``."""
+    """``["lr=1e-3", "betas=0.9,0.99"]`` -> ``{"lr": 0.001, "betas": (0.9, 0.99)}``.
+
+    Raises :class:`InvalidArgument` for a word without ``=``, an empty name or value, an empty
+    element of a tuple (``betas=0.9,``) and a name given twice. Types are not checked here: a
+    string stays a string so that :func:`validate` can say what the tunable expects.
+    """
     out: dict[str, Any] = {}
     for word in words:
         key, sep, raw = word.partition("=")
         key, raw = key.strip(), raw.strip()
         if not sep or not key or not raw:
             raise InvalidArgument(f"expected name=value, got {word!r}")
+        if "," in raw and any(not part.strip() for part in raw.split(",")):
+            raise InvalidArgument(f"{key} has an empty element in {raw!r}")
         if key in out:
             raise InvalidArgument(f"{key} is given twice")
         out[key] = parse_value(raw)

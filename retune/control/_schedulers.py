@@ -4,7 +4,14 @@
 scheduler computes the lr from (``base_lrs``, OneCycleLR's ``initial_lr``/``max_lr``/``min_lr``,
 CosineAnnealingLR's ``eta_min``, the children of a SequentialLR) is multiplied by
 ``new / current``. Recursive schedulers (StepLR, ExponentialLR, ReduceLROnPlateau...) read the
-group's lr, so the new value carries on by itself.
+group's lr, so the new value carries on by itself. CyclicLR's ``max_lrs`` and
+ReduceLROnPlateau's ``min_lrs`` are scaled as well: the floor moves with the schedule, so a
+lowered lr is not clamped back up to the old floor. Schedulers with one ``eta_min`` for all
+groups (CosineAnnealingLR, CosineAnnealingWarmRestarts) need every group scaled alike, else
+the command is rejected. Rescaling needs a non-zero current lr (else: use ``constant``).
+A key the scheduler rewrites each step besides lr (``momentum`` / ``betas`` under
+``cycle_momentum=True`` of OneCycleLR and CyclicLR) is rejected in ``rescale`` mode, with the
+reason; ``constant`` pins it, and OneCycleLR's ``max_momentum``/``base_momentum`` are tunables.
 
 ``constant``: the group holds the new value from then on. Retune pins it: right after every
 ``scheduler.step()`` (so ``get_last_lr()`` and the group show the pinned value) and again in an
@@ -17,7 +24,7 @@ installed by giving the scheduler instance a subclass of its own class, which ke
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from retune.errors import CommandRejected
@@ -25,14 +32,25 @@ from retune.errors import CommandRejected
 __all__ = ["SchedulerControl", "assign_group_value"]
 
 
-def assign_group_value(group: dict[str, Any], key: str, value: Any) -> None:
-    """Set a param group value; a tensor-valued entry (capturable lr) is updated in place."""
-    current = group.get(key)
+def assign_group_value(
+    group: dict[str, Any], key: str, value: Any, groups: Sequence[dict[str, Any]] = ()
+) -> None:
+    """Set a param group value; a tensor-valued entry (capturable lr) is updated in place.
+
+    A tensor given as the optimizer's default (``Adam(params, lr=torch.tensor(0.01))``) is one
+    object shared by every group. When ``groups`` (all the optimizer's param groups) shows that
+    another group holds the same tensor, this group first gets its own copy, so that changing
+    one group never changes another. The entry stays a tensor either way.
+    """
+    current: Any = group.get(key)
     fill = getattr(current, "fill_", None)
-    if callable(fill):
-        fill(value)
-    else:
+    if not callable(fill):
         group[key] = value
+        return
+    if any(other is not group and other.get(key) is current for other in groups):
+        current = current.clone()
+        group[key] = current
+    current.fill_(value)
 
 
 class SchedulerControl:
@@ -65,7 +83,8 @@ class SchedulerControl:
     def reapply_pins(self) -> None:
         """Write every pinned value back into its group (what the scheduler wrote is undone)."""
         for (index, key), value in self.pins.items():
-            assign_group_value(self.optimizer.param_groups[index], key, value)
+            groups = self.optimizer.param_groups
+            assign_group_value(groups[index], key, value, groups)
             last = getattr(self.scheduler, "_last_lr", None)
             if key == "lr" and last is not None and index < len(last):
                 last[index] = value
@@ -132,12 +151,12 @@ class SchedulerControl:
                 if group_key in group:
                     group[group_key] = group[group_key] * factor
             for scheduler in self._schedulers():
-                base = getattr(scheduler, "base_lrs", None)
-                if base is not None and index < len(base):
-                    base[index] = base[index] * factor
-                last = getattr(scheduler, "_last_lr", None)
-                if last is not None and index < len(last):
-                    last[index] = last[index] * factor
+                # base_lrs: closed forms; max_lrs: CyclicLR's peak; min_lrs: the floor of
+                # ReduceLROnPlateau (scaled too, so a lowered lr is not clamped back up).
+                for attr in ("base_lrs", "max_lrs", "min_lrs", "_last_lr"):
+                    values = getattr(scheduler, attr, None)
+                    if isinstance(values, list) and index < len(values):
+                        values[index] = values[index] * factor
         factor = next(iter(factors.values()), 1.0)
         for scheduler in self._schedulers():
             if getattr(scheduler, "eta_min", 0):

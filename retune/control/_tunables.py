@@ -48,15 +48,34 @@ _BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "momentum_decay": (0.0, None, True, True),
 }
 _RMSPROP_ALPHA = (0.0, 1.0, True, False)
+# Integer-valued group entries (LBFGS); bounds as above. Other int entries whose key is not a
+# known float hyperparameter are ints without bounds; known float keys stay floats even when
+# the user wrote them as ints (``weight_decay=0``).
+_INT_BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "max_iter": (1.0, None, True, True),
+    "max_eval": (1.0, None, True, True),
+    "history_size": (1.0, None, True, True),
+}
+_FLOAT_KEYS = {
+    *_BOUNDS,
+    "alpha",
+    "lambd",
+    "t0",
+    "beta2_decay",
+    "d",
+    "tolerance_grad",
+    "tolerance_change",
+}
 
 
 @dataclass(frozen=True)
 class TunableSpec:
     """What a command may change: a name, a kind, bounds, and (for optimizer values) groups.
 
-    ``kind`` is ``float``, ``int`` or ``bool``; ``length`` is set for tuples (``betas``: 2), each
-    element then has the bounds. ``groups`` names the optimizer's param groups (a name, or
-    ``None`` for an unnamed group) for ``source == "optimizer"``; user knobs have none.
+    ``kind`` is ``float``, ``int``, ``bool`` or ``str`` (user knobs only); ``length`` is set
+    for tuples (``betas``: 2), each element then has the bounds. ``groups`` names the
+    optimizer's param groups (a name, or ``None`` for an unnamed group) for
+    ``source == "optimizer"``; user knobs have none.
     """
 
     name: str
@@ -91,10 +110,12 @@ class TunableSpec:
         return " and ".join(parts)
 
 
-def _kind_of(value: Any) -> tuple[str, int | None] | None:
+def _kind_of(key: str, value: Any) -> tuple[str, int | None] | None:
     """(kind, tuple length) of a group value, or None when it is not a tunable value."""
     if isinstance(value, bool):
         return ("bool", None)
+    if isinstance(value, int) and key not in _FLOAT_KEYS:
+        return ("int", None)  # LBFGS max_iter, history_size...
     if isinstance(value, (int, float)):
         return ("float", None)
     numel = getattr(value, "numel", None)
@@ -113,8 +134,12 @@ def discover_optimizer(optimizer: Any) -> list[TunableSpec]:
     """One spec per hyperparameter found in any param group of a ``torch.optim`` optimizer.
 
     Numeric values, tuples of numbers (``betas``) and tensor-valued ``lr`` are tunable; bools
-    only where flipping them mid-training is safe (``nesterov``). Groups are named by their
-    ``name`` key when they have one.
+    only where flipping them mid-training is safe (``nesterov``; not ``amsgrad``, which changes
+    the state's shape, nor implementation switches like ``foreach``). Integer entries are
+    ``int`` unless the key is a known float hyperparameter. Every value must be finite; known
+    keys have bounds (lr > 0, momentum/betas in [0, 1), weight_decay >= 0, eps > 0, RMSprop's
+    alpha in [0, 1), ...), unknown ones none. Groups are named by their ``name`` key when they
+    have one.
     """
     groups = optimizer.param_groups
     names = tuple(g.get("name") if isinstance(g.get("name"), str) else None for g in groups)
@@ -124,11 +149,11 @@ def discover_optimizer(optimizer: Any) -> list[TunableSpec]:
         for key, value in group.items():
             if key in _NOT_TUNABLE or key in seen:
                 continue
-            found = _kind_of(value)
+            found = _kind_of(key, value)
             if found is None or (found[0] == "bool" and key not in _SAFE_BOOLS):
                 continue
             kind, length = found
-            bounds = _BOUNDS.get(key)
+            bounds = _BOUNDS.get(key) or _INT_BOUNDS.get(key)
             if key == "alpha" and is_rmsprop:
                 bounds = _RMSPROP_ALPHA
             low, high, low_inc, high_inc = bounds or (None, None, True, True)
@@ -170,6 +195,10 @@ def resolve_groups(spec: TunableSpec, group: int | str | None) -> list[int]:
 
 
 def _check_number(spec: TunableSpec, value: Any, label: str) -> Any:
+    if spec.kind == "str":
+        if isinstance(value, str):
+            return value
+        raise InvalidArgument(f"{label} expects a string, got {value!r}")
     if spec.kind == "bool":
         if isinstance(value, bool):
             return value

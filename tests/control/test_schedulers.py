@@ -32,7 +32,18 @@ SCHEDULERS: dict[str, Make] = {
         [sched.LinearLR(o, start_factor=0.1, total_iters=5), sched.CosineAnnealingLR(o, 30)],
         milestones=[20],
     ),
-}
+    # Beyond the usual ones: the floor / peak / restarts / chains the rescale must follow too.
+    "ReduceLROnPlateau(min_lr)": lambda o: sched.ReduceLROnPlateau(o, factor=0.5, patience=1,
+                                                                  min_lr=0.01),
+    "CyclicLR": lambda o: sched.CyclicLR(o, base_lr=0.01, max_lr=0.2, step_size_up=5),
+    "CosineAnnealingWarmRestarts": lambda o: sched.CosineAnnealingWarmRestarts(o, 7, eta_min=0.002),
+    "PolynomialLR": lambda o: sched.PolynomialLR(o, total_iters=30, power=2.0),
+    "ConstantLR": lambda o: sched.ConstantLR(o, factor=0.3, total_iters=15),
+    "MultiplicativeLR": lambda o: sched.MultiplicativeLR(o, lambda e: 0.95),
+    "ChainedScheduler": lambda o: sched.ChainedScheduler(
+        [sched.ExponentialLR(o, gamma=0.95), sched.StepLR(o, step_size=5, gamma=0.5)]
+    ),
+}  # fmt: skip
 
 
 def _train(
@@ -57,17 +68,17 @@ def _train(
     return used
 
 
+@pytest.mark.parametrize("factor", [0.25, 3.0])
 @pytest.mark.parametrize("name", list(SCHEDULERS))
-def test_rescale_keeps_the_schedule_shape_from_the_new_value(name: str) -> None:
+def test_rescale_keeps_the_schedule_shape_from_the_new_value(name: str, factor: float) -> None:
     reference = _train(SCHEDULERS[name])
-    factor = 0.25
 
     def change(live: LiveTunables, opt: torch.optim.Optimizer) -> None:
         live.set({"lr": opt.param_groups[0]["lr"] * factor}, mode="rescale")
 
     changed = _train(SCHEDULERS[name], change)
     assert changed[:K] == reference[:K]
-    assert changed[K:] == pytest.approx([lr * factor for lr in reference[K:]], rel=1e-9)
+    assert changed[K:] == pytest.approx([lr * factor for lr in reference[K:]], rel=1e-12)
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
@@ -134,3 +145,86 @@ def test_cosine_eta_min_needs_every_group_scaled_alike() -> None:
         live.set({"lr": 0.05}, group=0)
     live.scale({"lr": 0.5})
     assert [g["lr"] for g in opt.param_groups] == [0.05, 0.05]
+
+
+def _two_group_run(
+    make: Make, change: Callable[[LiveTunables], object] | None = None
+) -> list[list[float]]:
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    groups: list[dict[str, Any]] = [
+        {"params": [a], "name": "body"},
+        {"params": [b], "name": "head", "lr": 0.05},
+    ]
+    opt = torch.optim.SGD(
+        groups,
+        lr=0.1,
+        momentum=0.9,
+    )
+    scheduler = make(opt)
+    live = LiveTunables(opt, scheduler)
+    used = []
+    for step in range(STEPS):
+        if step == K and change is not None:
+            change(live)
+        opt.zero_grad()
+        (a.sum() + b.sum()).backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        used.append([float(g["lr"]) for g in opt.param_groups])
+        scheduler.step()
+    return used
+
+
+@pytest.mark.parametrize("name", ["StepLR", "LambdaLR", "OneCycleLR", "SequentialLR", "CyclicLR"])
+def test_rescale_of_one_group_leaves_the_other_alone(name: str) -> None:
+    reference = _two_group_run(SCHEDULERS[name])
+    changed = _two_group_run(
+        SCHEDULERS[name], lambda live: live.set({"lr": live.values()["lr"][1] * 4}, group="head")
+    )
+    assert changed[:K] == reference[:K]
+    assert [lrs[0] for lrs in changed] == [lrs[0] for lrs in reference]
+    assert [lrs[1] for lrs in changed[K:]] == pytest.approx(
+        [lrs[1] * 4 for lrs in reference[K:]], rel=1e-12
+    )
+
+
+def test_constant_on_one_group_pins_only_that_group() -> None:
+    reference = _two_group_run(SCHEDULERS["ExponentialLR"])
+    changed = _two_group_run(
+        SCHEDULERS["ExponentialLR"], lambda live: live.set({"lr": 0.3}, group=0, mode="constant")
+    )
+    assert [lrs[0] for lrs in changed[K:]] == [0.3] * (STEPS - K)
+    assert [lrs[1] for lrs in changed] == [lrs[1] for lrs in reference]
+
+
+def test_one_cycle_with_adam_drives_betas() -> None:
+    param = torch.nn.Parameter(torch.ones(1))
+    opt = torch.optim.Adam([param], lr=0.1)
+    scheduler = sched.OneCycleLR(opt, max_lr=0.5, total_steps=20)
+    live = LiveTunables(opt, scheduler)
+    before = opt.param_groups[0]["betas"]
+    with pytest.raises(CommandRejected, match="drives betas every step"):
+        live.set({"betas": (0.9, 0.99)})
+    assert opt.param_groups[0]["betas"] == before
+    live.set({"lr": 0.01})  # lr still rescales; only the driven key is refused
+    live.set({"betas": (0.8, 0.99)}, mode="constant")
+    for _ in range(5):
+        opt.step()
+        scheduler.step()
+        assert opt.param_groups[0]["betas"] == (0.8, 0.99)
+
+
+def test_pins_load_into_a_fresh_control() -> None:
+    def fresh() -> tuple[torch.optim.Optimizer, Any, LiveTunables]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+        scheduler = sched.ExponentialLR(opt, gamma=0.5)
+        return opt, scheduler, LiveTunables(opt, scheduler)
+
+    _, _, live = fresh()
+    live.set({"lr": 0.07}, mode="constant")
+    saved = live.state_dict()
+    opt, scheduler, restored = fresh()
+    restored.load_state_dict(saved)
+    for _ in range(3):
+        opt.step()
+        scheduler.step()
+        assert opt.param_groups[0]["lr"] == 0.07

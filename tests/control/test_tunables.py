@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from retune.control import TunableSpec, discover_optimizer, parse_assignments, validate
+from retune.control import TunableSpec, discover_optimizer, validate
 from retune.errors import InvalidArgument
 
 
@@ -93,9 +93,70 @@ def test_specs_round_trip_through_plain_data() -> None:
     assert [TunableSpec.from_dict(s.to_dict()) for s in specs] == specs
 
 
-def test_parse_assignments() -> None:
-    parsed = parse_assignments(["lr=1e-3", "betas=0.9,0.99", "nesterov=true", "steps=3", "x=abc"])
-    assert parsed == {"lr": 1e-3, "betas": (0.9, 0.99), "nesterov": True, "steps": 3, "x": "abc"}
-    for bad in (["lr"], ["=3"], ["lr="], ["lr=1", "lr=2"]):
-        with pytest.raises(InvalidArgument):
-            parse_assignments(bad)
+def _spec(specs: list[TunableSpec], name: str) -> TunableSpec:
+    return next(s for s in specs if s.name == name)
+
+
+def test_integer_entries_are_ints_known_float_keys_stay_floats() -> None:
+    specs = discover_optimizer(torch.optim.LBFGS(_params(), lr=1, max_iter=10))
+    assert {s.name: s.kind for s in specs} == {
+        "lr": "float",
+        "max_iter": "int",
+        "max_eval": "int",
+        "tolerance_grad": "float",
+        "tolerance_change": "float",
+        "history_size": "int",
+    }
+    assert validate(specs, "max_iter", 5.0) == 5 and isinstance(
+        validate(specs, "max_iter", 5.0), int
+    )
+    with pytest.raises(InvalidArgument, match=r"max_iter expects an int, got 2\.5"):
+        validate(specs, "max_iter", 2.5)
+    with pytest.raises(InvalidArgument, match="history_size must be >= 1, got 0"):
+        validate(specs, "history_size", 0)
+    sgd = discover_optimizer(torch.optim.SGD(_params(), lr=1, momentum=0, weight_decay=0))
+    assert {_spec(sgd, k).kind for k in ("lr", "momentum", "weight_decay")} == {"float"}
+
+
+def test_optimizer_specific_bounds() -> None:
+    rmsprop = discover_optimizer(torch.optim.RMSprop(_params()))
+    with pytest.raises(InvalidArgument, match="alpha must be >= 0 and < 1, got 1"):
+        validate(rmsprop, "alpha", 1.0)
+    asgd = discover_optimizer(torch.optim.ASGD(_params()))
+    assert validate(asgd, "alpha", 1.5) == 1.5  # ASGD's alpha is a power, not a decay rate
+    adadelta = discover_optimizer(torch.optim.Adadelta(_params()))
+    assert validate(adadelta, "rho", 1.0) == 1.0
+    adagrad = discover_optimizer(torch.optim.Adagrad(_params()))
+    assert "initial_accumulator_value" not in {s.name for s in adagrad}  # read once, at init
+    with pytest.raises(InvalidArgument, match="lr_decay must be >= 0"):
+        validate(adagrad, "lr_decay", -1.0)
+
+
+def test_bool_flags_only_where_safe() -> None:
+    sgd = discover_optimizer(torch.optim.SGD(_params(), lr=0.1, momentum=0.9, nesterov=True))
+    assert _spec(sgd, "nesterov").kind == "bool"
+    assert validate(sgd, "nesterov", False) is False
+    with pytest.raises(InvalidArgument, match="nesterov expects true or false, got 1"):
+        validate(sgd, "nesterov", 1)
+    adam = discover_optimizer(torch.optim.Adam(_params(), amsgrad=True))
+    assert "amsgrad" not in {s.name for s in adam}
+
+
+def test_string_knobs() -> None:
+    specs = [TunableSpec(name="mode", kind="str")]
+    assert validate(specs, "mode", "fast") == "fast"
+    with pytest.raises(InvalidArgument, match="mode expects a string, got 3"):
+        validate(specs, "mode", 3)
+
+
+def test_int_for_a_float_is_converted_and_group_names_resolve() -> None:
+    opt = torch.optim.SGD(
+        [{"params": _params(), "name": "body"}, {"params": _params(), "name": "head"}], lr=0.1
+    )
+    specs = discover_optimizer(opt)
+    assert validate(specs, "lr", 2, "head") == 2.0
+    assert validate(specs, "lr", 2, "1") == 2.0
+    with pytest.raises(InvalidArgument, match=r"the groups are: 0 \(body\), 1 \(head\)"):
+        validate(specs, "lr", 2, "tail")
+    with pytest.raises(InvalidArgument, match="group -1 does not exist"):
+        validate(specs, "lr", 2, -1)
