@@ -2,7 +2,8 @@
 
 * :class:`ObjectStore` — content-addressed blobs at a folder or any fsspec URL.
 * :func:`encode_state` / :func:`decode_state` — state tree <-> manifest + blobs;
-  :func:`manifest_hashes` — the blobs a manifest refers to (garbage collection).
+  :func:`manifest_hashes` — the blobs a manifest refers to.
+* :func:`collect_garbage` — delete blobs no checkpoint needs (``retune gc``), safely.
 * :func:`iterate_batches` / :func:`num_batches` / :func:`epoch_seed` — the seeded per-epoch
   data order that lets a restore jump to any (epoch, batch).
 * :func:`resolve_checkpoint` — what ``c3``, ``latest``, ``n3`` and ``n3@1200`` name.
@@ -19,13 +20,17 @@ from retune.checkpoint._codec import (
     manifest_blobs,
     manifest_hashes,
 )
+from retune.checkpoint._gc import DEFAULT_GRACE_SECONDS, GcReport, collect_garbage
 from retune.checkpoint._loop import epoch_seed, iterate_batches, num_batches
 from retune.checkpoint._objects import ObjectStore, digest
 from retune.checkpoint._targets import resolve_checkpoint
 
 __all__ = [
+    "DEFAULT_GRACE_SECONDS",
     "FORMAT_VERSION",
+    "GcReport",
     "ObjectStore",
+    "collect_garbage",
     "decode_state",
     "digest",
     "encode_state",

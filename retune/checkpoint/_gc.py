@@ -1,0 +1,93 @@
+"""Garbage collection of checkpoint blobs: delete what no checkpoint needs, and nothing else.
+
+Safety rules (each has a test in ``tests/checkpoint/test_gc.py``):
+
+* **Only this store's location.** The sweep looks at one object location, the one passed in
+  (the store's own, by default ``objects/`` beside a SQLite file). Locations recorded in
+  manifests are never swept.
+* **Never another store's blob.** Several stores may share one object location. Every save
+  records the keys its checkpoint refers to in a *ledger* inside the location
+  (``.retune/ledgers/<store id>/``) before its manifest row is written. A blob listed in any
+  other store's ledger is kept; this store's own ledger is compacted to what its manifests
+  refer to at each collection. The first time a store saves into a location it enters every
+  key its existing manifests refer to, so checkpoints written by older versions are covered
+  once the store has saved (or been collected) with this version.
+* **Never a live save.** Saves hold a shared lock on ``.retune/gc.lock`` in the location from
+  their first blob until their manifest row is committed; a collection takes the lock
+  exclusively, so it sees every save either finished (its manifest is read) or not started.
+  A lock held by a killed process is released by the OS. When saves keep the lock for longer
+  than ``wait_seconds``, nothing is deleted and :attr:`GcReport.busy` says so.
+* **A grace period.** Blobs and temporary files younger than ``grace_seconds`` (default one
+  hour) are never deleted, whatever the ledgers say, which also covers writers that do not
+  take the lock (other fsspec filesystems, where no lock exists: there the grace period is the
+  only protection against a concurrent save, so run ``retune gc`` when no training writes).
+* **Interrupted writes.** ``*.tmp-*`` files left by killed saves are counted, and removed when
+  older than the grace period or when the lock proves no save is running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from retune.checkpoint._objects import ObjectStore
+    from retune.store import Store
+
+__all__ = ["DEFAULT_GRACE_SECONDS", "GcReport", "collect_garbage"]
+
+DEFAULT_GRACE_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What one collection found and did (or, with ``dry_run``, would do).
+
+    ``deleted`` / ``freed_bytes``: unreferenced blobs removed. ``kept``: blobs kept because a
+    manifest of this store refers to them. ``young``: unreferenced blobs kept because they are
+    younger than the grace period. ``other_stores``: unreferenced-here blobs kept because
+    another store's ledger lists them; ``stores`` labels those stores. ``temporaries`` /
+    ``temporaries_bytes``: interrupted-write files removed; ``temporaries_kept``: ones kept
+    (young, and a save may be running). ``busy``: a save held the lock for the whole wait, so
+    nothing was deleted.
+    """
+
+    location: str
+    dry_run: bool
+    deleted: int = 0
+    freed_bytes: int = 0
+    kept: int = 0
+    young: int = 0
+    other_stores: int = 0
+    temporaries: int = 0
+    temporaries_bytes: int = 0
+    temporaries_kept: int = 0
+    busy: bool = False
+    stores: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields (``retune gc --json``)."""
+        data = asdict(self)
+        data["stores"] = list(self.stores)
+        return data
+
+
+def collect_garbage(
+    store: Store,
+    objects: ObjectStore | str,
+    *,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    dry_run: bool = False,
+    wait_seconds: float = 10.0,
+) -> GcReport:
+    """Delete the blobs of ``objects`` (this store's own location, an ObjectStore or its URL)
+    that no checkpoint of any run of ``store`` refers to, no other store sharing the location
+    has recorded, and that are older than ``grace_seconds``; remove interrupted-write
+    temporaries the same way. With ``dry_run`` nothing is removed and the report says what
+    would be.
+
+    Raises :class:`InvalidArgument` for a negative ``grace_seconds`` / ``wait_seconds`` and
+    :class:`StoreUnavailable` when the location cannot be listed or written. Never raises for
+    a busy location: the report's ``busy`` is set instead.
+    """
+    raise NotImplementedError  # implemented in the next commit
