@@ -31,6 +31,7 @@ memory. torch is only imported when the tree (or manifest) holds torch objects.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,18 @@ __all__ = ["FORMAT_VERSION", "decode_state", "encode_state", "manifest_blobs", "
 FORMAT_VERSION = 1
 PACK_BELOW = 64 * 1024
 _WORKERS = 4
+
+# What a manifest may name. Anything else is a corrupt checkpoint: a name is never looked up
+# as an attribute of a module, so a manifest cannot reach ``torch.load`` or ``os``.
+_TORCH_DTYPES = frozenset(
+    ["bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+     "float16", "bfloat16", "float32", "float64", "complex32", "complex64", "complex128",
+     "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"]
+)  # fmt: skip
+_NUMPY_DTYPE = re.compile(r"[<|]?(b1|[iu][1248]|f(2|4|8|12|16)|c(8|16|24|32)|[US][0-9]{1,9})")
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|meta|privateuseone)(:[0-9]{1,4})?")
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_MAX_DIMS = 64
 
 
 def _loaded_torch() -> Any:
@@ -106,7 +119,10 @@ class _Encoder:
             if isinstance(value, torch.Tensor):
                 return self.tensor(value, path)
             if isinstance(value, torch.dtype):
-                return {"t": "dtype", "v": str(value).removeprefix("torch.")}
+                name = str(value).removeprefix("torch.")
+                if name not in _TORCH_DTYPES:
+                    raise InvalidArgument(f"cannot checkpoint the dtype {value} at {path}")
+                return {"t": "dtype", "v": name}
             if isinstance(value, torch.device):
                 return {"t": "device", "v": str(value)}
         raise InvalidArgument(
@@ -116,12 +132,12 @@ class _Encoder:
 
     def ndarray(self, value: np.ndarray | np.generic, path: str) -> dict[str, Any]:
         array = np.asarray(value, order="C")  # keeps 0-d shapes, unlike ascontiguousarray
-        if array.dtype.hasobject or array.dtype.fields is not None:
-            raise InvalidArgument(
-                f"cannot checkpoint the numpy {array.dtype} array at {path}: object and "
-                "structured dtypes are not supported"
-            )
         little = array.dtype.newbyteorder("<")
+        if not _NUMPY_DTYPE.fullmatch(little.str) or little.hasobject or little.fields:
+            raise InvalidArgument(
+                f"cannot checkpoint the numpy {array.dtype} array at {path}: only bool, "
+                "integer, float, complex and fixed-width string dtypes are supported"
+            )
         node = {
             "t": "ndarray" if isinstance(value, np.ndarray) else "npscalar",
             "dtype": little.str,
@@ -137,10 +153,13 @@ class _Encoder:
                 f"cannot checkpoint the {tensor.layout} tensor at {path}: only dense tensors "
                 "with data are supported (convert it with .to_dense() first)"
             )
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if dtype not in _TORCH_DTYPES:
+            raise InvalidArgument(f"cannot checkpoint the {tensor.dtype} tensor at {path}")
         flat = tensor.detach().resolve_conj().resolve_neg().to("cpu").contiguous().reshape(-1)
         node = {
             "t": "tensor",
-            "dtype": str(tensor.dtype).removeprefix("torch."),
+            "dtype": dtype,
             "shape": list(tensor.shape),
             "device": str(tensor.device),
             "requires_grad": bool(tensor.requires_grad),
@@ -199,9 +218,60 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
         if isinstance(item, dict):
             yield item
             children = item.get("items", ())
+            if not isinstance(children, list):
+                continue
             if item.get("t") == "dict":
-                children = [pair[1] for pair in children]
+                children = [p[1] for p in children if isinstance(p, list) and len(p) == 2]
             stack.extend(children)
+
+
+def _corrupt(message: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(message)
+
+
+def _count(node: dict[str, Any], field: str) -> int:
+    """A non-negative int field of a manifest entry."""
+    value = node.get(field)
+    if type(value) is not int or value < 0:
+        raise _corrupt(f"an entry's {field} is {value!r}, not an int >= 0")
+    return value
+
+
+def _shape(node: dict[str, Any]) -> tuple[int, ...]:
+    shape = node.get("shape")
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS:
+        raise _corrupt(f"an entry's shape is {shape!r}, not a list of at most {_MAX_DIMS} ints")
+    for size in shape:
+        if type(size) is not int or size < 0:
+            raise _corrupt(f"an entry's shape {shape!r} has a size that is not an int >= 0")
+    return tuple(shape)
+
+
+def _torch_dtype(name: Any) -> Any:
+    if not isinstance(name, str) or name not in _TORCH_DTYPES:
+        raise _corrupt(f"{name!r} is not a torch dtype a checkpoint may hold")
+    dtype = getattr(_import_torch(), name, None)
+    if dtype is None:
+        raise _corrupt(f"this torch has no dtype {name!r}")
+    return dtype
+
+
+def _numpy_dtype(name: Any) -> np.dtype[Any]:
+    if not isinstance(name, str) or not _NUMPY_DTYPE.fullmatch(name):
+        raise _corrupt(f"{name!r} is not a numpy dtype a checkpoint may hold")
+    return np.dtype(name)
+
+
+def _expected_nbytes(node: dict[str, Any], shape: tuple[int, ...], itemsize: int) -> int:
+    """The entry's ``nbytes``, checked against its shape and dtype before anything is read."""
+    nbytes = _count(node, "nbytes")
+    expected = math.prod(shape) * itemsize
+    if nbytes != expected:
+        raise _corrupt(
+            f"a {node.get('dtype')} entry of shape {list(shape)} needs {expected} bytes, "
+            f"the manifest says {nbytes}: it does not fit"
+        )
+    return nbytes
 
 
 class _Decoder:
@@ -215,11 +285,18 @@ class _Decoder:
     def preload(self, root: Any) -> None:
         """Read every big tensor blob straight into a new tensor's memory, several at once."""
         torch = _import_torch()
-        wanted = {
-            n["blob"]: int(n["nbytes"])
-            for n in _walk(root)
-            if n.get("t") == "tensor" and "blob" in n and n["nbytes"]
-        }
+        wanted: dict[str, int] = {}
+        for n in _walk(root):
+            if n.get("t") == "tensor" and "blob" in n:
+                key, nbytes = n["blob"], _count(n, "nbytes")
+                if not isinstance(key, str):
+                    raise _corrupt(f"an entry's blob is {key!r}, not a key")
+                if nbytes and wanted.setdefault(key, nbytes) != nbytes:
+                    raise _corrupt(f"entries disagree on the size of blob {key}")
+        for key, nbytes in wanted.items():  # before allocating: a size the blob cannot back
+            actual = self.objects.size(key)
+            if actual != nbytes:
+                raise _corrupt(f"blob {key} has {actual} bytes, the manifest says {nbytes}")
 
         def load(key: str) -> tuple[str, Any]:
             mapped = self.objects.map(key)
@@ -237,67 +314,107 @@ class _Decoder:
             self.preloaded = dict(pool.map(load, wanted))
 
     def raw(self, node: dict[str, Any]) -> bytes | memoryview:
-        nbytes = int(node["nbytes"])
+        nbytes = _count(node, "nbytes")
+        key = node.get("pack", node.get("blob"))
+        if not isinstance(key, str):
+            raise _corrupt(f"an entry's blob is {key!r}, not a key")
         if "pack" in node:
-            key = node["pack"]
             if key not in self.packs:
                 self.packs[key] = self.objects.get(key)
-            start = int(node["offset"])
+            start = _count(node, "offset")
+            if start + nbytes > len(self.packs[key]):
+                raise _corrupt(
+                    f"an entry at bytes {start}..{start + nbytes} lies outside its "
+                    f"{len(self.packs[key])}-byte pack"
+                )
             data: bytes | memoryview = memoryview(self.packs[key])[start : start + nbytes]
         else:
-            data = self.objects.get(node["blob"])
+            actual = self.objects.size(key)  # before reading it: the size must agree
+            if actual != nbytes:
+                raise _corrupt(f"blob {key} has {actual} bytes, the manifest says {nbytes}")
+            data = self.objects.get(key)
         if len(data) != nbytes:
-            raise CheckpointCorrupt(f"an entry has {len(data)} bytes, the manifest says {nbytes}")
+            raise _corrupt(f"an entry has {len(data)} bytes, the manifest says {nbytes}")
         return data
 
     def decode(self, node: Any) -> Any:
         if not isinstance(node, dict):
             return node
         decoders: dict[str, Callable[[dict[str, Any]], Any]] = {
-            "float": lambda n: float(n["v"]),
-            "dict": lambda n: {k: self.decode(v) for k, v in n["items"]},
-            "list": lambda n: [self.decode(v) for v in n["items"]],
-            "tuple": lambda n: tuple(self.decode(v) for v in n["items"]),
+            "float": self.non_finite,
+            "dict": self.mapping,
+            "list": lambda n: [self.decode(v) for v in self.items(n)],
+            "tuple": lambda n: tuple(self.decode(v) for v in self.items(n)),
             "bytes": lambda n: bytes(self.raw(n)),
             "ndarray": self.ndarray,
             "npscalar": lambda n: self.ndarray(n)[()],
             "tensor": self.tensor,
-            "dtype": self.dtype,
-            "device": lambda n: _import_torch().device(n["v"]),
+            "dtype": lambda n: _torch_dtype(n.get("v")),
+            "device": lambda n: _import_torch().device(self.device(n.get("v"))),
         }
         kind = node.get("t")
-        if kind not in decoders:
-            raise CheckpointCorrupt(f"unknown entry kind {kind!r}")
+        if not isinstance(kind, str) or kind not in decoders:
+            raise _corrupt(f"unknown entry kind {kind!r}")
         return decoders[kind](node)
 
-    def ndarray(self, node: dict[str, Any]) -> np.ndarray:
-        flat = np.frombuffer(self.raw(node), dtype=np.dtype(node["dtype"])).copy()  # writable
-        return flat.reshape(node["shape"])
+    @staticmethod
+    def items(node: dict[str, Any]) -> list[Any]:
+        items = node.get("items")
+        if not isinstance(items, list):
+            raise _corrupt(f"a {node.get('t')} entry has no list of items")
+        return items
 
-    def dtype(self, node: dict[str, Any]) -> Any:
-        dtype = getattr(_import_torch(), node["v"], None)
-        if dtype is None:
-            raise CheckpointCorrupt(f"this torch has no dtype {node['v']!r}")
-        return dtype
+    def mapping(self, node: dict[str, Any]) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+        for pair in self.items(node):
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise _corrupt("a dict entry's item is not a [key, value] pair")
+            key = pair[0]
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise _corrupt(f"a dict key is {key!r}: keys are str or int")
+            result[key] = self.decode(pair[1])
+        return result
+
+    @staticmethod
+    def non_finite(node: dict[str, Any]) -> float:
+        value = node.get("v")
+        if not isinstance(value, str) or value not in _NON_FINITE:
+            raise _corrupt(f"a float entry holds {value!r}, not nan, inf or -inf")
+        return _NON_FINITE[value]
+
+    @staticmethod
+    def device(value: Any) -> str:
+        if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+            raise _corrupt(f"{value!r} is not a device")
+        return value
+
+    def ndarray(self, node: dict[str, Any]) -> np.ndarray:
+        dtype, shape = _numpy_dtype(node.get("dtype")), _shape(node)
+        _expected_nbytes(node, shape, dtype.itemsize)
+        flat = np.frombuffer(self.raw(node), dtype=dtype).copy()  # writable
+        return flat.reshape(shape)
 
     def tensor(self, node: dict[str, Any]) -> Any:
         torch = _import_torch()
-        dtype = self.dtype({"v": node["dtype"]})
+        dtype, shape = _torch_dtype(node.get("dtype")), _shape(node)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        nbytes = _expected_nbytes(node, shape, itemsize)
         key = node.get("blob")
-        if key in self.preloaded:
+        if isinstance(key, str) and key in self.preloaded:
             raw = self.preloaded.pop(key)
-        elif int(node["nbytes"]) == 0:
+        elif nbytes == 0:
             raw = torch.empty(0, dtype=torch.uint8)
         else:
             raw = torch.frombuffer(bytearray(self.raw(node)), dtype=torch.uint8)  # one copy
         try:
-            tensor = raw.view(dtype).reshape(node["shape"])
+            tensor = raw.view(dtype).reshape(shape)
         except RuntimeError as e:
-            raise CheckpointCorrupt(
-                f"a {node['dtype']} tensor of shape {node['shape']} does not fit its "
+            raise _corrupt(
+                f"a {node['dtype']} tensor of shape {list(shape)} does not fit its "
                 f"{raw.numel()} bytes"
             ) from e
-        device = self.map_location or node.get("device", "cpu")
+        recorded = self.device(node.get("device", "cpu"))  # checked even when not used
+        device = self.map_location or recorded
         if device != "cpu":
             tensor = tensor.to(device)
         if node.get("requires_grad") and (tensor.is_floating_point() or tensor.is_complex()):
@@ -334,18 +451,30 @@ def decode_state(
         return decoder.decode(root)
     except CheckpointCorrupt as e:
         raise CheckpointCorrupt(f"checkpoint {label} cannot be restored: {e}") from e
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        IndexError,
+        OverflowError,
+        RuntimeError,  # includes RecursionError: a manifest nested absurdly deep
+        MemoryError,
+    ) as e:
         raise CheckpointCorrupt(
             f"checkpoint {label} cannot be restored: its manifest is malformed ({e!r})"
         ) from e
 
 
-def manifest_hashes(manifest: dict[str, Any]) -> set[str]:
-    """Every blob key a manifest refers to (what garbage collection must keep)."""
+def manifest_hashes(manifest: Any) -> set[str]:
+    """Every blob key a manifest refers to (what garbage collection must keep); tolerant of
+    malformed manifests (the keys it can find are returned, never an error)."""
     keys: set[str] = set()
+    if not isinstance(manifest, dict):
+        return keys
     for node in _walk(manifest.get("root")):
         for field in ("blob", "pack"):
-            if field in node:
+            if isinstance(node.get(field), str):
                 keys.add(node[field])
     return keys
 
