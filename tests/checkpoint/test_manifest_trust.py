@@ -32,7 +32,8 @@ def _manifest(objects: ObjectStore) -> dict[str, Any]:
         "n": [float("nan"), (1, "x", None), {3: True}],
     }
     manifest, _ = encode_state(tree, objects)
-    return json.loads(json.dumps(manifest))  # what the store gives back
+    back: dict[str, Any] = json.loads(json.dumps(manifest))  # what the store gives back
+    return back
 
 
 def _entry(manifest: dict[str, Any], key: str) -> dict[str, Any]:
