@@ -27,14 +27,22 @@ Safety rules (each has a test in ``tests/checkpoint/test_gc.py``):
 
 from __future__ import annotations
 
+import hashlib
+import math
+import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from retune.checkpoint._codec import manifest_hashes
+from retune.checkpoint._objects import ObjectStore
+from retune.errors import CheckpointCorrupt, InvalidArgument
 
 if TYPE_CHECKING:
-    from retune.checkpoint._objects import ObjectStore
     from retune.store import Store
 
-__all__ = ["DEFAULT_GRACE_SECONDS", "GcReport", "collect_garbage"]
+__all__ = ["DEFAULT_GRACE_SECONDS", "GcReport", "collect_garbage", "store_identity"]
 
 DEFAULT_GRACE_SECONDS = 3600.0
 
@@ -90,4 +98,83 @@ def collect_garbage(
     :class:`StoreUnavailable` when the location cannot be listed or written. Never raises for
     a busy location: the report's ``busy`` is set instead.
     """
-    raise NotImplementedError  # implemented in the next commit
+    for name, value in (("grace_seconds", grace_seconds), ("wait_seconds", wait_seconds)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise InvalidArgument(f"{name} must be a finite number >= 0, got {value!r}")
+    if isinstance(objects, str):
+        url = objects
+        try:
+            objects = ObjectStore(url, create=False)  # gc never creates a location
+        except CheckpointCorrupt:  # no such folder: nothing to collect
+            return GcReport(location=url, dry_run=dry_run)
+    location = objects.url
+    store_id, label = store_identity(store.url)
+    with objects.exclusive(wait_seconds) as no_save_running:
+        if not no_save_running:
+            return GcReport(location=location, dry_run=dry_run, busy=True)
+        used: set[str] = set()
+        for manifest in store.all_manifests():  # read under the lock: every finished save
+            used |= manifest_hashes(manifest)
+        ledgers = objects.ledgers()
+        others = {sid: entry for sid, entry in ledgers.items() if sid != store_id}
+        protected: set[str] = set().union(*(keys for _, keys in others.values()))
+        now = time.time()
+        young_before = now - grace_seconds
+        counts = dict.fromkeys(
+            ("deleted", "freed_bytes", "kept", "young", "other_stores", "temporaries",
+             "temporaries_bytes", "temporaries_kept"), 0
+        )  # fmt: skip
+        present: set[str] = set()
+        doomed = []
+        for entry in objects.files():
+            if entry.key is None:  # an interrupted write
+                if entry.mtime < young_before or objects.has_lock:
+                    counts["temporaries"] += 1
+                    counts["temporaries_bytes"] += entry.nbytes
+                    doomed.append(entry.path)
+                else:
+                    counts["temporaries_kept"] += 1
+                continue
+            present.add(entry.key)
+            if entry.key in used:
+                counts["kept"] += 1
+            elif entry.key in protected:
+                counts["other_stores"] += 1
+            elif entry.mtime >= young_before:
+                counts["young"] += 1
+            else:
+                counts["deleted"] += 1
+                counts["freed_bytes"] += entry.nbytes
+                doomed.append(entry.path)
+        if not dry_run:
+            objects.compact_ledger(store_id, label, used & present)
+            for path in doomed:
+                objects.remove_file(path)
+    return GcReport(
+        location=location,
+        dry_run=dry_run,
+        stores=tuple(sorted(label for label, _ in others.values())),
+        deleted=counts["deleted"],
+        freed_bytes=counts["freed_bytes"],
+        kept=counts["kept"],
+        young=counts["young"],
+        other_stores=counts["other_stores"],
+        temporaries=counts["temporaries"],
+        temporaries_bytes=counts["temporaries_bytes"],
+        temporaries_kept=counts["temporaries_kept"],
+    )
+
+
+def store_identity(url: str) -> tuple[str, str]:
+    """``(id, label)`` naming a store in the ledgers of an object location: the label is the
+    store's URL with any password removed (a SQLite path made absolute), the id a hash of it."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        label = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).expanduser().resolve())
+    else:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            credentials, _, host = netloc.rpartition("@")
+            netloc = f"{credentials.split(':', 1)[0]}@{host}"
+        label = urlunsplit(parts._replace(netloc=netloc, query=""))
+    return hashlib.sha256(label.encode()).hexdigest()[:16], label

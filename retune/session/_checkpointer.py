@@ -1,13 +1,29 @@
-"""Saving and loading checkpoints of one run, and the keep policy."""
+"""Saving and loading checkpoints of one run, and the keep policy.
+
+A save holds the object location's shared save lock from its first blob until its manifest
+row is committed, and records the blob keys in this store's ledger there before the row (see
+:mod:`retune.checkpoint._gc`), so ``retune gc`` can never delete a blob a save is about to
+refer to.
+
+Test hook: when ``RETUNE_TEST_BLOCK_SAVE`` is ``STEP:PATH``, the first save at a global step
+of at least ``STEP`` writes ``PATH`` (JSON: pid, step) once its blobs are written and before
+its manifest row, then waits until ``PATH`` is removed. Tests use it to kill a trainer that is
+provably in the middle of a save. Nothing else reads it.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retune.checkpoint import ObjectStore, decode_state, encode_state
-from retune.errors import InvalidArgument
+from retune.checkpoint import ObjectStore, decode_state, encode_state, manifest_hashes
+from retune.checkpoint._gc import store_identity
+from retune.errors import CheckpointCorrupt, InvalidArgument
 from retune.session._state import capture_state
-from retune.store import CheckpointRecord
+from retune.store import CheckpointRecord, objects_url_for
 
 if TYPE_CHECKING:
     from retune.session._run import Run
@@ -48,6 +64,7 @@ class Checkpointer:
         self._run = run
         self._objects_url = objects_url
         self._objects: ObjectStore | None = None
+        self._registered = False  # this store's existing keys are in the location's ledger
         self.policy = policy
 
     @property
@@ -59,29 +76,67 @@ class Checkpointer:
     def save(self, reason: str, tag: str | None = None) -> CheckpointRecord:
         """Capture and store the state now (training thread, at a step boundary)."""
         run = self._run
-        manifest, nbytes = encode_state(capture_state(run), self.objects)
-        record = run.store.add_checkpoint(
-            run.id,
-            node=run.node,
-            step=run.global_step,
-            tag=tag,
-            reason=reason,
-            manifest={**manifest, "objects": self._objects_url},
-            nbytes=nbytes,
-        )
+        objects = self.objects
+        store_id, label = store_identity(run.store.url)
+        with objects.saving():  # gc waits for this save to be recorded, or to die
+            if not self._registered and not objects.has_ledger(store_id):
+                known: set[str] = set()
+                for old in run.store.all_manifests():
+                    known |= manifest_hashes(old)
+                objects.record_refs(store_id, label, known)
+            self._registered = True
+            manifest, nbytes = encode_state(capture_state(run), objects)
+            objects.record_refs(store_id, label, manifest_hashes(manifest))
+            objects.sync()
+            _test_hook_block(run.global_step)
+            record = run.store.add_checkpoint(
+                run.id,
+                node=run.node,
+                step=run.global_step,
+                tag=tag,
+                reason=reason,
+                manifest={**manifest, "objects": self._objects_url},
+                nbytes=nbytes,
+            )
         if reason == "schedule" and tag is None:
             self._prune()
         return record
 
     def load(self, record: CheckpointRecord) -> Any:
-        """The state tree of ``record``, every blob verified."""
-        objects = self.objects
-        location = record.manifest.get("objects")
-        if location and location != self._objects_url:
-            objects = ObjectStore(location)
-        return decode_state(
-            record.manifest, objects, label=f"{record.label} of run {record.run_id}"
+        """The state tree of ``record``, every blob verified.
+
+        Blobs are read from the run's configured object location, or from the location the
+        manifest records when that is one this store owns: the store's default location, or
+        an existing location whose ledger lists this store (it saved there). Nothing is ever
+        created; any other location raises :class:`CheckpointCorrupt`.
+        """
+        label = f"{record.label} of run {record.run_id}"
+        return decode_state(record.manifest, self._objects_for(record, label), label=label)
+
+    def _objects_for(self, record: CheckpointRecord, label: str) -> ObjectStore:
+        location = record.manifest.get("objects") if isinstance(record.manifest, dict) else None
+        if location is None or location == self._objects_url:
+            return self.objects
+        if not isinstance(location, str) or not location:
+            raise CheckpointCorrupt(
+                f"checkpoint {label} cannot be restored: its object location {location!r} "
+                "is not a URL"
+            )
+        refused = CheckpointCorrupt(
+            f"checkpoint {label} cannot be restored: its blobs are recorded at {location!r}, "
+            "which is not an object location of this store"
         )
+        store_url = self._run.store.url
+        try:  # never created; an unknown scheme or missing fsspec backend is refused too
+            objects = ObjectStore(location, create=False)
+            owned = location == objects_url_for(store_url) or objects.has_ledger(
+                store_identity(store_url)[0]
+            )
+        except Exception as e:
+            raise refused from e
+        if not owned:
+            raise refused
+        return objects
 
     def _prune(self) -> None:
         run = self._run
@@ -92,3 +147,20 @@ class Checkpointer:
         ]
         excess = scheduled[: -self.policy.keep_last]
         run.store.delete_checkpoints(run.id, [c.id for c in excess])
+
+
+def _test_hook_block(step: int) -> None:
+    """Block a save mid-way for tests (see the module docstring); a no-op otherwise."""
+    spec = os.environ.get("RETUNE_TEST_BLOCK_SAVE")
+    if not spec:
+        return
+    at, _, path = spec.partition(":")
+    if not at.isdigit() or step < int(at) or not path:
+        return
+    flag = Path(path)
+    if flag.with_suffix(".released").exists():
+        return  # already blocked once in this test
+    flag.write_text(json.dumps({"pid": os.getpid(), "step": step}))
+    while flag.exists():
+        time.sleep(0.01)
+    flag.with_suffix(".released").write_text("")
