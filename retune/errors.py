@@ -11,6 +11,8 @@ at the boundary where they happen, with ``raise ... from e``; messages say what 
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "CheckpointCorrupt",
     "CheckpointNotFound",
@@ -19,13 +21,36 @@ __all__ = [
     "NodeNotFound",
     "RetuneError",
     "RunNotFound",
+    "RunInUse",
     "RunNotLive",
     "SchemaMismatch",
     "StoreError",
+    "StoreNotFound",
     "StoreUnavailable",
     "CommandTimeout",
     "StopTraining",
+    "redact",
 ]
+
+# ``scheme://user:SECRET@host``: the secret runs to the last ``@`` before the host's ``/``.
+_URL_SECRET = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*:)[^\s/'\"]*(?=@)")
+# ``password=SECRET`` in a URL query or a libpq keyword string.
+_KEY_SECRET = re.compile(r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)[^\s&;'\"]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with every password of a URL or connection string replaced by ``***``.
+
+    The one redaction helper: store URLs appear in error messages, CLI output, HTTP bodies
+    and logs, and none of them may show a PostgreSQL password. ``RetuneError`` applies it to
+    every message, so any ``str(error)`` is safe to print; use it directly on anything else
+    that may hold a store URL (``redact(store.url)``).
+
+    >>> redact("postgresql+psycopg://mia:s3cret@db:5432/retune")
+    'postgresql+psycopg://mia:***@db:5432/retune'
+    """
+    text = _URL_SECRET.sub(r"\g<head>***", text)
+    return _KEY_SECRET.sub(r"\g<head>***", text)
 
 
 class RetuneError(Exception):
@@ -35,6 +60,7 @@ class RetuneError(Exception):
     http_status: int = 500
 
     def __init__(self, message: str) -> None:
+        message = redact(message)  # a store URL in a message never shows its password
         super().__init__(message)
         self.message = message
 
@@ -88,6 +114,14 @@ class RunNotLive(RetuneError, RuntimeError):
     http_status = 409
 
 
+class RunInUse(RetuneError, RuntimeError):
+    """Another live process is attached to the run (its heartbeat is fresh): it cannot be
+    resumed twice at once. The message names that process's host and pid."""
+
+    code = "run_in_use"
+    http_status = 409
+
+
 class CommandRejected(RetuneError, RuntimeError):
     """A command was rejected, at submission or when the training process applied it."""
 
@@ -111,6 +145,14 @@ class StoreUnavailable(StoreError):
 
     code = "store_unavailable"
     http_status = 503
+
+
+class StoreNotFound(StoreUnavailable, FileNotFoundError):
+    """No store exists at the URL, and the caller asked not to create one (reading commands
+    never create a store: a mistyped ``--store`` must not leave an empty database behind)."""
+
+    code = "store_not_found"
+    http_status = 404
 
 
 class SchemaMismatch(StoreError):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import (
@@ -23,14 +26,22 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import delete as sql_delete
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    SQLAlchemyError,
+)
 
 from retune import _json
 from retune.errors import (
     InvalidArgument,
+    NodeNotFound,
     RetuneError,
     RunNotFound,
     StoreError,
+    StoreNotFound,
     StoreUnavailable,
 )
 from retune.store import _migrate
@@ -49,6 +60,8 @@ from retune.store._schema import checkpoints, commands, events, metric_chunks, n
 __all__ = ["SqlStore"]
 
 _BUSY_TIMEOUT_MS = 60_000
+CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for a PostgreSQL server to answer a new connection (``connect_timeout``)."""
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -65,52 +78,99 @@ class SqlStore(Store):
     any other schema version raises :class:`SchemaMismatch` naming the command to run.
     """
 
-    def __init__(self, url: str, *, upgrade: bool = False) -> None:
+    def __init__(self, url: str, *, upgrade: bool = False, create: bool = True) -> None:
         self.url = url
+        self.read_only = False
+        """True when the SQLite file or its folder is not writable: reads work, writes raise."""
         self._is_sqlite = url.startswith("sqlite")
         try:
             if self._is_sqlite:
-                self._prepare_sqlite_path(url)
-                self._writer = self._sqlite_engine(url, "BEGIN IMMEDIATE")
-                self._reader = self._sqlite_engine(url, "BEGIN")
+                path = self._sqlite_path(url)
+                mode = self._sqlite_mode(url, path, create=create)
+                self.read_only = mode == "ro"
+                if self.read_only:
+                    self._writer = self._reader = self._readable_engine(url, path)
+                else:
+                    self._writer = self._sqlite_engine(url, path, mode, "BEGIN IMMEDIATE")
+                    self._reader = self._sqlite_engine(url, path, mode, "BEGIN")
             else:
+                connect_args: dict[str, Any] = {}
+                if "connect_timeout" not in url:
+                    connect_args["connect_timeout"] = CONNECT_TIMEOUT
                 engine = create_engine(
                     url,
                     json_serializer=_json.dumps,
                     pool_pre_ping=True,
+                    connect_args=connect_args,
                     future=True,
                 )
                 self._writer = self._reader = engine
         except (ArgumentError, NoSuchModuleError, ValueError) as e:
             raise StoreUnavailable(f"cannot open store {url!r}: {e}") from e
         self.revision_at_open: str | None = None
-        self._open(upgrade=upgrade)
+        self.revision: str = _migrate.head_revision()
+        try:
+            self._open(upgrade=upgrade, create=create)
+        except BaseException:
+            self.close()
+            raise
 
     # -- engine setup -----------------------------------------------------------------------
     @staticmethod
-    def _prepare_sqlite_path(url: str) -> None:
+    def _sqlite_path(url: str) -> str | None:
+        """The file of a SQLite URL; ``None`` for an in-memory database."""
         path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise StoreUnavailable(f"cannot create the folder for store {url}: {e}") from e
+        if not path or path == ":memory:" or path.startswith("file:") or "?" in path:
+            return None
+        return path
 
     @staticmethod
-    def _sqlite_engine(url: str, begin: str) -> Engine:
-        engine = create_engine(
-            url,
-            json_serializer=_json.dumps,
-            connect_args={"timeout": _BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-        )
+    def _sqlite_mode(url: str, path: str | None, *, create: bool) -> str:
+        """``rwc`` (may create), ``rw`` (must exist) or ``ro`` (exists, not writable)."""
+        if path is None:
+            return "rwc"
+        file = Path(path)
+        if not file.exists():
+            if not create:
+                raise StoreNotFound(
+                    f"no store at {file}: check --store / RETUNE_STORE (nothing was created)"
+                )
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreUnavailable(f"cannot create the folder for store {url}: {e}") from e
+            return "rwc"
+        if not create and file.is_file() and file.stat().st_size == 0:
+            raise StoreNotFound(
+                f"{file} is an empty file, not a Retune store: check --store / RETUNE_STORE"
+                " (nothing was created)"
+            )
+        writable = os.access(file, os.W_OK) and os.access(file.parent, os.W_OK)
+        return "rw" if writable else "ro"
+
+    @staticmethod
+    def _sqlite_engine(url: str, path: str | None, mode: str, begin: str) -> Engine:
+        options: dict[str, Any] = {"json_serializer": _json.dumps}
+        if path is None:
+            options["connect_args"] = {
+                "timeout": _BUSY_TIMEOUT_MS / 1000,
+                "check_same_thread": False,
+            }
+        else:
+            uri = f"file:{quote(path)}?mode={mode}"
+            options["creator"] = lambda: sqlite3.connect(
+                uri, uri=True, timeout=_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+        engine = create_engine(url, **options)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
+            if not mode.startswith("ro"):
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
@@ -120,7 +180,35 @@ class SqlStore(Store):
 
         return engine
 
-    def _open(self, *, upgrade: bool) -> None:
+    @classmethod
+    def _readable_engine(cls, url: str, path: str | None) -> Engine:
+        """A read-only engine: ``mode=ro``, else ``immutable=1`` when SQLite cannot even
+        create the WAL index beside the file (a read-only mount)."""
+        assert path is not None
+        engine = cls._sqlite_engine(url, path, "ro", "BEGIN")
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+            return engine
+        except DBAPIError:
+            engine.dispose()
+        immutable = cls._sqlite_engine(url, path, "ro&immutable=1", "BEGIN")
+        return immutable
+
+    def _open(self, *, upgrade: bool, create: bool) -> None:
+        if self.read_only or not create:
+            with self._tx(write=False) as conn:
+                self.revision_at_open = _migrate.current_revision(conn)
+                if _migrate.is_empty(conn):
+                    raise StoreNotFound(
+                        f"{self.url} holds no Retune store yet: check --store / RETUNE_STORE"
+                        " (nothing was created)"
+                    )
+                if not upgrade:
+                    _migrate.check_schema(conn, self.url)
+                    return
+            if self.read_only:
+                raise StoreUnavailable(f"the store at {self.url} is read-only: cannot upgrade it")
         with self._tx(write=True) as conn:
             if conn.dialect.name == "postgresql":  # one process at a time creates or migrates
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7256438)")
@@ -128,23 +216,52 @@ class SqlStore(Store):
             if upgrade or _migrate.is_empty(conn):
                 _migrate.upgrade(conn)
             _migrate.check_schema(conn, self.url)
-            self.revision: str = _migrate.head_revision()
 
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Connection]:
-        """One transaction; driver errors become Retune errors here and nowhere else."""
+    def _tx(self, *, write: bool, run_id: str | None = None) -> Iterator[Connection]:
+        """One transaction; driver errors become Retune errors here and nowhere else.
+
+        A foreign-key violation in a transaction about ``run_id`` means the run (or one of
+        its nodes) does not exist: ``RunNotFound`` / ``NodeNotFound``, not a store failure.
+        """
+        if write and self.read_only:
+            raise StoreUnavailable(
+                f"the store at {self.url} is read-only (its file or folder is not writable);"
+                " only reading commands work on it"
+            )
         engine = self._writer if write else self._reader
         try:
             with engine.begin() as conn:
                 yield conn
         except RetuneError:
             raise
+        except IntegrityError as e:
+            reason = str(e.orig if e.orig is not None else e).splitlines()[0]
+            if run_id is not None and "foreign key" in reason.lower():
+                raise self._missing(run_id) from e
+            raise StoreError(f"store {self.url} refused the write: {reason}") from e
         except DBAPIError as e:
             reason = str(e.orig if e.orig is not None else e).splitlines()[0]
+            if not self._is_sqlite and "timeout" in reason.lower():
+                reason += (
+                    f" (no answer within the {CONNECT_TIMEOUT:g} s connect timeout; is the"
+                    " server up? add ?connect_timeout=SECONDS to the URL to wait longer)"
+                )
             raise StoreUnavailable(f"store {self.url} cannot be used: {reason}") from e
         except SQLAlchemyError as e:
             reason = str(e).splitlines()[0]
             raise StoreError(f"store {self.url} failed: {reason}") from e
+
+    def _missing(self, run_id: str) -> RetuneError:
+        """The error for a foreign-key violation: the run is unknown, else one of its nodes."""
+        try:
+            with self._tx(write=False) as conn:
+                found = conn.execute(select(runs.c.id).where(runs.c.id == run_id)).first()
+        except RetuneError:
+            found = None
+        if found is None:
+            return RunNotFound(f"no run with id {run_id!r} in {self.url}")
+        return NodeNotFound(f"run {run_id} has no such node")
 
     @staticmethod
     def _lock_run(conn: Connection, run_id: str) -> None:
@@ -311,7 +428,7 @@ class SqlStore(Store):
         diff: dict[str, Any],
         created_by: str | None,
     ) -> NodeRecord:
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, run_id=run_id) as conn:
             self._lock_run(conn, run_id)
             highest = conn.execute(
                 select(func.max(nodes.c.id)).where(nodes.c.run_id == run_id)
@@ -383,7 +500,7 @@ class SqlStore(Store):
             progress["heartbeat_at"] = heartbeat_at
         if not rows and not progress:
             return
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, run_id=run_id) as conn:
             if rows:
                 conn.execute(insert(metric_chunks), rows)
             if progress:
@@ -498,7 +615,7 @@ class SqlStore(Store):
         source: str,
         user: str | None,
     ) -> CommandRecord:
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, run_id=run_id) as conn:
             result = conn.execute(
                 insert(commands).values(
                     run_id=run_id,
@@ -600,7 +717,7 @@ class SqlStore(Store):
         manifest: dict[str, Any],
         nbytes: int,
     ) -> CheckpointRecord:
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, run_id=run_id) as conn:
             self._lock_run(conn, run_id)
             highest = conn.execute(
                 select(func.max(checkpoints.c.id)).where(checkpoints.c.run_id == run_id)
@@ -670,7 +787,7 @@ class SqlStore(Store):
         node: int | None = None,
         step: int | None = None,
     ) -> EventRecord:
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, run_id=run_id) as conn:
             result = conn.execute(
                 insert(events).values(
                     run_id=run_id,

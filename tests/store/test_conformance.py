@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from retune.errors import InvalidArgument, RunNotFound
+from retune.errors import InvalidArgument, NodeNotFound, RunNotFound
 from retune.store import MetricChunk, Store
 
 
@@ -240,3 +240,22 @@ def test_node_and_checkpoint_numbers_stay_unique_under_concurrency(store: Store)
         thread.join()
     assert [n.id for n in store.list_nodes(run_id)] == list(range(1, 42))
     assert [c.id for c in store.list_checkpoints(run_id)] == list(range(1, 41))
+
+
+def test_writes_for_an_unknown_run_raise_run_not_found(store: Store) -> None:
+    """A foreign-key violation is the caller's mistake (404), not a store failure (503)."""
+    with pytest.raises(RunNotFound, match="ghost"):
+        store.submit_command("ghost", "pause", {}, source="cli", user=None)
+    with pytest.raises(RunNotFound, match="ghost"):
+        store.add_event("ghost", "note", {})
+    with pytest.raises(RunNotFound, match="ghost"):
+        store.create_node(
+            "ghost", parent=None, start_step=0, change_kind="start", values={}, diff={},
+            created_by=None,
+        )
+    with pytest.raises(RunNotFound, match="ghost"):
+        store.append_metrics("ghost", [_chunk(1, "loss", [1], [0.5])])
+    run_id = _run_with_root(store)
+    with pytest.raises(NodeNotFound):
+        store.append_metrics(run_id, [_chunk(9, "loss", [1], [0.5])])
+    assert store.read_metric(run_id, "loss").steps.tolist() == []

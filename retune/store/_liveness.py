@@ -1,0 +1,48 @@
+"""Who is alive: the one home of the heartbeat rule and of "who am I".
+
+A training process writes its run's heartbeat at every flush (every ``flush_interval``
+seconds, default 1 s, also while paused). A run whose status is live (``running`` /
+``paused``) but whose heartbeat is older than :data:`STALE_AFTER` seconds has lost its
+process (killed, frozen, machine gone): readers show it as ``stale`` and a new process may
+attach to it (``resume``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from typing import Any
+
+from retune.store._records import LIVE_STATUSES, RunRecord
+
+__all__ = ["STALE_AFTER", "current_user", "is_live", "is_stale", "process_identity"]
+
+STALE_AFTER = 30.0
+"""Seconds without a heartbeat after which a live run's process is considered gone."""
+
+
+def current_user() -> str | None:
+    """The OS user name, or ``None`` when the platform cannot tell."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+def process_identity() -> dict[str, Any]:
+    """This process as a run records its owner: ``{"host", "pid", "user"}``."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "user": current_user()}
+
+
+def is_live(run: RunRecord, now: float | None = None) -> bool:
+    """True when the run is ``running``/``paused`` and its heartbeat is fresh."""
+    if run.status not in LIVE_STATUSES or run.heartbeat_at is None:
+        return False
+    return (time.time() if now is None else now) - run.heartbeat_at <= STALE_AFTER
+
+
+def is_stale(run: RunRecord, now: float | None = None) -> bool:
+    """True when the run says it is live but its heartbeat stopped ``STALE_AFTER`` ago."""
+    return run.status in LIVE_STATUSES and not is_live(run, now)
