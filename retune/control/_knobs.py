@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -41,7 +42,7 @@ class Knob:
         self._set = set
         current = get() if get is not None else initial
         inferred = kind or _infer_kind(name, current)
-        low, high = bounds
+        low, high = _check_bounds(name, bounds)
         self.spec = TunableSpec(name=name, kind=inferred, low=low, high=high, doc=doc)
         self._value = validate([self.spec], name, current)
 
@@ -65,6 +66,41 @@ class Knob:
 
     def __repr__(self) -> str:
         return f"Knob({self.name}={self.value!r})"
+
+
+def _check_bounds(name: str, bounds: Any) -> tuple[float | None, float | None]:
+    """``(low, high)``: each a finite number or None, and low <= high; else InvalidArgument."""
+    if isinstance(bounds, (str, bytes)) or not isinstance(bounds, (tuple, list)):
+        raise InvalidArgument(
+            f"tunable {name}: bounds must be a pair (low, high), got {type(bounds).__name__}"
+        )
+    if len(bounds) != 2:
+        raise InvalidArgument(f"tunable {name}: bounds must be a pair (low, high), got {bounds!r}")
+    checked: list[float | None] = []
+    for which, bound in zip(("low", "high"), bounds, strict=True):
+        if bound is None:
+            checked.append(None)
+            continue
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise InvalidArgument(
+                f"tunable {name}: the {which} bound must be a number or None, "
+                f"got {type(bound).__name__} {bound!r:.40}"
+            )
+        try:
+            number = float(bound)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise InvalidArgument(
+                f"tunable {name}: the {which} bound must be finite (use None for no bound)"
+            )
+        checked.append(number)
+    low, high = checked
+    if low is not None and high is not None and low > high:
+        raise InvalidArgument(
+            f"tunable {name}: bounds are reversed: low {low:g} is above high {high:g}"
+        )
+    return low, high
 
 
 def _infer_kind(name: str, value: Any) -> str:

@@ -46,6 +46,7 @@ class LiveTunables:
         self._optimizer_specs = discover_optimizer(optimizer) if optimizer is not None else []
         self.knobs: dict[str, Knob] = {}
         self.hp = KnobValues(self.knobs)
+        self._knob_values: dict[str, Any] = {}
         self.scheduler: SchedulerControl | None = None
         if scheduler is not None and optimizer is not None:
             self.scheduler = SchedulerControl(scheduler, optimizer)
@@ -78,9 +79,24 @@ class LiveTunables:
         return out
 
     def records(self) -> list[dict[str, Any]]:
-        """Specs with their current values, as stored with the run."""
+        """Specs with their current values, as stored with the run (training thread)."""
         current = self.values()
+        self._knob_values = {name: current[name] for name in self.knobs}
         return [{**spec.to_dict(), "value": current[spec.name]} for spec in self.specs]
+
+    def live_records(self) -> list[dict[str, Any]]:
+        """Like :meth:`records`, safe to call off the training thread: optimizer values are
+        read live (a scheduler moves lr every step); user knobs, which change only through
+        commands on the training thread, keep the value of the last :meth:`records` call
+        (no user getter runs on another thread)."""
+        out = []
+        for spec in self.specs:
+            if spec.groups is None:
+                value = self._knob_values.get(spec.name)
+            else:
+                value = [self._read(spec, i) for i in range(len(spec.groups))]
+            out.append({**spec.to_dict(), "value": value})
+        return out
 
     # -- changing ---------------------------------------------------------------------------
     def set(
@@ -200,6 +216,13 @@ class LiveTunables:
             "knobs": {name: _plain(knob.value) for name, knob in self.knobs.items()},
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
         }
+
+    def close(self) -> None:
+        """Remove what Retune installed on the scheduler (pins, optimizer hook, step wrapper):
+        after the run ends, the optimizer and scheduler behave as if Retune was never there.
+        Idempotent."""
+        if self.scheduler is not None:
+            self.scheduler.close()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name, value in state.get("knobs", {}).items():

@@ -171,7 +171,9 @@ class SchedulerControl:
             self._install_step_wrapper()
 
     def close(self) -> None:
-        """Remove the hook and the step wrapper; the scheduler is as it was given."""
+        """Remove the pins, the hook and the step wrapper; the scheduler is as it was given
+        (a later manual change of the group's value stays). Idempotent."""
+        self.pins.clear()
         self._hook.remove()
         if self._original_class is not None:
             self.scheduler.__class__ = self._original_class

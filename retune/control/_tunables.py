@@ -194,6 +194,13 @@ def resolve_groups(spec: TunableSpec, group: int | str | None) -> list[int]:
     raise InvalidArgument(f"no param group named {group!r}; the groups are: {labels}")
 
 
+def _short(value: int) -> str:
+    """A huge int for a message, without converting all its digits."""
+    if value.bit_length() <= 128:
+        return str(value)
+    return f"about 10**{int(value.bit_length() * 0.30103)}"
+
+
 def _check_number(spec: TunableSpec, value: Any, label: str) -> Any:
     if spec.kind == "str":
         if isinstance(value, str):
@@ -210,6 +217,15 @@ def _check_number(spec: TunableSpec, value: Any, label: str) -> Any:
         if not float(value).is_integer():
             raise InvalidArgument(f"{label} expects an int, got {value!r}")
         value = int(value)
+    if isinstance(value, int) and (abs(value) >= 2**63 or spec.kind == "float"):
+        try:  # math.isfinite overflows on 10**400: say "too large" instead
+            if abs(value) >= 2**63 and spec.kind == "int":
+                raise OverflowError
+            float(value)
+        except OverflowError:
+            raise InvalidArgument(
+                f"{label} is too large ({value.bit_length()} bits), got {_short(value)}"
+            ) from None
     if not math.isfinite(value):
         raise InvalidArgument(f"{label} must be finite, got {value}")
     low_ok = spec.low is None or (value >= spec.low if spec.low_inclusive else value > spec.low)

@@ -148,12 +148,8 @@ def init(
             created_by=who,
         )
         run._node = root.id
-    if ui:
-        from retune.server import serve_in_thread
-
-        port = 8765 if ui is True else int(ui)
-        run.ui_server, url = serve_in_thread(open_store(opened.url), port=port)
-        print(f"retune: dashboard at {url}runs/{run.id}", flush=True)
+    if ui:  # the next free port if this one is taken; training goes on either way
+        run.serve_dashboard(8765 if ui is True else int(ui))
     return run
 
 

@@ -1,35 +1,60 @@
-"""Ending runs that the script did not end: normal interpreter exit and uncaught exceptions.
+"""Ending runs that the script did not end: exit, uncaught exceptions, signals, dead threads.
 
 Registered once, the first time a run starts. At exit every run still open is finished:
 ``crashed`` (with the traceback) when an uncaught exception ended the script, ``stopped`` after
-Ctrl-C or SIGTERM (a SIGTERM handler is installed when the program has none), else
-``finished``. Buffered metrics are flushed in every case; only SIGKILL loses the last second.
+Ctrl-C or SIGTERM, else ``finished``. Buffered metrics are flushed in every case; only SIGKILL
+loses the last second.
+
+Signals (handlers are installed only where the program kept Python's defaults, and only from
+the main thread): the first SIGTERM or Ctrl-C does not interrupt the training code in the
+middle of a step. It asks every open run trained on the main thread to stop at its next step
+boundary; there the run takes a ``stop`` checkpoint (so ``retune resume`` continues exactly
+there) and raises ``SystemExit(143)`` for SIGTERM or ``KeyboardInterrupt`` for Ctrl-C. If no
+boundary comes within :data:`GRACE_SECONDS`, or the signal comes again, it interrupts at once
+(no stop checkpoint then). With no such run open, signals act as they always do.
+
+A thread that dies of an exception (``threading.excepthook``) ends the runs it was training
+as ``crashed`` with its traceback.
 """
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import signal
 import sys
 import threading
 import traceback
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from retune.errors import StopTraining
 
-__all__ = ["track"]
+__all__ = ["GRACE_SECONDS", "cancel_grace", "terminated", "track", "untrack"]
+
+GRACE_SECONDS = 10.0
+"""How long a first SIGTERM / Ctrl-C waits for a step boundary before it interrupts at once."""
 
 
 class _Endable(Protocol):
     def _end_from_lifecycle(self, status: str, error: str | None) -> None: ...
 
+    def _stop_at_boundary(self, signum: int) -> bool:
+        """Ask the run to stop at its next step boundary; False unless it trains on the
+        main thread (and so can honour it)."""
+        ...
+
+    @property
+    def training_thread(self) -> threading.Thread | None: ...
+
 
 _open_runs: set[_Endable] = set()
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: the signal handler runs on the main thread
 _installed = False
 _uncaught: list[str] = []
 _terminated: list[int] = []
+_signalled: list[int] = []
+_grace: list[threading.Timer] = []
 
 
 def _excepthook(
@@ -43,12 +68,63 @@ def _excepthook(
 
 
 _previous_excepthook = sys.excepthook
+_previous_thread_excepthook = threading.excepthook
 
 
-def _on_sigterm(signum: int, _frame: object) -> None:
-    """A scheduler (Slurm, Kubernetes, ``kill``) asks the process to end: end it cleanly."""
-    _terminated.append(signum)
+def _thread_excepthook(args: Any) -> None:
+    """A thread died: the runs it trained end ``crashed`` now, with its traceback."""
+    if args.exc_type is not None and issubclass(args.exc_type, StopTraining):
+        print(f"retune: {args.exc_value}", file=sys.stderr)
+        return
+    if args.exc_type is not SystemExit and args.thread is not None:
+        error = "".join(
+            traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+        with _lock:
+            mine = [run for run in _open_runs if run.training_thread is args.thread]
+        for run in mine:
+            run._end_from_lifecycle("crashed", error)
+    _previous_thread_excepthook(args)
+
+
+def terminated() -> bool:
+    """True once this process received SIGTERM."""
+    return bool(_terminated)
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    """SIGTERM (a scheduler, ``kill``) or Ctrl-C: stop cleanly at the next step boundary."""
+    if signum == signal.SIGTERM:
+        _terminated.append(signum)
+    first = not _signalled
+    _signalled.append(signum)
+    with _lock:
+        runs = list(_open_runs)
+    deferred = [run for run in runs if run._stop_at_boundary(signum)]
+    if first and deferred:
+        print(
+            f"retune: {signal.Signals(signum).name}: stopping at the next step boundary "
+            "(checkpointed); send it again to stop at once",
+            file=sys.stderr,
+            flush=True,
+        )
+        timer = threading.Timer(GRACE_SECONDS, _thread.interrupt_main, (signum,))
+        timer.daemon = True
+        timer.start()
+        _grace.append(timer)
+        return
+    cancel_grace()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
+
+
+def cancel_grace() -> None:
+    """A run acted on the signal at its boundary: no forced interruption is needed any more.
+    The next signal is treated as a first one again."""
+    while _grace:
+        _grace.pop().cancel()
+    _signalled.clear()
 
 
 def _at_exit() -> None:
@@ -65,23 +141,28 @@ def _at_exit() -> None:
 
 def track(run: _Endable) -> None:
     """Make sure ``run`` is ended when the interpreter exits, whatever happens."""
-    global _installed, _previous_excepthook
+    global _installed, _previous_excepthook, _previous_thread_excepthook
     with _lock:
         if not _installed:
             _previous_excepthook = sys.excepthook
             sys.excepthook = _excepthook
+            _previous_thread_excepthook = threading.excepthook
+            threading.excepthook = _thread_excepthook
             atexit.register(_at_exit)
-            _install_sigterm()
+            _install_signals()
             _installed = True
         _open_runs.add(run)
 
 
-def _install_sigterm() -> None:
-    """Handle SIGTERM like Ctrl-C, unless the program set its own handler (or is not main)."""
+def _install_signals() -> None:
+    """Handle SIGTERM and Ctrl-C (see the module doc), unless the program set its own
+    handlers (or this is not the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_signal)
 
 
 def untrack(run: _Endable) -> None:

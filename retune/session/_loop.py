@@ -4,6 +4,10 @@ The position (epoch, batch within the epoch) is part of every checkpoint. Each e
 order is a permutation seeded by ``(data_seed, epoch)``, so a restore or a resume jumps straight
 to the restored batch, without replaying data. After an in-process restore, ``batches()``
 continues from the restored position on its next iteration (``run.epoch`` tells the epoch).
+
+A ``stop`` ends these loops: ``run.step()`` does not raise ``StopTraining`` while one of them
+runs; ``batches()`` and then ``epochs()`` end at their next iteration instead (the code after
+them runs, and the script exits 0). Outside them ``run.step()`` raises ``StopTraining``.
 """
 
 from __future__ import annotations
@@ -26,29 +30,49 @@ class LoopPosition:
         self.generation = 0  # bumped by every restore: running iterators re-position
         self.on_epoch_end: Callable[[], None] | None = None
         self.should_stop: Callable[[], bool] = lambda: False
+        self.active = 0  # epochs()/batches() loops running: a stop ends them, not an exception
+
+    @property
+    def iterating(self) -> bool:
+        """True while an :meth:`epochs` or :meth:`batches` loop is running."""
+        return self.active > 0
 
     def epochs(self, count: int) -> Iterator[int]:
-        """Epoch numbers from the current one up to ``count - 1``."""
-        while self.epoch < count and not self.should_stop():
-            yield self.epoch
-            self.epoch += 1
-            self.batch = 0
-            if self.on_epoch_end is not None:
-                self.on_epoch_end()
+        """Epoch numbers from the current one up to ``count - 1``; ends early after a stop
+        (the stopped epoch is not counted as done, so a resume finishes it)."""
+        self.active += 1
+        try:
+            while self.epoch < count and not self.should_stop():
+                yield self.epoch
+                if self.should_stop():
+                    return
+                self.epoch += 1
+                self.batch = 0
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end()
+        finally:
+            self.active -= 1
 
     def batches(self, loader: Any) -> Iterator[Any]:
-        """The batches of the current epoch from the current batch on (see module doc)."""
-        while True:
-            generation = self.generation
-            for item in iterate_batches(
-                loader, base_seed=self.data_seed, epoch=self.epoch, start_batch=self.batch
-            ):
-                self.batch += 1
-                yield item
-                if self.generation != generation:
-                    break  # restored: continue from the restored position
-            else:
-                return
+        """The batches of the current epoch from the current batch on (see module doc); ends
+        early after a stop."""
+        self.active += 1
+        try:
+            while not self.should_stop():
+                generation = self.generation
+                for item in iterate_batches(
+                    loader, base_seed=self.data_seed, epoch=self.epoch, start_batch=self.batch
+                ):
+                    self.batch += 1
+                    yield item
+                    if self.should_stop():
+                        return
+                    if self.generation != generation:
+                        break  # restored: continue from the restored position
+                else:
+                    return
+        finally:
+            self.active -= 1
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch": self.batch, "data_seed": self.data_seed}

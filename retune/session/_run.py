@@ -1,7 +1,14 @@
-"""The run handle: what the training script holds and calls every step."""
+"""The run handle: what the training script holds and calls every step.
+
+``Run`` is the facade (identity, tunables, checkpoints, the tree, ending) and the hot path
+(``step()``). What commands do lives in ``_handlers`` behind the small ``TrainingSession``
+interface that ``Run`` implements; the Applier (``_control``) claims and dispatches them.
+"""
 
 from __future__ import annotations
 
+import logging
+import signal
 import threading
 import time
 import traceback
@@ -10,37 +17,69 @@ from types import TracebackType
 from typing import Any
 
 from retune.control import Knob, KnobValues, LiveTunables
-from retune.errors import CommandRejected, InvalidArgument, RetuneError, StopTraining
-from retune.session import _lifecycle, _restore
+from retune.errors import InvalidArgument, RetuneError, StopTraining, StoreError
+from retune.session import _lifecycle
 from retune.session._checkpointer import Checkpointer, CheckpointPolicy
 from retune.session._control import Applier
+from retune.session._handlers import HANDLERS, SessionFlags
 from retune.session._loop import LoopPosition
 from retune.session._snapshot import RunSnapshot, read_snapshot
+from retune.session._state import apply_state
 from retune.session._tree import TreeNode
 from retune.session._writer import MetricWriter
-from retune.store import CheckpointRecord, CommandRecord, RunRecord, Store
+from retune.store import CheckpointRecord, CommandRecord, RunRecord, Store, open_store
 
 __all__ = ["Run"]
 
-_NUMBER_TYPES = (float, int)
+log = logging.getLogger("retune")
+
 _NEVER = 2**62  # a step no run reaches: no scheduled checkpoint
+_MAX_KEY = 255  # the store's metric key column
 
 
-def _coerce_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Turn every value into a float (tensors, numpy scalars, bools) or raise InvalidArgument."""
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise InvalidArgument(f"metric names must be non-empty strings, got {key!r:.60}")
+    if len(key) > _MAX_KEY:
+        raise InvalidArgument(f"metric name {key[:40]!r}... is longer than {_MAX_KEY} characters")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgument(f"metric name {key!r:.60} is not valid text: {e.reason}") from e
+    if "\x00" in key:
+        raise InvalidArgument(f"metric name {key!r:.60} contains a NUL character")
+    return key
+
+
+def _coerce_metrics(metrics: Mapping[Any, Any]) -> dict[str, float]:
+    """Check every name and turn every value into a float (tensors, numpy scalars, bools,
+    ints within float range) or raise ``InvalidArgument`` naming the bad one."""
     out: dict[str, float] = {}
     for key, value in metrics.items():
-        if not isinstance(key, str) or not key:
-            raise InvalidArgument(f"metric names must be non-empty strings, got {key!r}")
-        if isinstance(value, str) or not hasattr(value, "__float__"):
+        _check_key(key)
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
             raise InvalidArgument(
                 f"metric {key!r} must be a number, got {type(value).__name__} {value!r:.60}"
             )
         try:
             out[key] = float(value)
+        except OverflowError as e:
+            raise InvalidArgument(
+                f"metric {key!r} is too large for a float (64-bit): {str(value)[:20]}..."
+            ) from e
         except (TypeError, ValueError, RuntimeError) as e:
             raise InvalidArgument(f"metric {key!r} must be a single number: {e}") from e
     return out
+
+
+def _merged(metrics: Any, kwargs: dict[str, Any]) -> dict[Any, Any]:
+    if metrics is None:
+        return kwargs
+    if not isinstance(metrics, Mapping):
+        raise InvalidArgument(
+            f"metrics must be a mapping of names to numbers, got {type(metrics).__name__}"
+        )
+    return {**metrics, **kwargs}
 
 
 class Run:
@@ -78,29 +117,27 @@ class Run:
         self.tunables = tunables
         self.state: dict[str, Any] = {}
         """User state saved in every checkpoint: tensors, numbers, strings, lists, dicts."""
+        self.flags = SessionFlags()
         self.loop = LoopPosition(data_seed)
-        self.loop.should_stop = lambda: self._stop_requested
+        self.loop.should_stop = lambda: self.flags.stop_requested
         self.loop.on_epoch_end = self._on_epoch_end
         self.checkpointer = Checkpointer(self, objects_url, policy)
         self._next_checkpoint = policy.every_n_steps or _NEVER
+        # step() calls _at_boundary() once the step reaches this: the first step (to learn
+        # the training thread), scheduled checkpoints, signals, and every step after a stop
+        self._next_boundary = 0
+        self.training_thread: threading.Thread | None = None
+        self._signal = 0  # SIGTERM / SIGINT to act on at the next boundary
+        self._stopped_here = False  # the stop was checkpointed; later steps raise
+        self._known_keys: set[str] = set()  # metric names already validated
         self.ui_server: Any = None  # the dashboard served by retune.init(..., ui=True)
+        self._ui_store: Store | None = None
         self._ended = False
-        self._paused = False
-        self._stop_requested = False
         self._poll_interval = poll_interval
         self._end_lock = threading.Lock()
-        self._applier = Applier(
-            {
-                "set": Run._on_set,
-                "scale": Run._on_scale,
-                "pause": Run._on_pause,
-                "resume": Run._on_resume,
-                "stop": Run._on_stop,
-                "checkpoint": Run._on_checkpoint,
-                "restore": _restore.on_restore,
-            }
-        )
+        self._applier = Applier(dict(HANDLERS))
         self._inbox = self._applier.inbox
+        self._live_records: list[dict[str, Any]] | None = None
         self._writer = MetricWriter(
             store,
             record.id,
@@ -108,6 +145,7 @@ class Run:
             poll_interval=poll_interval,
             progress=lambda: self._step,
             tick=lambda: self._applier.poll(self),
+            after_flush=self._refresh_tunables,
         )
         self._buffer = self._writer.buffer
         _lifecycle.track(self)
@@ -149,44 +187,166 @@ class Run:
 
         Values must be numbers (floats, ints, one-element tensors, numpy scalars); NaN and inf
         are kept and flagged. Metrics may be given as keywords or, for names that are not
-        identifiers (``"val/loss"``), as a mapping.
+        identifiers (``"val/loss"``), as a mapping. A bad name (not a non-empty string, not
+        valid text, over 255 characters) or value (not a number, an int beyond float range)
+        raises ``InvalidArgument`` and records nothing. Names already seen are not checked
+        again, which keeps this call around a microsecond.
         """
         if self._ended:
             raise InvalidArgument(f"run {self.name} ({self.id}) has ended; start a new one")
-        values = kwargs if metrics is None else {**metrics, **kwargs}
-        for value in values.values():
-            if type(value) not in _NUMBER_TYPES:
-                values = _coerce_metrics(values)
-                break
+        values = kwargs if metrics is None else _merged(metrics, kwargs)
+        if values.keys() <= self._known_keys:
+            for value in values.values():
+                if type(value) is not float:
+                    values = self._checked(values)
+                    break
+        else:
+            values = self._checked(values)
         self._step += 1
         if values:
             self._buffer.append((self._step, self._node, time.time(), values))
-        if self._inbox or self._step >= self._next_checkpoint:
+        if self._inbox or self._step >= self._next_boundary:
             self._at_boundary()
         return self._step
 
-    # -- commands ---------------------------------------------------------------------------
+    def _checked(self, values: Mapping[Any, Any]) -> dict[str, float]:
+        checked = _coerce_metrics(values)
+        self._known_keys.update(checked)
+        return checked
+
+    # -- the step boundary ------------------------------------------------------------------
     def _at_boundary(self) -> None:
-        """Scheduled checkpoint; queued commands; hold while paused; StopTraining after a stop."""
+        """Scheduled checkpoint; queued commands; hold while paused; the stop (checkpointed)."""
+        if self.training_thread is None:
+            self.training_thread = threading.current_thread()
+        saved = False
         if self._step >= self._next_checkpoint:
             every = self.checkpointer.policy.every_n_steps or _NEVER
             self._next_checkpoint = (self._step // every + 1) * every
             self.checkpointer.save("schedule")
-        self._applier.apply_pending(self)
-        while self._paused and not self._stop_requested:
+            saved = True
+        self._reschedule()
+        if self._inbox:
+            saved = False  # a command may change the state after the scheduled checkpoint
+            self._applier.apply_pending(self)
+        while self.flags.paused and not self.flags.stop_requested and not self._signal:
             if self._applier.wake.wait(self._poll_interval):
                 self._applier.wake.clear()
-            self._applier.apply_pending(self)
-        if self._stop_requested:
-            raise StopTraining(f"run {self.name} ({self.id}) stopped at step {self._step}")
+            if self._inbox:
+                saved = False
+                self._applier.apply_pending(self)
+        if self._signal or self.flags.stop_requested:
+            self._stop_here(already_saved=saved)
 
-    def _set_step(self, step: int) -> None:
-        self._step = step
+    def _reschedule(self) -> None:
+        if self.training_thread is None or self._signal or self._stopped_here:
+            self._next_boundary = 0
+        else:
+            self._next_boundary = self._next_checkpoint
+
+    def _stop_here(self, *, already_saved: bool) -> None:
+        """End training at this boundary: checkpoint first (so resume continues from here),
+        then raise what the stop asks for. Inside ``run.epochs()``/``run.batches()`` a stop
+        command returns instead, and the loops end."""
+        first = not self._stopped_here
+        if first:
+            self._stopped_here = True
+            self._next_boundary = 0  # any later step() comes back here and raises
+            if not already_saved:
+                try:
+                    self.checkpointer.save("stop")
+                except RetuneError as e:
+                    log.warning("retune: no checkpoint at the stop (step %d): %s", self._step, e)
+        signum, self._signal = self._signal, 0
+        if signum:
+            self.flags.stop_requested = True
+            _lifecycle.cancel_grace()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        if first and self.loop.iterating:
+            return
+        raise StopTraining(f"run {self.name} ({self.id}) stopped at step {self._step}")
+
+    def _stop_at_boundary(self, signum: int) -> bool:
+        """Called by the signal handler (main thread): stop at the next boundary. Returns True
+        when this run trains on the main thread, so the handler need not interrupt it."""
+        if self._ended or self.training_thread is None:
+            return False
+        if self.training_thread is threading.main_thread():
+            self._signal = signum
+            self._next_boundary = 0
+            return True
+        if signum == signal.SIGTERM:  # the process is going away: stop the other thread too
+            self.flags.stop_requested = True
+            self._next_boundary = 0
+        return False
 
     @property
     def should_stop(self) -> bool:
         """True once a ``stop`` command was applied (``step()`` then raises StopTraining)."""
-        return self._stop_requested
+        return self.flags.stop_requested
+
+    # -- what command handlers use (the TrainingSession interface) --------------------------
+    def start_node(
+        self,
+        kind: str,
+        diff: dict[str, Any],
+        who: str | None,
+        *,
+        parent: int | None = None,
+        close_current: bool = True,
+    ) -> None:
+        """Close the current node and open a child (of ``parent``, default the current node)
+        starting at the current step, with the current values."""
+        if close_current:
+            self.flush()  # points of the old node are written before the tree changes
+            self.store.end_node(self.id, self._node, self._step)
+        node = self.store.create_node(
+            self.id,
+            parent=self._node if parent is None else parent,
+            start_step=self._step,
+            change_kind=kind,
+            values=self.tunables.values(),
+            diff=diff,
+            created_by=who,
+        )
+        self._node = node.id
+        self._live_records = self.tunables.records()
+        self.store.update_run(self.id, tunables=self._live_records)
+
+    def loop_state(self) -> dict[str, int]:
+        """Epoch, batch, data seed and global step, as a checkpoint stores them."""
+        return {**self.loop.state_dict(), "step": self._step}
+
+    def set_loop_state(self, state: dict[str, int]) -> None:
+        """Move the loop position and the global step (a restore or a resume)."""
+        self.loop.load_state_dict(state)
+        self._step = int(state["step"])
+        every = self.checkpointer.policy.every_n_steps
+        self._next_checkpoint = (self._step // every + 1) * every if every else _NEVER
+        self._reschedule()
+
+    # the names the state capture (``_state``) calls
+    _loop_state = loop_state
+    _set_loop_state = set_loop_state
+
+    def load_state(self, state: Any) -> None:
+        """Put a decoded checkpoint state into the live objects (training thread only)."""
+        apply_state(self, state)
+
+    def _refresh_tunables(self) -> None:
+        """After a flush (writer thread): store the optimizer's live values when they moved
+        (a scheduler changing lr), so ``retune get`` and the control panel show them."""
+        try:
+            current = self.tunables.live_records()
+            if current != self._live_records:
+                self.store.update_run(self.id, tunables=current)
+                self._live_records = current
+        except RetuneError as e:
+            log.debug("retune: live tunable values not written: %s", e)
+        except Exception as e:  # a param group changing under us: next flush tries again
+            log.debug("retune: live tunable values not read: %s", e)
 
     # -- tunables ---------------------------------------------------------------------------
     def tunable(
@@ -204,12 +364,14 @@ class Run:
 
         ``run.tunable("clip_norm", 1.0, bounds=(0, None))`` holds the value (read it as
         ``run.hp.clip_norm``); ``run.tunable("dropout", get=..., set=..., bounds=(0, 1))``
-        wraps any getter/setter. Bounds are inclusive; values must be finite.
+        wraps any getter/setter. Bounds are inclusive, numbers or None, low <= high; values
+        must be finite. A bad declaration raises ``InvalidArgument`` saying why.
         """
         knob = self.tunables.add(
             Knob(name, initial, get=get, set=set, bounds=bounds, kind=kind, doc=doc)
         )
-        self.store.update_run(self.id, tunables=self.tunables.records())
+        self._live_records = self.tunables.records()
+        self.store.update_run(self.id, tunables=self._live_records)
         return knob
 
     def tune_dropout(self, model: Any, name: str = "dropout") -> Knob:
@@ -234,46 +396,6 @@ class Run:
             bounds=(0.0, 1.0),
             kind="float",
         )
-
-    def _change(self, command: CommandRecord, kind: str) -> dict[str, Any]:
-        payload = command.payload
-        group, mode = payload.get("group"), payload.get("mode", "rescale")
-        before = self.checkpointer.save("change")  # so that any change can be undone
-        try:
-            if kind == "set":
-                diff = self.tunables.set(payload.get("values", {}), group, mode)
-            else:
-                diff = self.tunables.scale(payload.get("factors", {}), group, mode)
-        except CommandRejected:
-            self.store.delete_checkpoints(self.id, [before.id])
-            raise
-        self._start_node(kind, diff, command.user)
-        return {"diff": diff, "mode": mode, "checkpoint": before.label}
-
-    def _on_set(self, command: CommandRecord) -> dict[str, Any]:
-        return self._change(command, "set")
-
-    def _on_scale(self, command: CommandRecord) -> dict[str, Any]:
-        return self._change(command, "scale")
-
-    def _start_node(
-        self, kind: str, diff: dict[str, Any], who: str | None, parent: int | None = None
-    ) -> None:
-        """Close the current node and open a child (of ``parent``, default the current node)
-        starting at the current step, with the current values."""
-        self.flush()  # points of the old node are written before the tree changes
-        self.store.end_node(self.id, self._node, self._step)
-        node = self.store.create_node(
-            self.id,
-            parent=self._node if parent is None else parent,
-            start_step=self._step,
-            change_kind=kind,
-            values=self.tunables.values(),
-            diff=diff,
-            created_by=who,
-        )
-        self._node = node.id
-        self.store.update_run(self.id, tunables=self.tunables.records())
 
     # -- checkpoints, loop position, restore ------------------------------------------------
     def checkpoint(self, tag: str | None = None) -> CheckpointRecord:
@@ -301,12 +423,14 @@ class Run:
         return self._applier.apply_now(self, command)
 
     def epochs(self, count: int) -> Iterator[int]:
-        """``for epoch in run.epochs(n)``: starts at the restored epoch after a resume."""
+        """``for epoch in run.epochs(n)``: starts at the restored epoch after a resume; ends
+        early (without raising) after a stop."""
         return self.loop.epochs(count)
 
     def batches(self, loader: Any) -> Iterator[Any]:
         """``for batch in run.batches(loader)``: this epoch's batches in Retune's seeded order,
-        from the restored batch on. Works with any map-style dataset in a DataLoader."""
+        from the restored batch on; ends early (without raising) after a stop. Works with any
+        map-style dataset in a DataLoader."""
         return self.loop.batches(loader)
 
     @property
@@ -314,23 +438,10 @@ class Run:
         """The current epoch of :meth:`epochs` (restores may move it)."""
         return self.loop.epoch
 
-    def _loop_state(self) -> dict[str, int]:
-        return {**self.loop.state_dict(), "step": self._step}
-
-    def _set_loop_state(self, state: dict[str, int]) -> None:
-        self.loop.load_state_dict(state)
-        self._step = int(state["step"])
-        every = self.checkpointer.policy.every_n_steps
-        self._next_checkpoint = (self._step // every + 1) * every if every else _NEVER
-
     def _on_epoch_end(self) -> None:
         every = self.checkpointer.policy.every_n_epochs
         if every and self.loop.epoch % every == 0:
             self.checkpointer.save("schedule")
-
-    def _on_checkpoint(self, command: CommandRecord) -> dict[str, Any]:
-        record = self.checkpointer.save("command", tag=command.payload.get("tag"))
-        return {"checkpoint": record.label, "step": record.step}
 
     def tree(self) -> list[TreeNode]:
         """The run's tree as stored now (buffered metrics are flushed first)."""
@@ -342,30 +453,12 @@ class Run:
         self.flush()
         return read_snapshot(self.store, self.id).branch(node)
 
-    def _on_pause(self, command: CommandRecord) -> dict[str, Any]:
-        if self._paused:
-            raise CommandRejected("the run is already paused")
-        self._paused = True
-        self.store.update_run(self.id, status="paused")
-        return {}
-
-    def _on_resume(self, command: CommandRecord) -> dict[str, Any]:
-        if not self._paused:
-            raise CommandRejected("the run is not paused")
-        self._paused = False
-        self.store.update_run(self.id, status="running")
-        return {}
-
-    def _on_stop(self, command: CommandRecord) -> dict[str, Any]:
-        self._stop_requested = True
-        self._paused = False
-        return {}
-
     def log(self, metrics: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
-        """Record metrics at the current step (e.g. validation after an epoch)."""
+        """Record metrics at the current step (e.g. validation after an epoch); checked like
+        :meth:`step`'s (``InvalidArgument``, nothing recorded)."""
         if self._ended:
             raise InvalidArgument(f"run {self.name} ({self.id}) has ended; start a new one")
-        values = _coerce_metrics(kwargs if metrics is None else {**metrics, **kwargs})
+        values = self._checked(_merged(metrics, kwargs))
         if values:
             self._buffer.append((self._step, self._node, time.time(), values))
 
@@ -373,40 +466,105 @@ class Run:
         """Write every buffered point now (the background thread does this every second)."""
         self._writer.flush()
 
+    # -- the dashboard ----------------------------------------------------------------------
+    def serve_dashboard(self, port: int = 8765, *, tries: int = 20) -> str | None:
+        """Serve the dashboard on the first free port from ``port`` on; prints and returns its
+        URL for this run, or prints that it is not served (training goes on either way).
+        :meth:`finish` stops it."""
+        from retune.server import serve_in_thread
+
+        for candidate in range(port, port + tries):
+            ui_store = open_store(self.store.url)
+            try:
+                self.ui_server, url = serve_in_thread(ui_store, port=candidate)
+            except RetuneError:
+                ui_store.close()
+                continue
+            self._ui_store = ui_store
+            page = f"{url}runs/{self.id}"
+            note = "" if candidate == port else f" (port {port} is in use)"
+            print(f"retune: dashboard at {page}{note}", flush=True)
+            return page
+        print(
+            f"retune: the dashboard is not served (ports {port}-{port + tries - 1} are in use); "
+            "`retune ui` can serve it",
+            flush=True,
+        )
+        return None
+
     # -- ending -----------------------------------------------------------------------------
+    def _release(self) -> None:
+        """Give back what the run installed: scheduler pins and hooks, the dashboard."""
+        try:
+            self.tunables.close()
+        except Exception as e:  # never keeps the run from ending
+            log.warning("retune: could not remove the scheduler hooks: %s", e)
+        server, self.ui_server = self.ui_server, None
+        if server is not None:
+            server.should_exit = True
+        if self._ui_store is not None:
+            self._ui_store.close()
+            self._ui_store = None
+
     def finish(self, status: str = "finished", *, error: str | None = None) -> None:
-        """Flush everything, close the current node and mark the run ``status``. Idempotent."""
+        """Flush everything, close the current node and mark the run ``status``. Idempotent.
+
+        Also removes the scheduler pin/hook Retune installed and stops a ``ui=True`` dashboard.
+        When the last metrics cannot be written (a full disk), the run is marked ``crashed``
+        with the reason and ``StoreError`` is raised; when even that cannot be written, the
+        error says so (readers then show the run as stale: its heartbeat has stopped).
+        """
         with self._end_lock:
             if self._ended:
                 return
             self._ended = True
         _lifecycle.untrack(self)
-        if self._stop_requested and status == "finished":
+        if self.flags.stop_requested and status == "finished":
             status = "stopped"
+        self._release()
+        lost: RetuneError | None = None
         try:
             self._writer.close()
-        finally:
-            self._applier.reject_remaining(self, f"the run ended ({status}) before it was applied")
-            now = time.time()
-            self.store.end_node(self.id, self._node, self._step)
-            self.store.update_run(
-                self.id,
-                status=status,
-                ended_at=now,
-                heartbeat_at=now,
-                step=self._step,
-                error=error,
+        except RetuneError as e:
+            lost = e
+            unwritten = self._writer.unwritten
+            status = "crashed"
+            error = f"{unwritten} metric point(s) could not be written: {e}" + (
+                f"\n{error}" if error else ""
             )
-            if status != "finished":
-                self.store.add_event(
-                    self.id,
-                    status,
-                    {"error": error} if error else {},
-                    node=self._node,
-                    step=self._step,
-                )
+        try:
+            self._mark_ended(status, error)
+        except RetuneError as e:
+            raise StoreError(
+                f"run {self.name} ({self.id}) could not be marked {status}: {e}; "
+                "it will show as stale (no heartbeat)"
+            ) from (lost or e)
+        finally:
             if self._owns_store:
                 self.store.close()
+        if lost is not None:
+            raise StoreError(f"run {self.name} ({self.id}) ended crashed: {error}") from lost
+
+    def _mark_ended(self, status: str, error: str | None) -> None:
+        now = time.time()
+        self.store.update_run(
+            self.id,
+            status=status,
+            ended_at=now,
+            heartbeat_at=now,
+            step=self._step,
+            error=error,
+        )
+        self.store.end_node(self.id, self._node, self._step)
+        self._applier.reject_remaining(self, f"the run ended ({status}) before it was applied")
+        if status != "finished":
+            self.store.add_event(
+                self.id,
+                status,
+                {"error": error} if error else {},
+                node=self._node,
+                step=self._step,
+            )
 
     def _end_from_lifecycle(self, status: str, error: str | None) -> None:
         try:
@@ -430,6 +588,14 @@ class Run:
             return True
         elif issubclass(exc_type, KeyboardInterrupt):
             self.finish("stopped", error="interrupted (KeyboardInterrupt)")
+        elif issubclass(exc_type, SystemExit):
+            code = exc.code if isinstance(exc, SystemExit) else None
+            if _lifecycle.terminated():
+                self.finish("stopped", error="terminated by SIGTERM")
+            elif code is None or code == 0:
+                self.finish()
+            else:
+                self.finish("crashed", error=f"the script exited with status {code!r}")
         else:
             self.finish("crashed", error="".join(traceback.format_exception(exc_type, exc, tb)))
         return False

@@ -1,10 +1,21 @@
 """The background thread that writes buffered metrics (and heartbeats) to the store.
 
-The training thread only appends ``(step, node, time, metrics)`` tuples to a deque; this thread
-drains it every ``flush_interval`` seconds (sooner when it grows past ``max_buffer``) and writes
-one batch per flush: one packed chunk per (node, key). ``flush()`` drains synchronously from any
-thread. Points that fail to write are kept and retried; ``close()`` raises if they still fail,
-so data acknowledged by ``finish()`` is never silently lost.
+The training thread only appends ``(step, node, time, metrics)`` tuples to a deque (their keys
+and values already validated by the run); this thread drains it every ``flush_interval``
+seconds (sooner when it grows past ``max_buffer``) and writes one batch per flush: one packed
+chunk per (node, key). ``flush()`` drains synchronously from any thread.
+
+What is never lost:
+
+* Draining is one C-level call into the writer's own list of unwritten points, so an
+  interruption (Ctrl-C, SIGTERM) at any moment of a flush leaves every point either written or
+  still held for the next flush; ``close()`` writes what is held.
+* When the store refuses a batch, its chunks are written one by one: a chunk the store refuses
+  while others of the same flush are written (a poison point) is held apart and, after
+  :data:`MAX_STRIKES` such refusals, dropped with a warning and a ``metrics_dropped`` event;
+  it never blocks the other points. When the store refuses everything (down, disk full),
+  nothing is dropped: it is all retried, and ``close()`` raises if it still fails, so data
+  acknowledged by ``finish()`` is never silently lost.
 """
 
 from __future__ import annotations
@@ -14,18 +25,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from itertools import repeat, starmap
 
 import numpy as np
 
 from retune.errors import RetuneError, StoreError
 from retune.store import MetricChunk, Store
 
-__all__ = ["MetricWriter", "Point"]
+__all__ = ["MAX_STRIKES", "MetricWriter", "Point"]
 
 log = logging.getLogger("retune")
 
 Point = tuple[int, int, float, Mapping[str, float]]
 """(step, node, wall time, {key: value})"""
+
+MAX_STRIKES = 3
+"""Refusals of one chunk (while other chunks were written) before it is dropped."""
 
 
 def pack(points: list[Point]) -> list[MetricChunk]:
@@ -55,7 +70,8 @@ class MetricWriter:
     """Owns the metric buffer of one run and the thread that empties it into the store.
 
     ``tick`` (optional) runs on the same thread every ``poll_interval`` seconds, for work that
-    must happen often but off the training thread (polling commands). It must not raise.
+    must happen often but off the training thread (polling commands). ``after_flush``
+    (optional) runs after every successful flush, on the flushing thread. Neither may raise.
     """
 
     def __init__(
@@ -68,6 +84,7 @@ class MetricWriter:
         max_buffer: int = 100_000,
         progress: Callable[[], int],
         tick: Callable[[], None] | None = None,
+        after_flush: Callable[[], None] | None = None,
     ) -> None:
         self.buffer: deque[Point] = deque()
         self._store = store
@@ -77,7 +94,11 @@ class MetricWriter:
         self._max_buffer = max_buffer
         self._progress = progress
         self._tick = tick
-        self._retry: list[Point] = []
+        self._after_flush = after_flush
+        self._unwritten: list[Point] = []  # drained from the buffer, not yet written
+        self._held: list[tuple[MetricChunk, int]] = []  # chunks refused alone, with strikes
+        self.dropped = 0
+        """Points dropped because the store refused them while it took the others."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._warned = False
@@ -101,36 +122,118 @@ class MetricWriter:
                         self._warned = True
 
     def flush(self) -> int:
-        """Write every point buffered so far; returns how many were written.
+        """Write every point buffered so far; returns how many points were written.
 
-        Raises ``StoreError`` when the store refuses them; they stay buffered for a retry.
+        Raises ``StoreError`` when the store refuses all of them; they stay held for a retry.
         """
         with self._lock:
-            drained = len(self.buffer)
-            points = self._retry + [self.buffer.popleft() for _ in range(drained)]
-            self._retry = []
+            buffer = self.buffer
+            # one C call: every drained point is in _unwritten before any signal handler runs
+            self._unwritten.extend(starmap(buffer.popleft, repeat((), len(buffer))))
+            if not self._unwritten and not self._held:
+                self._write([])  # the heartbeat and progress only
+                return 0
+            fresh = pack(self._unwritten)
+            held = [chunk for chunk, _ in self._held]
             try:
-                self._store.append_metrics(
-                    self._run_id,
-                    pack(points),
-                    step=self._progress(),
-                    heartbeat_at=time.time(),
-                )
-            except RetuneError:
-                self._retry = points
-                raise
-            except Exception as e:  # a value that numpy cannot take; should not happen
-                self._retry = points
-                raise StoreError(f"metrics could not be written: {e}") from e
+                self._write([*held, *fresh])
+            except RetuneError as e:
+                written = self._isolate(fresh, e)
+            else:
+                self._held = []
+                written = sum(len(c.steps) for c in [*held, *fresh])
+            self._unwritten = []
             self._warned = False
-            return len(points)
+        if self._after_flush is not None:
+            self._after_flush()
+        return written
+
+    def _write(self, chunks: list[MetricChunk]) -> None:
+        try:
+            self._store.append_metrics(
+                self._run_id, chunks, step=self._progress(), heartbeat_at=time.time()
+            )
+        except RetuneError:
+            raise
+        except Exception as e:  # a driver error that escaped the store's translation
+            raise StoreError(f"metrics could not be written: {type(e).__name__}: {e}") from e
+
+    def _isolate(self, fresh: list[MetricChunk], error: RetuneError) -> int:
+        """The batch was refused: write chunk by chunk, hold or drop what is refused alone."""
+        candidates = [*self._held, *((chunk, 0) for chunk in fresh)]
+        written, refused = 0, []
+        for chunk, strikes in candidates:
+            try:
+                self._write([chunk])
+            except RetuneError as e:
+                refused.append((chunk, strikes, e))
+            else:
+                written += len(chunk.steps)
+        if not written:  # the store takes nothing: keep it all, without a strike
+            self._held = [(chunk, strikes) for chunk, strikes, _ in refused]
+            self._unwritten = []
+            raise error
+        self._held = []
+        for chunk, strikes, why in refused:
+            if strikes + 1 < MAX_STRIKES:
+                self._held.append((chunk, strikes + 1))
+            else:
+                self._drop(chunk, why)
+        return written
+
+    def _drop(self, chunk: MetricChunk, error: RetuneError) -> None:
+        count = len(chunk.steps)
+        self.dropped += count
+        reason = str(error)[:500]
+        log.warning(
+            "retune: dropped %d point(s) of metric %r (node n%d): the store refused them "
+            "%d times while it took the others: %s",
+            count,
+            chunk.key,
+            chunk.node,
+            MAX_STRIKES,
+            reason,
+        )
+        try:
+            self._store.add_event(
+                self._run_id,
+                "metrics_dropped",
+                {
+                    "key": chunk.key,
+                    "points": count,
+                    "first_step": int(chunk.steps.min()),
+                    "last_step": int(chunk.steps.max()),
+                    "reason": reason,
+                },
+                node=chunk.node,
+                step=int(chunk.steps.max()),
+            )
+        except RetuneError as e:
+            log.warning("retune: could not record the dropped points: %s", e)
+
+    @property
+    def unwritten(self) -> int:
+        """Points buffered or held that are not in the store yet."""
+        held = sum(len(chunk.steps) for chunk, _ in self._held)
+        return len(self.buffer) + len(self._unwritten) + held
 
     def close(self) -> None:
-        """Stop the thread and write what is left; raises if the store still refuses it."""
+        """Stop the thread and write what is left.
+
+        Raises ``StoreError`` when the store refuses everything (the points stay held). Chunks
+        it refused alone get one last try each and are then dropped (warning and event).
+        """
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join()
         self.flush()
+        with self._lock:
+            held, self._held = self._held, []
+            for chunk, _ in held:
+                try:
+                    self._write([chunk])
+                except RetuneError as e:
+                    self._drop(chunk, e)
 
     @property
     def alive(self) -> bool:

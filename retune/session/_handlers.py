@@ -1,0 +1,208 @@
+"""What each command does to a live training session, once the Applier has claimed it.
+
+The handlers see the run only through :class:`TrainingSession`, a small explicit interface
+(start a node, the loop state, the checkpointer, the tunables, the store), so the run handle
+(:class:`~retune.session.Run`) stays the facade and the hot path. Every handler runs on the
+training thread at a step boundary; it returns the command's result (recorded with it) or
+raises ``CommandRejected`` with the reason, and then nothing has changed.
+
+Kinds: ``set``, ``scale``, ``pause``, ``continue`` (un-pause; ``resume`` is its old name and
+stays an alias), ``stop``, ``checkpoint``, ``restore``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from retune.checkpoint import resolve_checkpoint
+from retune.control import validate
+from retune.errors import CommandRejected, InvalidArgument, RetuneError
+from retune.store import CheckpointRecord, CommandRecord, Store
+
+if TYPE_CHECKING:
+    from retune.control import LiveTunables
+    from retune.session._checkpointer import Checkpointer
+
+__all__ = ["HANDLERS", "SessionFlags", "TrainingSession"]
+
+
+@dataclass
+class SessionFlags:
+    """What the commands asked of the loop: hold (``paused``) or end (``stop_requested``)."""
+
+    paused: bool = False
+    stop_requested: bool = False
+
+
+class TrainingSession(Protocol):
+    """What a command handler may see and do of a live run (the run handle implements it)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def node(self) -> int: ...
+
+    @property
+    def global_step(self) -> int: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def tunables(self) -> LiveTunables: ...
+
+    @property
+    def checkpointer(self) -> Checkpointer: ...
+
+    @property
+    def flags(self) -> SessionFlags: ...
+
+    def flush(self) -> None:
+        """Write every buffered metric point now."""
+
+    def start_node(
+        self, kind: str, diff: dict[str, Any], who: str | None, *, parent: int | None = None
+    ) -> None:
+        """Close the current node at the current step and train on a new child of ``parent``
+        (default: the current node) from here, with the current values."""
+
+    def loop_state(self) -> dict[str, int]:
+        """Epoch, batch, data seed and global step, as a checkpoint stores them."""
+
+    def set_loop_state(self, state: dict[str, int]) -> None:
+        """Move the loop position (and the global step) to ``state``."""
+
+    def load_state(self, state: Any) -> None:
+        """Put a decoded checkpoint state into the live model, optimizer, RNG and loop."""
+
+
+Handler = Callable[[TrainingSession, CommandRecord], dict[str, Any]]
+
+
+def _change(session: TrainingSession, command: CommandRecord, kind: str) -> dict[str, Any]:
+    payload = command.payload
+    group, mode = payload.get("group"), payload.get("mode", "rescale")
+    before = session.checkpointer.save("change")  # so that any change can be undone
+    try:
+        if kind == "set":
+            diff = session.tunables.set(payload.get("values", {}), group, mode)
+        else:
+            diff = session.tunables.scale(payload.get("factors", {}), group, mode)
+    except CommandRejected:
+        session.store.delete_checkpoints(session.id, [before.id])
+        raise
+    session.start_node(kind, diff, command.user)
+    return {"diff": diff, "mode": mode, "checkpoint": before.label}
+
+
+def on_set(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
+    """New absolute values from the current state, on a new node (checkpointed before)."""
+    return _change(session, command, "set")
+
+
+def on_scale(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
+    """Values multiplied per param group, on a new node (checkpointed before)."""
+    return _change(session, command, "scale")
+
+
+def on_pause(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
+    """Hold the loop at this step boundary until ``continue`` or ``stop``."""
+    if session.flags.paused:
+        raise CommandRejected("the run is already paused")
+    session.flags.paused = True
+    session.store.update_run(session.id, status="paused")
+    return {}
+
+
+def on_continue(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
+    """Un-pause (kind ``continue``, or its old name ``resume``)."""
+    if not session.flags.paused:
+        raise CommandRejected("the run is not paused")
+    session.flags.paused = False
+    session.store.update_run(session.id, status="running")
+    return {}
+
+
+def on_stop(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
+    """End training at this boundary; the run checkpoints there before it stops."""
+    session.flags.stop_requested = True
+    session.flags.paused = False
+    return {}
+
+
+def on_checkpoint(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
+    """Save the full state now, kept (never pruned)."""
+    record = session.checkpointer.save("command", tag=command.payload.get("tag"))
+    return {"checkpoint": record.label, "step": record.step}
+
+
+def _target(session: TrainingSession, target: Any) -> CheckpointRecord:
+    if not isinstance(target, str) or not target:
+        raise CommandRejected("restore needs a target: c3, latest, n3 or n3@1200")
+    try:
+        return resolve_checkpoint(session.store, session.id, target)
+    except RetuneError as e:
+        raise CommandRejected(str(e)) from e
+
+
+def on_restore(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
+    """Restore the live model, optimizer, scheduler, RNG and loop position from a checkpoint,
+    apply optional new values, and continue on a new node child of the checkpoint's node.
+
+    Nothing changes when the target is unknown, a blob is missing or corrupt, or a new value
+    is invalid; if a setter fails after the state was restored, the state from just before the
+    restore is put back.
+    """
+    payload = command.payload
+    record = _target(session, payload.get("target"))
+    values = payload.get("set") or {}
+    group, mode = payload.get("group"), payload.get("mode", "rescale")
+    try:
+        for name, value in values.items():
+            validate(session.tunables.specs, name, value, group)
+    except InvalidArgument as e:
+        raise CommandRejected(str(e)) from e
+    try:
+        state = session.checkpointer.load(record)  # verifies every blob before touching anything
+    except RetuneError as e:
+        raise CommandRejected(str(e)) from e
+    before = session.checkpointer.save("change")  # the branch being left can be restored later
+    left_node, left_step = session.node, session.global_step
+    diff: dict[str, Any] = {}
+    try:
+        session.load_state(state)
+        if values:
+            diff = session.tunables.set(values, group, mode)
+    except Exception as e:
+        session.load_state(session.checkpointer.load(before))  # back to where it found us
+        session.store.delete_checkpoints(session.id, [before.id])
+        if isinstance(e, CommandRejected):
+            raise
+        raise CommandRejected(f"restoring {record.label} failed: {type(e).__name__}: {e}") from e
+    session.flush()
+    session.store.end_node(session.id, left_node, left_step)
+    session.start_node("restore", diff, command.user, parent=record.node)
+    session.store.add_event(
+        session.id,
+        "restored",
+        {"checkpoint": record.label, "from_node": before.node, "from_step": before.step},
+        node=session.node,
+        step=session.global_step,
+    )
+    return {"checkpoint": record.label, "diff": diff, "left": before.label, "mode": mode}
+
+
+HANDLERS: dict[str, Handler] = {
+    "set": on_set,
+    "scale": on_scale,
+    "pause": on_pause,
+    "continue": on_continue,
+    "resume": on_continue,  # the old word for un-pause, kept as an alias
+    "stop": on_stop,
+    "checkpoint": on_checkpoint,
+    "restore": on_restore,
+}
+"""Every command kind a training process applies, by kind."""
