@@ -171,7 +171,9 @@ def test_a_hand_edited_lr_of_minus_5_is_refused_and_the_trained_model_is_untouch
         record = run.checkpoint()
         _train(run, model, opt, sched, 4)  # the live weights now differ from the checkpoint's
         saved = run.checkpointer.load(record)["model"]
-        assert not torch.equal(saved["weight"], model.weight)  # a restore would be visible
+        assert not torch.equal(
+            saved["weight"], model.state_dict()["weight"]
+        )  # a restore would be visible
         _edit_manifest(store_url, record.id, _lr_minus_5)
         weights = copy.deepcopy(model.state_dict())
         momentum = copy.deepcopy(opt.state_dict()["state"])
