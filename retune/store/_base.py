@@ -31,14 +31,22 @@ class Store(ABC):
       stored at the time of the call; they never change afterwards.
     * **Durability.** When a write method returns, its data survives the writer being killed.
     * **Immutability.** Metric points, events and checkpoints are never changed once written.
-      A node's ``end_step`` is set once, when the node closes. A command changes only from
-      ``pending`` to ``applied`` or ``rejected``, once. A run's status may change while it is
+      A node's ``end_step`` is set once, when the node closes. A command moves forward only:
+      ``pending -> applying -> applied | rejected`` (or ``pending -> rejected``), each step
+      once; only one caller wins :meth:`claim_command`. A run's status may change while it is
       ``running`` or ``paused``; ``finished``, ``stopped`` and ``crashed`` runs keep their
-      metrics and tree but may be resumed by a new process (which sets ``running`` again).
+      metrics and tree but may be resumed by a new process (:meth:`attach_run`, which sets
+      ``running`` again and refuses a run whose process is still alive).
     * **Errors.** Lookups of unknown things raise ``RunNotFound`` / ``NodeNotFound`` /
-      ``CheckpointNotFound``; infrastructure failures raise ``StoreUnavailable`` or
-      ``StoreError``; an incompatible schema raises ``SchemaMismatch``. Never a driver error.
+      ``CheckpointNotFound``, and so do writes that name an unknown run or node;
+      infrastructure failures raise ``StoreUnavailable`` or ``StoreError``; an incompatible
+      schema raises ``SchemaMismatch``. Never a driver error, and no message shows the URL's
+      password (``retune.errors.redact``).
+    * **Read-only stores** (``read_only`` true: a SQLite file on read-only media) answer every
+      read; every write raises ``StoreUnavailable`` saying the store is read-only.
     """
+
+    read_only: bool = False
 
     url: str
 
@@ -51,8 +59,16 @@ class Store(ABC):
         config: dict[str, Any],
         meta: dict[str, Any],
         tunables: list[dict[str, Any]],
+        root_values: dict[str, Any] | None = None,
+        created_by: str | None = None,
     ) -> RunRecord:
-        """Create a run in status ``running`` with a fresh unique id (names may repeat)."""
+        """Create a run in status ``running`` with a fresh unique id (names may repeat).
+
+        With ``root_values`` the root node ``n1`` (``change_kind="start"`` at step 0, with
+        those values, made by ``created_by``) is created in the same transaction: a failure
+        (a full disk) never leaves a run without its root. Raises ``InvalidArgument`` for an
+        empty or over-long name.
+        """
 
     @abstractmethod
     def get_run(self, ref: str) -> RunRecord:
@@ -81,8 +97,26 @@ class Store(ABC):
 
     @abstractmethod
     def reopen_run(self, run_id: str) -> RunRecord:
-        """Mark an ended run ``running`` again (a new process resumes it): clears the end time
-        and error, sets a fresh heartbeat."""
+        """Mark an ended run ``running`` again unconditionally: clears the end time and error,
+        sets a fresh heartbeat. A resuming process uses :meth:`attach_run` instead."""
+
+    @abstractmethod
+    def attach_run(self, run_id: str, *, owner: dict[str, Any], reason: str) -> RunRecord:
+        """Attach a new process to a run, atomically (compare-and-set in one transaction).
+
+        Succeeds only when no live process holds the run: its status is not live, or its
+        heartbeat is older than ``retune.store.STALE_AFTER``. Then the run becomes
+        ``running`` (end time and error cleared, fresh heartbeat), ``meta["process"]`` is set
+        to ``owner`` (``{"host", "pid", "user"}``), and every command still ``pending`` or
+        ``applying`` (sent while no process was live) becomes ``rejected`` with ``reason``.
+        Of two processes attaching at once, exactly one wins.
+
+        Returns:
+            The run as attached.
+        Raises:
+            RunNotFound: no run has that id.
+            RunInUse: a live process holds the run; the message names its host and pid.
+        """
 
     # -- nodes ------------------------------------------------------------------------------
     @abstractmethod
@@ -149,12 +183,33 @@ class Store(ABC):
         *,
         source: str,
         user: str | None,
+        status: str = "pending",
+        reason: str | None = None,
     ) -> CommandRecord:
-        """Queue a command in status ``pending``. Validation is the caller's job."""
+        """Record a command, in one transaction. Validation is the caller's job.
+
+        ``status="pending"`` queues it for the training process; ``status="rejected"`` (with
+        ``reason``) records a command found invalid at submission, which no poller ever sees
+        as pending. Raises ``RunNotFound`` for an unknown run, ``InvalidArgument`` for another
+        status.
+        """
 
     @abstractmethod
     def pending_commands(self, run_id: str, *, after_id: int = 0) -> list[CommandRecord]:
-        """Pending commands of the run with ``id > after_id``, oldest first."""
+        """Pending commands of the run with ``id > after_id``, oldest first.
+
+        Pollers ask for all of them (``after_id=0``) and skip those they already hold: ids
+        are not committed in order on every backend, so an id watermark could skip one.
+        """
+
+    @abstractmethod
+    def claim_command(self, command_id: int) -> CommandRecord | None:
+        """Move a ``pending`` command to ``applying``; the one caller that wins gets it back.
+
+        Returns ``None`` when the command is no longer pending (claimed by someone else,
+        resolved, or rejected at submission): the caller must then leave it alone. Raises
+        ``InvalidArgument`` for an unknown id.
+        """
 
     @abstractmethod
     def resolve_command(
@@ -167,7 +222,10 @@ class Store(ABC):
         node: int | None = None,
         result: dict[str, Any] | None = None,
     ) -> CommandRecord:
-        """Move a pending command to ``applied`` or ``rejected``; a resolved one is unchanged."""
+        """Move a ``pending`` or ``applying`` command to ``applied`` or ``rejected``.
+
+        A resolved command is left unchanged; the record returned is the stored one.
+        """
 
     @abstractmethod
     def get_command(self, command_id: int) -> CommandRecord:

@@ -10,6 +10,7 @@ import numpy as np
 __all__ = [
     "CHANGE_KINDS",
     "COMMAND_KINDS",
+    "COMMAND_STATUSES",
     "LIVE_STATUSES",
     "RUN_STATUSES",
     "CheckpointRecord",
@@ -28,17 +29,21 @@ LIVE_STATUSES: frozenset[str] = frozenset({"running", "paused"})
 ChangeKind = Literal["start", "set", "scale", "restore", "resume"]
 CHANGE_KINDS: tuple[str, ...] = ("start", "set", "scale", "restore", "resume")
 
-CommandKind = Literal["set", "scale", "pause", "resume", "stop", "checkpoint", "restore"]
+CommandKind = Literal["set", "scale", "pause", "continue", "stop", "checkpoint", "restore"]
 COMMAND_KINDS: tuple[str, ...] = (
     "set",
     "scale",
     "pause",
-    "resume",
+    "continue",
     "stop",
     "checkpoint",
     "restore",
 )
-CommandStatus = Literal["pending", "applied", "rejected"]
+"""Command kinds as stored. ``continue`` un-pauses a paused run; submission also accepts its
+old name ``resume`` and stores ``continue`` (``resume`` now only means continuing a run in a
+new process from a checkpoint)."""
+CommandStatus = Literal["pending", "applying", "applied", "rejected"]
+COMMAND_STATUSES: tuple[str, ...] = ("pending", "applying", "applied", "rejected")
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,11 @@ class NodeRecord:
 
 @dataclass(frozen=True)
 class CommandRecord:
-    """A request to a run, queued in the store: ``pending -> applied | rejected``."""
+    """A request to a run, queued in the store: ``pending -> applying -> applied | rejected``.
+
+    A command found invalid at submission is stored ``rejected`` at once; the training process
+    claims a pending command (``applying``, one winner) before it touches anything.
+    """
 
     id: int
     run_id: str

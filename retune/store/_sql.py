@@ -39,6 +39,7 @@ from retune.errors import (
     InvalidArgument,
     NodeNotFound,
     RetuneError,
+    RunInUse,
     RunNotFound,
     StoreError,
     StoreNotFound,
@@ -46,6 +47,7 @@ from retune.errors import (
 )
 from retune.store import _migrate
 from retune.store._base import Store
+from retune.store._liveness import STALE_AFTER, is_live
 from retune.store._records import (
     CheckpointRecord,
     CommandRecord,
@@ -299,6 +301,8 @@ class SqlStore(Store):
         config: dict[str, Any],
         meta: dict[str, Any],
         tunables: list[dict[str, Any]],
+        root_values: dict[str, Any] | None = None,
+        created_by: str | None = None,
     ) -> RunRecord:
         if not name or len(name) > 255:
             raise InvalidArgument("a run name must be 1 to 255 characters long")
@@ -324,6 +328,21 @@ class SqlStore(Store):
                     error=None,
                 )
             )
+            if root_values is not None:
+                conn.execute(
+                    insert(nodes).values(
+                        run_id=run_id,
+                        id=1,
+                        parent=None,
+                        start_step=0,
+                        end_step=None,
+                        change_kind="start",
+                        values=_json.jsonable(root_values),
+                        diff={},
+                        created_by=created_by,
+                        created_at=now,
+                    )
+                )
             row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
         return self._run(row)
 
@@ -399,6 +418,62 @@ class SqlStore(Store):
                 raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
             row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
         return self._run(row)
+
+    def attach_run(self, run_id: str, *, owner: dict[str, Any], reason: str) -> RunRecord:
+        with self._tx(write=True) as conn:
+            row = conn.execute(select(runs).where(runs.c.id == run_id).with_for_update()).first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+            current = self._run(row)
+            now = time.time()
+            if is_live(current, now):
+                raise RunInUse(self._in_use_message(current, now))
+            # compare-and-set: the row still is what was read (SQLite's BEGIN IMMEDIATE and
+            # PostgreSQL's row lock already serialize attachers; this states the condition)
+            attached = conn.execute(
+                update(runs)
+                .where(
+                    and_(
+                        runs.c.id == run_id,
+                        runs.c.status == current.status,
+                        runs.c.heartbeat_at == current.heartbeat_at
+                        if current.heartbeat_at is not None
+                        else runs.c.heartbeat_at.is_(None),
+                    )
+                )
+                .values(
+                    status="running",
+                    ended_at=None,
+                    error=None,
+                    heartbeat_at=now,
+                    meta={**current.meta, "process": _json.jsonable(owner)},
+                )
+            )
+            if attached.rowcount != 1:
+                raise RunInUse(f"run {current.name} ({run_id}) was attached by another process")
+            conn.execute(
+                update(commands)
+                .where(
+                    and_(
+                        commands.c.run_id == run_id,
+                        commands.c.status.in_(("pending", "applying")),
+                    )
+                )
+                .values(status="rejected", reason=reason, resolved_at=now)
+            )
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
+        return self._run(row)
+
+    @staticmethod
+    def _in_use_message(run: RunRecord, now: float) -> str:
+        process = run.meta.get("process") or run.meta.get("invocation") or {}
+        where = f"process {process.get('pid', '?')} on host {process.get('host', '?')}"
+        age = now - (run.heartbeat_at or now)
+        return (
+            f"run {run.name} ({run.id}) is {run.status} in {where} (heartbeat {age:.0f}s ago);"
+            f" stop it first (`retune stop {run.id}`), or wait until its heartbeat is"
+            f" {STALE_AFTER:g}s old if that process is gone"
+        )
 
     # -- nodes ------------------------------------------------------------------------------
     @staticmethod
@@ -614,19 +689,24 @@ class SqlStore(Store):
         *,
         source: str,
         user: str | None,
+        status: str = "pending",
+        reason: str | None = None,
     ) -> CommandRecord:
+        if status not in ("pending", "rejected"):
+            raise InvalidArgument(f"a command is recorded pending or rejected, not {status!r}")
+        now = time.time()
         with self._tx(write=True, run_id=run_id) as conn:
             result = conn.execute(
                 insert(commands).values(
                     run_id=run_id,
                     kind=kind,
                     payload=_json.jsonable(payload),
-                    status="pending",
-                    reason=None,
+                    status=status,
+                    reason=reason if status == "rejected" else None,
                     source=source,
                     user=user,
-                    created_at=time.time(),
-                    resolved_at=None,
+                    created_at=now,
+                    resolved_at=now if status == "rejected" else None,
                     applied_step=None,
                     node=None,
                     result={},
@@ -646,6 +726,18 @@ class SqlStore(Store):
             )
             return [self._command(row) for row in rows]
 
+    def claim_command(self, command_id: int) -> CommandRecord | None:
+        with self._tx(write=True) as conn:
+            claimed = conn.execute(
+                update(commands)
+                .where(and_(commands.c.id == command_id, commands.c.status == "pending"))
+                .values(status="applying")
+            )
+            row = conn.execute(select(commands).where(commands.c.id == command_id)).first()
+        if row is None:
+            raise InvalidArgument(f"no command with id {command_id}")
+        return self._command(row) if claimed.rowcount == 1 else None
+
     def resolve_command(
         self,
         command_id: int,
@@ -661,7 +753,12 @@ class SqlStore(Store):
         with self._tx(write=True) as conn:
             conn.execute(
                 update(commands)
-                .where(and_(commands.c.id == command_id, commands.c.status == "pending"))
+                .where(
+                    and_(
+                        commands.c.id == command_id,
+                        commands.c.status.in_(("pending", "applying")),
+                    )
+                )
                 .values(
                     status=status,
                     reason=reason,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from retune.errors import InvalidArgument, NodeNotFound, RunNotFound
-from retune.store import MetricChunk, Store
+from retune.errors import InvalidArgument, NodeNotFound, RunInUse, RunNotFound
+from retune.store import STALE_AFTER, MetricChunk, Store, open_store
 
 
 def _chunk(node: int, key: str, steps: list[int], values: list[float]) -> MetricChunk:
@@ -250,7 +251,12 @@ def test_writes_for_an_unknown_run_raise_run_not_found(store: Store) -> None:
         store.add_event("ghost", "note", {})
     with pytest.raises(RunNotFound, match="ghost"):
         store.create_node(
-            "ghost", parent=None, start_step=0, change_kind="start", values={}, diff={},
+            "ghost",
+            parent=None,
+            start_step=0,
+            change_kind="start",
+            values={},
+            diff={},
             created_by=None,
         )
     with pytest.raises(RunNotFound, match="ghost"):
@@ -259,3 +265,137 @@ def test_writes_for_an_unknown_run_raise_run_not_found(store: Store) -> None:
     with pytest.raises(NodeNotFound):
         store.append_metrics(run_id, [_chunk(9, "loss", [1], [0.5])])
     assert store.read_metric(run_id, "loss").steps.tolist() == []
+
+
+def test_a_command_rejected_at_submission_is_never_pending(store: Store) -> None:
+    run_id = _run_with_root(store)
+    bad = store.submit_command(
+        run_id, "scale", {"factors": {"weight_decay": 0}}, source="cli", user=None,
+        status="rejected", reason="scale factor for weight_decay must be finite and > 0",
+    )  # fmt: skip
+    assert (bad.status, bad.reason) == (
+        "rejected",
+        "scale factor for weight_decay must be finite and > 0",
+    )
+    assert bad.resolved_at is not None
+    assert store.pending_commands(run_id) == []
+    assert store.claim_command(bad.id) is None
+    with pytest.raises(InvalidArgument):
+        store.submit_command(run_id, "pause", {}, source="cli", user=None, status="applied")
+
+
+def test_a_command_is_claimed_once_then_resolved(store: Store) -> None:
+    run_id = _run_with_root(store)
+    command = store.submit_command(run_id, "pause", {}, source="cli", user=None)
+    claimed = store.claim_command(command.id)
+    assert claimed is not None and claimed.status == "applying" and claimed.id == command.id
+    assert store.claim_command(command.id) is None
+    assert store.pending_commands(run_id) == []
+    done = store.resolve_command(command.id, status="applied", applied_step=3, node=1)
+    assert (done.status, done.applied_step) == ("applied", 3)
+    assert store.claim_command(command.id) is None
+    with pytest.raises(InvalidArgument):
+        store.claim_command(10_000)
+
+
+def test_concurrent_claims_have_exactly_one_winner(store: Store) -> None:
+    """Four handles (as four processes would) race to claim each of 30 commands."""
+    run_id = _run_with_root(store)
+    ids = [store.submit_command(run_id, "pause", {}, source="cli", user=None).id for _ in range(30)]
+    handles = [open_store(store.url) for _ in range(4)]
+    wins: list[list[int]] = [[] for _ in handles]
+    start = threading.Barrier(len(handles))
+
+    def claim(worker: int) -> None:
+        start.wait()
+        for command_id in ids:
+            if handles[worker].claim_command(command_id) is not None:
+                wins[worker].append(command_id)
+
+    threads = [threading.Thread(target=claim, args=(w,)) for w in range(len(handles))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for handle in handles:
+        handle.close()
+    assert sorted(i for won in wins for i in won) == ids
+    assert {c.status for c in store.list_commands(run_id)} == {"applying"}
+
+
+def test_create_run_with_its_root_in_one_transaction(store: Store) -> None:
+    run = store.create_run(
+        "rooted", config={}, meta={}, tunables=[], root_values={"lr": 0.1}, created_by="mia"
+    )
+    (root,) = store.list_nodes(run.id)
+    assert (root.id, root.parent, root.start_step, root.change_kind) == (1, None, 0, "start")
+    assert (root.values, root.created_by, root.end_step) == ({"lr": 0.1}, "mia", None)
+
+
+def _dead(store: Store, status: str = "running") -> str:
+    run_id = _run_with_root(store)
+    store.update_run(run_id, status=status, heartbeat_at=time.time() - STALE_AFTER - 5)
+    return run_id
+
+
+def test_attach_refuses_a_live_run_naming_its_process(store: Store) -> None:
+    run_id = _run_with_root(store, "live")
+    store.update_run(run_id, meta={"process": {"host": "gpu7", "pid": 4242}})
+    pending = store.submit_command(run_id, "pause", {}, source="cli", user=None)
+    with pytest.raises(RunInUse, match=r"process 4242 on host gpu7") as caught:
+        store.attach_run(run_id, owner={"host": "h", "pid": 1}, reason="the run was not live")
+    assert caught.value.http_status == 409
+    assert store.get_command(pending.id).status == "pending"  # nothing changed
+    assert store.get_run(run_id).meta["process"] == {"host": "gpu7", "pid": 4242}
+    store.update_run(run_id, status="paused")
+    with pytest.raises(RunInUse, match="is paused"):
+        store.attach_run(run_id, owner={"host": "h", "pid": 1}, reason="the run was not live")
+    with pytest.raises(RunNotFound):
+        store.attach_run("nope", owner={}, reason="x")
+
+
+def test_attach_takes_a_dead_or_ended_run_and_rejects_its_stale_commands(store: Store) -> None:
+    run_id = _dead(store)
+    old = store.submit_command(run_id, "stop", {}, source="cli", user=None)
+    claimed = store.submit_command(run_id, "pause", {}, source="cli", user=None)
+    store.claim_command(claimed.id)  # its process died while applying it
+    attached = store.attach_run(
+        run_id, owner={"host": "h2", "pid": 7, "user": "mia"}, reason="the run was not live"
+    )
+    assert (attached.status, attached.ended_at, attached.error) == ("running", None, None)
+    assert attached.heartbeat_at is not None and attached.heartbeat_at > time.time() - 5
+    assert attached.meta["process"] == {"host": "h2", "pid": 7, "user": "mia"}
+    for command in (old, claimed):
+        got = store.get_command(command.id)
+        assert (got.status, got.reason) == ("rejected", "the run was not live")
+    ended = _run_with_root(store, "ended")
+    store.update_run(ended, status="finished", ended_at=time.time(), error="x")
+    assert store.attach_run(ended, owner={}, reason="r").status == "running"
+    with pytest.raises(RunInUse):  # now it is live
+        store.attach_run(ended, owner={}, reason="r")
+
+
+def test_concurrent_attaches_have_exactly_one_winner(store: Store) -> None:
+    run_id = _dead(store, status="crashed")
+    handles = [open_store(store.url) for _ in range(4)]
+    outcomes: list[str] = []
+    start = threading.Barrier(len(handles))
+
+    def attach(worker: int) -> None:
+        start.wait()
+        try:
+            handles[worker].attach_run(run_id, owner={"pid": worker}, reason="r")
+            outcomes.append(f"won {worker}")
+        except RunInUse:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=attach, args=(w,)) for w in range(len(handles))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for handle in handles:
+        handle.close()
+    winners = [o for o in outcomes if o.startswith("won")]
+    assert len(winners) == 1 and outcomes.count("refused") == 3
+    assert store.get_run(run_id).meta["process"] == {"pid": int(winners[0].split()[1])}
