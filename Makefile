@@ -47,11 +47,15 @@ test: lint browser
 screenshots: $(VENV)/.installed-dev browser
 	$(PY) scripts/screenshots.py
 
+# Each benchmark writes benchmarks/results/NAME.json; report.py renders them into
+# docs/benchmarks.md (the figures there are generated). BENCH_FLAGS=--quick: reduced sizes.
+BENCH_FLAGS ?=
 bench: $(VENV)/.installed-bench browser
-	$(PY) benchmarks/logging_overhead.py
-	$(PY) benchmarks/command_latency.py
-	$(PY) benchmarks/checkpoint_io.py
-	$(PY) benchmarks/dashboard.py
+	$(PY) benchmarks/logging_overhead.py $(BENCH_FLAGS) --out benchmarks/results/logging_overhead.json
+	$(PY) benchmarks/command_latency.py $(BENCH_FLAGS) --out benchmarks/results/command_latency.json
+	$(PY) benchmarks/checkpoint_io.py $(BENCH_FLAGS) --out benchmarks/results/checkpoint_io.json
+	$(PY) benchmarks/dashboard.py $(BENCH_FLAGS) --out benchmarks/results/dashboard.json
+	$(PY) benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) .retune .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@ Import with ``sys.path.insert(0, str(Path(__file__).parent))`` then ``from _comm
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 MAKE_BENCH_HINT = "run `make bench` (it installs the .[bench] extra: tensorboard, mlflow, ...)"
@@ -102,3 +104,76 @@ def print_json(data: dict[str, Any]) -> None:
 def print_json_line(data: dict[str, Any]) -> None:
     """``data`` as one line of JSON on stdout (easy to append to a log and parse back)."""
     print(json.dumps(data, sort_keys=True, separators=(",", ":")), flush=True)
+
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--quick`` (reduced sizes, for development) and ``--out`` (where the JSON goes)."""
+    parser.add_argument(
+        "--quick", action="store_true", help="reduced sizes for a fast check (not for the docs)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the results as JSON here (make bench: benchmarks/results/NAME.json)",
+    )
+
+
+def write_results(path: Path | None, name: str, quick: bool, data: dict[str, Any]) -> None:
+    """Write ``data`` as the results of benchmark ``name`` (what ``report.py`` renders)."""
+    if path is None:
+        return
+    record = {"benchmark": name, "quick": quick, "recorded_at": time.time(), **data}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def bitwise_difference(saved: Any, restored: Any, path: str = "state") -> str | None:
+    """Where ``restored`` differs from ``saved``, or ``None`` when they are bitwise equal.
+
+    Types and structure must match (a tuple is not a list; any dict type equals any other with
+    the same keys in the same order and equal values); tensors and arrays must have the
+    same dtype, shape and bytes (so NaN equals NaN and -0.0 differs from 0.0); floats compare
+    by their bits. Imports torch only when it meets a tensor.
+    """
+    both_dicts = isinstance(saved, dict) and isinstance(restored, dict)  # OrderedDict == dict
+    if type(saved) is not type(restored) and not both_dicts:
+        return f"{path}: {type(saved).__name__} != {type(restored).__name__}"
+    torch = sys.modules.get("torch")  # a tensor exists only if torch is imported
+    if torch is not None and isinstance(saved, torch.Tensor):
+        if (saved.dtype, saved.shape) != (restored.dtype, restored.shape):
+            was, now = (f"{t.dtype}{list(t.shape)}" for t in (saved, restored))
+            return f"{path}: {was} != {now}"
+        a, b = (
+            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for t in (saved, restored)
+        )
+        return None if torch.equal(a, b) else f"{path}: tensor bytes differ"
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(saved, numpy.ndarray):
+        if (saved.dtype, saved.shape) != (restored.dtype, restored.shape):
+            return f"{path}: array dtype/shape differ"
+        return None if saved.tobytes() == restored.tobytes() else f"{path}: array bytes differ"
+    if isinstance(saved, dict):
+        if list(saved) != list(restored):
+            return f"{path}: keys {list(saved)[:5]}... != {list(restored)[:5]}..."
+        for key in saved:
+            found = bitwise_difference(saved[key], restored[key], f"{path}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(saved, list | tuple):
+        if len(saved) != len(restored):
+            return f"{path}: length {len(saved)} != {len(restored)}"
+        for i, (a, b) in enumerate(zip(saved, restored, strict=True)):
+            found = bitwise_difference(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(saved, float):
+        return None if saved.hex() == restored.hex() else f"{path}: {saved!r} != {restored!r}"
+    if isinstance(saved, bytes | bytearray | memoryview):
+        return None if bytes(saved) == bytes(restored) else f"{path}: bytes differ"
+    return None if saved == restored else f"{path}: {saved!r} != {restored!r}"

@@ -2,12 +2,16 @@
 
 Run with ``.venv/bin/python benchmarks/command_latency.py`` (also part of ``make bench``).
 Reports the submit -> applied latency distribution (from the store's own timestamps) and what
-the background poller adds to each step, against the same loop without Retune.
+the background poller adds to each step, against the same loop without Retune. Every 10th
+command is out of bounds on purpose: each command's outcome is counted and reported, and the
+benchmark fails (exit 1, listing them) if a valid command was not applied or an invalid one
+was not rejected; no command is left out of the figures silently.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -18,17 +22,25 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_line, print_json, table
+from _common import add_output_arguments, machine_line, print_json, table, write_results
 
 SENDER = """
-import random, sys, time
+import json, random, sys, time
 import retune
-store, count = sys.argv[1], int(sys.argv[2])
+from retune.errors import RetuneError
+store, count, invalid_every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sent = []
 ctl = retune.connect("latency", store=store)
 random.seed(0)
 for i in range(count):
-    ctl.set(clip_norm=1.0 + (i % 7) / 10)
+    valid = not (invalid_every and i % invalid_every == invalid_every - 1)
+    value = 1.0 + (i % 7) / 10 if valid else -1.0  # bounds are (0, None)
+    try:
+        sent.append({"id": ctl.set(clip_norm=value).id, "valid": valid})
+    except RetuneError as e:  # refused at submission
+        sent.append({"id": getattr(e, "command_id", None), "valid": valid, "refused": str(e)})
     time.sleep(random.uniform(0.02, 0.06))
+print(json.dumps(sent))
 """
 
 
@@ -80,14 +92,64 @@ def _loop_time(step: Callable[[], None], steps: int, run: Any = None) -> float:
     return (time.perf_counter() - start) / steps
 
 
+RESOLVED = ("applied", "rejected")
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    q = (
+        statistics.quantiles(ordered, n=100, method="inclusive")
+        if len(ordered) > 1
+        else [ordered[0]] * 99
+    )
+    return {"min": ordered[0], "p50": q[49], "p90": q[89], "p99": q[98], "max": ordered[-1]}
+
+
+def _audit(commands: list[Any], sent: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every command the sender sent, by expectation and outcome; what went wrong, if anything.
+
+    A valid command must be ``applied``; an invalid one must be ``rejected`` (at submission or
+    by the trainer) and never applied. Nothing is dropped from the counts.
+    """
+    by_id = {c.id: c for c in commands}
+    outcome = {"valid": dict.fromkeys(("applied", "rejected", "other"), 0),
+               "invalid": dict.fromkeys(("applied", "rejected", "other"), 0)}  # fmt: skip
+    problems: list[str] = []
+    for item in sent:
+        expectation = "valid" if item["valid"] else "invalid"
+        command = by_id.get(item["id"])
+        status = command.status if command else ("rejected" if "refused" in item else "missing")
+        outcome[expectation][status if status in RESOLVED else "other"] += 1
+        wanted = "applied" if item["valid"] else "rejected"
+        if status != wanted:
+            reason = (command.reason if command else item.get("refused")) or ""
+            problems.append(f"{expectation} command {item['id']}: {status} {reason}".strip())
+    unknown = set(by_id) - {item["id"] for item in sent}
+    problems += [f"command {i} was not sent by the sender" for i in sorted(unknown)]
+    return {"outcome": outcome, "problems": problems}
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--commands", type=int, default=200)
     parser.add_argument("--steps", type=int, default=600, help="steps per overhead phase")
     parser.add_argument("--step-ms", type=float, default=5.0)
     parser.add_argument("--poll-ms", type=float, default=50.0)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--invalid-every",
+        type=int,
+        default=10,
+        help="every Nth command is out of bounds and must be rejected (0: none; default 10)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_output_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.commands, args.steps = 40, 150
+    if min(args.commands, args.steps) < 1 or args.invalid_every < 0:
+        parser.error("--commands and --steps must be at least 1, --invalid-every at least 0")
 
     import retune
 
@@ -103,53 +165,83 @@ def main() -> int:
             retune_runs.append(_loop_time(step, args.steps, run))
         bare_s, retune_s = statistics.median(bare_runs), statistics.median(retune_runs)
 
-        sender = subprocess.Popen([sys.executable, "-c", SENDER, store, str(args.commands)])
+        sender = subprocess.Popen(
+            [sys.executable, "-c", SENDER, store, str(args.commands), str(args.invalid_every)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         store_handle = run.store
+        deadline = None
+        steps = 0
         while True:
             step()
             run.step(loss=1.0)
-            if sender.poll() is not None and not store_handle.pending_commands(run.id):
+            steps += 1
+            if steps % 10 or sender.poll() is None:
+                continue
+            deadline = deadline or time.monotonic() + 60  # the sender is done: drain the queue
+            statuses = {c.status for c in store_handle.list_commands(run.id)}
+            if statuses <= set(RESOLVED) or time.monotonic() > deadline:
                 break
-        sender.wait()
+        output, _ = sender.communicate()
         run.finish()
+        if sender.returncode != 0:
+            raise SystemExit(f"command_latency: the sender failed (exit {sender.returncode})")
+        sent = json.loads(output)
         commands = retune.store.open_store(store).list_commands(run.id)
+    audit = _audit(commands, sent)
     applied = [c for c in commands if c.status == "applied" and c.resolved_at is not None]
-    latencies = sorted((c.resolved_at - c.created_at) * 1000 for c in applied if c.resolved_at)
-    q = statistics.quantiles(latencies, n=100)
+    rejected = [c for c in commands if c.status == "rejected" and c.resolved_at is not None]
+    latencies = [(c.resolved_at - c.created_at) * 1000 for c in applied if c.resolved_at]
+    rejections = [(c.resolved_at - c.created_at) * 1000 for c in rejected if c.resolved_at]
     result = {
         "machine": machine_line(["torch", "sqlalchemy"]),
+        "settings": {
+            "commands": args.commands,
+            "steps": args.steps,
+            "step_ms": args.step_ms,
+            "poll_ms": args.poll_ms,
+            "invalid_every": args.invalid_every,
+        },
         "step_ms": calibrated * 1000,
         "poll_ms": args.poll_ms,
-        "commands": len(commands),
-        "applied": len(applied),
-        "latency_ms": {
-            "min": latencies[0],
-            "p50": q[49],
-            "p90": q[89],
-            "p99": q[98],
-            "max": latencies[-1],
-        },
+        "sent": len(sent),
+        "stored": len(commands),
+        "outcome": audit["outcome"],
+        "problems": audit["problems"],
+        "latency_ms": _quantiles(latencies),
+        "rejection_ms": _quantiles(rejections),
         "bare_step_ms": bare_s * 1000,
         "retune_step_ms": retune_s * 1000,
         "overhead_pct": (retune_s / bare_s - 1) * 100,
         "bound_ms": args.poll_ms + calibrated * 1000,
     }
+    write_results(args.out, "command_latency", args.quick, result)
     if args.json:
         print_json(result)
-        return 0
+    else:
+        _print(result)
+    if audit["problems"]:
+        print(f"command_latency: {len(audit['problems'])} commands did not end as expected:",
+              *audit["problems"][:20], sep="\n  ", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def _print(result: dict[str, Any]) -> None:
     print(result["machine"])
-    print(f"training step ~{result['step_ms']:.2f} ms, poll interval {args.poll_ms:.0f} ms, "
-          f"{len(applied)}/{len(commands)} commands applied")  # fmt: skip
-    lat = result["latency_ms"]
-    cells = [f"{lat[k]:.1f}" for k in ("min", "p50", "p90", "p99", "max")]
-    print(
-        table(["latency (ms)", "min", "p50", "p90", "p99", "max"], [["submit -> applied", *cells]])
-    )
-    print(f"median latency {lat['p50']:.1f} ms; bound (poll interval + one step) "
-          f"{result['bound_ms']:.1f} ms")  # fmt: skip
+    valid, invalid = result["outcome"]["valid"], result["outcome"]["invalid"]
+    print(f"training step ~{result['step_ms']:.2f} ms, poll interval {result['poll_ms']:.0f} ms; "
+          f"{result['sent']} commands sent: valid {valid}, invalid {invalid}")  # fmt: skip
+    rows = []
+    for label, key in (("submit -> applied", "latency_ms"), ("submit -> rejected", "rejection_ms")):
+        lat = result[key]
+        if lat:
+            rows.append([label, *(f"{lat[k]:.1f}" for k in ("min", "p50", "p90", "p99", "max"))])
+    print(table(["latency (ms)", "min", "p50", "p90", "p99", "max"], rows))
+    print(f"bound (poll interval + one step) {result['bound_ms']:.1f} ms")
     print(f"step time: bare {result['bare_step_ms']:.3f} ms, with Retune (writer + poller) "
           f"{result['retune_step_ms']:.3f} ms: {result['overhead_pct']:+.2f}%")  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

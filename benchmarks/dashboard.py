@@ -5,23 +5,31 @@ chromium). Measured against a real ``uvicorn`` server on loopback:
 
 1. ``GET /api/runs/{run}/metrics/loss?max_points=2000`` on a 1,000,000-point metric;
 2. headless Chromium loading the run page of a run with 500 nodes and 200,000 points per
-   metric until every chart is drawn and the whole tree is on the page.
+   metric until every chart is drawn and the whole tree is on the page: cold (a new browser
+   context per load and the cache disabled over CDP, so plotly.min.js is fetched and parsed
+   every time; checked by counting cache hits, which must be 0) and warm (one context, cache
+   on, after a first untimed load). The docs quote the cold figure.
+
+After each timed request or load, outside the timing, the result is checked: the spike
+survives downsampling; every chart has points and all 500 tree nodes are on the page.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_line, print_json, table
+from _common import add_output_arguments, machine_line, print_json, table, write_results
 
 
 def _fill(store_url: str, name: str, points: int, nodes: int, keys: tuple[str, ...]) -> str:
@@ -62,11 +70,112 @@ def _fill(store_url: str, name: str, points: int, nodes: int, keys: tuple[str, .
     return run.id
 
 
+PAGE_READY = (
+    "document.querySelectorAll('.chart .main-svg').length >= 3 && "
+    "document.querySelectorAll('.node').length === 500"
+)
+# Drawn means drawn with data: every chart has points, every tree node is on the page.
+PAGE_CHECK = """() => ({
+  charts: [...document.querySelectorAll('.chart')].map((c) => Number(c.dataset.points || 0)),
+  nodes: document.querySelectorAll('.node').length,
+})"""
+
+
+class _CacheWatch:
+    """Counts the page's responses, and those the browser served from its cache (CDP events)."""
+
+    def __init__(self, cdp: Any) -> None:
+        self.responses = 0
+        self.from_cache = 0
+        self.plotly_from_network = 0
+        cdp.on("Network.requestServedFromCache", self._served_from_cache)
+        cdp.on("Network.responseReceived", self._response)
+
+    def _served_from_cache(self, _event: dict[str, Any]) -> None:
+        self.from_cache += 1
+
+    def _response(self, event: dict[str, Any]) -> None:
+        response = event["response"]
+        self.responses += 1
+        cached = response.get("fromDiskCache") or response.get("fromMemoryCache")
+        if cached:
+            self.from_cache += 1
+        elif "plotly" in response["url"] and response["status"] == 200:
+            self.plotly_from_network += 1
+
+
+def _load(page: Any, url: str) -> float:
+    """Seconds until the run page is drawn; then (untimed) check it is drawn with data."""
+    start = time.perf_counter()
+    page.goto(url)
+    page.wait_for_function(PAGE_READY, timeout=60_000)
+    took = time.perf_counter() - start
+    drawn = page.evaluate(PAGE_CHECK)
+    if len(drawn["charts"]) < 3 or min(drawn["charts"]) == 0 or drawn["nodes"] != 500:
+        raise SystemExit(f"dashboard: the run page was not fully drawn: {drawn}")
+    return took
+
+
+def page_loads(base: str, run_id: str, repeat: int) -> dict[str, Any]:
+    """Cold loads (a new browser context each, cache disabled over CDP) and warm loads (one
+    context, cache on, after a first untimed load); the cache hits of each are counted."""
+    from playwright.sync_api import sync_playwright
+
+    from retune.server._headless import CHROMIUM, CHROMIUM_ARGS
+
+    url = f"{base}runs/{run_id}"
+    cold: list[float] = []
+    warm: list[float] = []
+    cold_hits = warm_hits = plotly_fetches = 0
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for _ in range(repeat):
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            cdp = context.new_cdp_session(page)
+            cdp.send("Network.enable")
+            cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+            watch = _CacheWatch(cdp)
+            cold.append(_load(page, url))
+            cold_hits += watch.from_cache
+            plotly_fetches += watch.plotly_from_network
+            context.close()
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        cdp = context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        _load(page, url)  # fills the cache
+        watch = _CacheWatch(cdp)
+        for _ in range(repeat):
+            warm.append(_load(page, url))
+        warm_hits = watch.from_cache
+        context.close()
+        browser.close()
+    if cold_hits or plotly_fetches != repeat:
+        raise SystemExit(
+            f"dashboard: cold loads were not cold ({cold_hits} responses from the cache, "
+            f"plotly fetched {plotly_fetches} times over {repeat} loads)"
+        )
+    return {"cold_s": cold, "warm_s": warm, "cold_cache_hits": cold_hits,
+            "warm_cache_hits": warm_hits, "plotly_fetches_cold": plotly_fetches}  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_output_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.repeat = 2
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     import httpx
 
     from retune.server import serve_in_thread
@@ -76,7 +185,7 @@ def main() -> int:
         url = f"sqlite:///{Path(folder) / 'dash.db'}"
         big = _fill(url, "million", 1_000_000, 1, ("loss",))
         tree = _fill(url, "tree", 200_000, 500, ("loss", "acc", "lr"))
-        server, base = serve_in_thread(open_store(url), port=8798)
+        server, base = serve_in_thread(open_store(url), port=_free_port())
         api_times = []
         for _ in range(args.repeat):
             start = time.perf_counter()
@@ -84,47 +193,43 @@ def main() -> int:
                 f"{base}api/runs/{big}/metrics/loss?max_points=2000", timeout=30
             ).json()
             api_times.append(time.perf_counter() - start)
-        assert (
-            body["total"] == 1_000_000
-            and len(body["steps"]) <= 2000
-            and max(body["values"]) == 25.0
-        )
-        from playwright.sync_api import sync_playwright
-
-        from retune.server._headless import CHROMIUM, CHROMIUM_ARGS
-
-        page_times = []
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            for _ in range(args.repeat):
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                start = time.perf_counter()
-                page.goto(f"{base}runs/{tree}")
-                page.wait_for_function(
-                    "document.querySelectorAll('.chart .main-svg').length >= 3 && "
-                    "document.querySelectorAll('.node').length === 500",
-                    timeout=60_000,
-                )
-                page_times.append(time.perf_counter() - start)
-                page.close()
-            browser.close()
-        server.should_exit = True
+            if not (
+                body["total"] == 1_000_000
+                and 0 < len(body["steps"]) <= 2000
+                and max(body["values"]) == 25.0
+            ):
+                raise SystemExit("dashboard: the downsampled metric lost points or the spike")
+        try:
+            pages = page_loads(base, tree, args.repeat)
+        finally:
+            server.should_exit = True
     result = {
         "machine": machine_line(["fastapi", "uvicorn", "plotly"]),
+        "settings": {"repeat": args.repeat},
         "api_1M_to_2000_s": statistics.median(api_times),
-        "page_500_nodes_200k_points_s": statistics.median(page_times),
+        "api_runs_s": api_times,
+        "page_cold_s": statistics.median(pages["cold_s"]),
+        "page_warm_s": statistics.median(pages["warm_s"]),
+        "page_cold_runs_s": pages["cold_s"],
+        "page_warm_runs_s": pages["warm_s"],
+        "cold_cache_hits": pages["cold_cache_hits"],
+        "warm_cache_hits": pages["warm_cache_hits"],
+        "plotly_fetches_cold": pages["plotly_fetches_cold"],
     }
+    write_results(args.out, "dashboard", args.quick, result)
     if args.json:
         print_json(result)
         return 0
     print(result["machine"])
-    api_s = f"{result['api_1M_to_2000_s']:.3f}"
-    page_s = f"{result['page_500_nodes_200k_points_s']:.3f}"
     rows = [
-        ["API: 1,000,000-point metric -> 2,000 points", api_s, "< 0.2"],
-        ["Chromium: run page, 500 nodes, 200,000 points/metric", page_s, "< 2"],
-    ]
+        ["API: 1,000,000-point metric -> 2,000 points", f"{result['api_1M_to_2000_s']:.3f}",
+         "< 0.2"],
+        ["Chromium: run page, cold (cache disabled)", f"{result['page_cold_s']:.3f}", "< 2"],
+        ["Chromium: run page, warm (cached plotly)", f"{result['page_warm_s']:.3f}", "-"],
+    ]  # fmt: skip
     print(table([f"measurement (median of {args.repeat})", "seconds", "target"], rows))
+    print(f"cold loads: {pages['cold_cache_hits']} responses from the cache; warm loads: "
+          f"{pages['warm_cache_hits']}")  # fmt: skip
     return 0
 
 

@@ -6,10 +6,12 @@ lr), and its final flush/close is inside the timed region; set-up (``retune.init
 the writer, ``mlflow.start_run``) is not. MLflow takes milliseconds per call, so it runs fewer
 steps (``--mlflow-steps``); its figure is still per step. Repetitions go round-robin over the
 contenders, each in a fresh temporary folder; the median is reported. After each timed run the
-written data is read back and counted (outside the timing), so a contender that drops points
-cannot look fast. Reported: microseconds per step, the overhead over a bare loop that computes
-the same three floats, the ratios of those overheads (competitor / Retune), and how many full
-(generation 2) garbage collections ran inside the timings.
+written data is read back (outside the timing) and every point is compared with what was
+logged, step and value (TensorBoard stores float32: compared after the same rounding), so a
+contender that drops or alters points cannot look fast. Reported: microseconds per step, the
+overhead over a bare loop that computes the same three floats, the ratios of those overheads
+(competitor / Retune), and how many full (generation 2) garbage collections ran inside the
+timings.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import gc
 import logging
 import os
+import struct
 import sys
 import tempfile
 import time
@@ -31,10 +34,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import (
     MAKE_BENCH_HINT,
     Timings,
+    add_output_arguments,
     machine_line,
     missing_modules,
     print_json_line,
     table,
+    write_results,
 )
 
 KEYS = ("loss", "acc", "lr")
@@ -75,10 +80,53 @@ def _clock(loop: Callable[[], None], close: Callable[[], Any]) -> Sample:
     return Sample(end - start, end - looped, counter.count)
 
 
-def _check(name: str, counts: dict[str, int], steps: int) -> None:
-    """Every contender must have written every point; a benchmark that drops data lies."""
-    if any(counts.get(key) != steps for key in KEYS):
-        raise SystemExit(f"{name} wrote {counts} points, expected {steps} per key")
+def expected_points(steps: int, first_step: int) -> dict[str, tuple[list[int], list[float]]]:
+    """The points every contender's loop logs: ``key -> (steps, values)``."""
+    numbers = list(range(first_step, first_step + steps))
+    return {
+        "loss": (numbers, [1.0 / (i + 1) for i in range(steps)]),
+        "acc": (numbers, [i / steps for i in range(steps)]),
+        "lr": (numbers, [0.1] * steps),
+    }
+
+
+def _as_float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]  # type: ignore[no-any-return]
+
+
+def _check(
+    name: str,
+    stored: dict[str, tuple[list[int], list[float]]],
+    steps: int,
+    first_step: int,
+    *,
+    float32: bool = False,
+) -> int:
+    """Every point must be stored with its step and exactly its value (bit for bit; rounded
+    to float32 for a contender that stores float32). A benchmark that drops data lies.
+
+    Returns the number of points checked.
+    """
+    for key, (want_steps, logged) in expected_points(steps, first_step).items():
+        got_steps, got_values = stored.get(key, ([], []))
+        want_values = [_as_float32(v) for v in logged] if float32 else logged
+        if len(got_values) != steps:
+            raise SystemExit(f"{name} stored {len(got_values)} {key} points, expected {steps}")
+        pairs = sorted(zip(got_steps, got_values, strict=True))
+        if [step for step, _ in pairs] != want_steps:
+            raise SystemExit(f"{name} stored {key} at the wrong steps")
+        wrong = [
+            (step, got, want)
+            for (step, got), want in zip(pairs, want_values, strict=True)
+            if float(got).hex() != float(want).hex()
+        ]
+        if wrong:
+            step, got, want = wrong[0]
+            raise SystemExit(
+                f"{name} stored {len(wrong)} wrong {key} values, e.g. {got!r} at step {step} "
+                f"(logged {want!r})"
+            )
+    return steps * len(KEYS)
 
 
 def bare(steps: int, _folder: Path) -> Sample:
@@ -101,7 +149,9 @@ def with_retune(steps: int, folder: Path) -> Sample:
 
     sample = _clock(loop, run.finish)
     snapshot = retune.load(run.id, store=store)
-    _check("retune", {key: len(snapshot.metric(key)) for key in KEYS}, steps)
+    series = {key: snapshot.metric(key) for key in KEYS}
+    stored = {k: (s.steps.tolist(), s.values.tolist()) for k, s in series.items()}
+    _check("retune", stored, steps, run.global_step - steps + 1)
     return sample
 
 
@@ -127,15 +177,20 @@ def _tensorboard_writer(
     return writer.add_scalar, writer.close
 
 
-def _tensorboard_counts(logdir: Path) -> dict[str, int]:
+def _tensorboard_points(logdir: Path) -> dict[str, tuple[list[int], list[float]]]:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    counts = dict.fromkeys(KEYS, 0)
+    points: dict[str, tuple[list[int], list[float]]] = {key: ([], []) for key in KEYS}
     for path in logdir.glob("events.out.tfevents.*"):
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
-                counts[value.tag] = counts.get(value.tag, 0) + 1
-    return counts
+                number = value.simple_value if value.HasField("simple_value") else float(
+                    value.tensor.float_val[0]
+                )  # fmt: skip
+                steps, values = points.setdefault(value.tag, ([], []))
+                steps.append(event.step)
+                values.append(number)
+    return points
 
 
 def with_tensorboard(steps: int, folder: Path) -> Sample:
@@ -149,7 +204,7 @@ def with_tensorboard(steps: int, folder: Path) -> Sample:
             add_scalar("lr", 0.1, i)
 
     sample = _clock(loop, close)
-    _check("tensorboard", _tensorboard_counts(logdir), steps)
+    _check("tensorboard", _tensorboard_points(logdir), steps, 0, float32=True)
     return sample
 
 
@@ -168,8 +223,9 @@ def with_mlflow(steps: int, folder: Path) -> Sample:
 
         sample = _clock(loop, mlflow.end_run)
         client = mlflow.MlflowClient()
-        counts = {key: len(client.get_metric_history(active.info.run_id, key)) for key in KEYS}
-    _check("mlflow", counts, steps)
+        history = {key: client.get_metric_history(active.info.run_id, key) for key in KEYS}
+    stored = {k: ([m.step for m in ms], [m.value for m in ms]) for k, ms in history.items()}
+    _check("mlflow", stored, steps, 0)
     return sample
 
 
@@ -210,7 +266,10 @@ def main() -> int:
     parser.add_argument(
         "--json", action="store_true", help="one JSON line on stdout (the table goes to stderr)"
     )
+    add_output_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.mlflow_steps, args.repeat = 5_000, 100, 2
     if min(args.steps, args.mlflow_steps, args.repeat) < 1:
         parser.error("--steps, --mlflow-steps and --repeat must be at least 1")
     _quiet_mlflow()
@@ -273,24 +332,26 @@ def main() -> int:
         f"{TARGETS['retune_us_per_step']:g}: {'met' if met['retune_us_per_step'] else 'NOT met'}",
         file=out,
     )
+    result = {
+        "machine": machine,
+        "steps": steps,
+        "repeat": args.repeat,
+        "us_per_step": {k: [s * 1e6 for s in t.runs] for k, t in per_step.items()},
+        "median_us_per_step": {k: v * 1e6 for k, v in cost.items()},
+        "overhead_us_per_step": {k: v * 1e6 for k, v in overhead.items()},
+        "close_ms": {k: v * 1e3 for k, v in close_s.items()},
+        "full_gcs": full_gcs,
+        "ratios_on_overhead": ratios,
+        "ratios_on_cost": cost_ratios,
+        "targets": TARGETS,
+        "targets_met": met,
+        "points_verified": sum(n for k, n in steps.items() if k != "bare loop")
+        * len(KEYS)
+        * args.repeat,
+    }
+    write_results(args.out, "logging_overhead", args.quick, result)
     if args.json:
-        print_json_line(
-            {
-                "benchmark": "logging_overhead",
-                "machine": machine,
-                "steps": steps,
-                "repeat": args.repeat,
-                "us_per_step": {k: [s * 1e6 for s in t.runs] for k, t in per_step.items()},
-                "median_us_per_step": {k: v * 1e6 for k, v in cost.items()},
-                "overhead_us_per_step": {k: v * 1e6 for k, v in overhead.items()},
-                "close_ms": {k: v * 1e3 for k, v in close_s.items()},
-                "full_gcs": full_gcs,
-                "ratios_on_overhead": ratios,
-                "ratios_on_cost": cost_ratios,
-                "targets": TARGETS,
-                "targets_met": met,
-            }
-        )
+        print_json_line({"benchmark": "logging_overhead", **result})
     return 0
 
 

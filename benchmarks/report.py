@@ -1,0 +1,306 @@
+"""Render the benchmarks' JSON results into docs/benchmarks.md, between marker comments.
+
+Run by ``make bench`` after the benchmarks: each benchmark wrote ``benchmarks/results/NAME.json``
+and here each result becomes the block between ``<!-- bench:NAME -->`` and
+``<!-- /bench:NAME -->`` in the doc, so the figures the docs quote are generated, never pasted
+by hand. The prose around the markers is kept as it is. ``--check`` changes nothing and exits
+1 when the doc differs from what the results would render (the doc is stale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+class ReportError(Exception):
+    """The results or the doc cannot be rendered (missing marker, unreadable JSON)."""
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table; every column but the first is right-aligned."""
+    rule = ["---", *("---:" for _ in headers[1:])]
+    lines = [headers, rule, *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def _header(result: dict[str, Any], settings: str) -> str:
+    when = datetime.fromtimestamp(result["recorded_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+    mode = (
+        "**quick settings (`--quick`): reduced sizes, not the figures of record**"
+        if result.get("quick")
+        else "normal settings"
+    )
+    return f"`{result['machine']}`; {settings}; {mode}; recorded {when}."
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.1f}"
+
+
+def _x(ratio: float) -> str:
+    return f"{ratio:,.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
+
+
+# -- one renderer per benchmark ------------------------------------------------------------
+
+LOGGING_NAMES = {
+    "bare loop": "bare loop",
+    "retune": "Retune `run.step` + `finish()`",
+    "tensorboard": "TensorBoard `SummaryWriter`",
+    "mlflow": "MLflow `log_metrics` (SQLite)",
+}
+
+
+def render_logging_overhead(r: dict[str, Any]) -> str:
+    steps, repeat = r["steps"], r["repeat"]
+    rows = []
+    for name, label in LOGGING_NAMES.items():
+        runs = r["us_per_step"][name]
+        rows.append([
+            label,
+            f"{steps[name]:,}",
+            f"{r['median_us_per_step'][name]:,.2f}",
+            f"{min(runs):,.2f}-{max(runs):,.2f}",
+            f"{r['overhead_us_per_step'][name]:,.2f}",
+            f"{r['close_ms'][name]:,.1f}",
+            f"{sum(r['full_gcs'][name])}/{repeat}",
+        ])  # fmt: skip
+    headers = ["contender", "steps", "µs/step (median)", "range", "overhead µs/step",
+               "close / flush ms", "full GCs"]  # fmt: skip
+    ratios, costs, targets, met = (
+        r["ratios_on_overhead"], r["ratios_on_cost"], r["targets"], r["targets_met"]
+    )  # fmt: skip
+
+    def verdict(key: str) -> str:
+        return "met" if met[key] else "**not met**"
+
+    lines = [
+        _header(
+            r,
+            f"median of {repeat} rounds; {r['points_verified']:,} stored points "
+            "compared with what was logged, all equal",
+        ),
+        "",
+        markdown_table(headers, rows),
+        "",
+        "Ratios on the **per-step overhead** over the bare loop (on per-step cost in "
+        f"brackets): TensorBoard / Retune **{_x(ratios['tensorboard / retune'])}** "
+        f"({_x(costs['tensorboard / retune'])}), MLflow / Retune "
+        f"**{_x(ratios['mlflow / retune'])}** ({_x(costs['mlflow / retune'])}). Targets: Retune "
+        f"at most {targets['retune_us_per_step']:g} µs per step including the final flush "
+        f"({verdict('retune_us_per_step')}: {r['median_us_per_step']['retune']:.2f}), at least "
+        f"{targets['tensorboard / retune']:g}x below TensorBoard "
+        f"({verdict('tensorboard / retune')}) and {targets['mlflow / retune']:g}x below MLflow "
+        f"({verdict('mlflow / retune')}).",
+    ]
+    return "\n".join(lines)
+
+
+def _latency_row(label: str, lat: dict[str, float]) -> list[str]:
+    return [label, *(f"{lat[k]:,.1f}" for k in ("min", "p50", "p90", "p99", "max"))]
+
+
+def render_command_latency(r: dict[str, Any]) -> str:
+    s, valid, invalid = r["settings"], r["outcome"]["valid"], r["outcome"]["invalid"]
+    rows = []
+    if r["latency_ms"]:
+        rows.append(_latency_row(f"{valid['applied']} valid commands, submit -> applied",
+                                 r["latency_ms"]))  # fmt: skip
+    if r["rejection_ms"]:
+        rows.append(_latency_row(f"{invalid['rejected']} invalid commands, submit -> rejected",
+                                 r["rejection_ms"]))  # fmt: skip
+    problems = r["problems"]
+    verdict = (
+        "every valid command was applied and every invalid one rejected"
+        if not problems
+        else f"**{len(problems)} commands did not end as expected** (the run failed): "
+        + "; ".join(problems[:5])
+    )
+    p50 = r["latency_ms"].get("p50", float("nan"))
+    lines = [
+        _header(r, f"{r['sent']} commands, {r['step_ms']:.2f} ms steps, {s['poll_ms']:g} ms poll"),
+        "",
+        markdown_table(["latency (ms)", "min", "p50", "p90", "p99", "max"], rows),
+        "",
+        f"Outcomes, every command counted: valid {valid['applied']} applied, "
+        f"{valid['rejected']} rejected, {valid['other']} other; invalid {invalid['rejected']} "
+        f"rejected, {invalid['applied']} applied, {invalid['other']} other: {verdict}. Median "
+        f"latency {p50:.1f} ms against the bound of poll interval + one step "
+        f"({r['bound_ms']:.1f} ms). Step time: bare {r['bare_step_ms']:.3f} ms, with Retune "
+        f"{r['retune_step_ms']:.3f} ms ({r['overhead_pct']:+.1f}%; the target is at most +2%).",
+    ]
+    return "\n".join(lines)
+
+
+CHECKPOINT_SAVES = {
+    "raw write": "raw write",
+    "torch.save": "`torch.save`",
+    "safetensors": "safetensors `save_file`",
+    "retune": "Retune `encode_state`",
+}
+CHECKPOINT_RESTORES = {
+    "retune": "Retune `decode_state` (mmap, sha256 verified)",
+    "torch.load mmap": "`torch.load(mmap=True, weights_only=True)`",
+    "torch.load": "`torch.load(weights_only=True)`",
+    "safetensors": "safetensors `load_file` (mmap)",
+    "raw read": "raw read (`read_bytes`)",
+}
+
+
+def render_checkpoint_io(r: dict[str, Any]) -> str:
+    mb, s, summary = r["bytes"] / 1e6, r["settings"], r["summary"]
+    saves = [[label, f"{r['save_s'][k]:.3f}", f"{mb / r['save_s'][k]:,.0f}"]
+             for k, label in CHECKPOINT_SAVES.items()]  # fmt: skip
+    restores = [
+        [
+            label,
+            f"{r['restore_s'][k]:.3f}",
+            f"{r['ready_s'][k]:.3f}",
+            f"{mb / r['ready_s'][k]:,.0f}",
+        ]
+        for k, label in CHECKPOINT_RESTORES.items()
+    ]
+    frozen = [
+        [label, f"{sizes['retune'] / 1e6:,.0f} MB", f"{sizes['torch.save'] / 1e6:,.0f} MB",
+         f"**{sizes['retune'] / sizes['torch.save']:.2f}x**"]
+        for label, sizes in (("Adam (state for the trainable 10% only)", r["frozen_adam"]),
+                             ("plain SGD (no optimizer state)", r["frozen_sgd"]))
+    ]  # fmt: skip
+    verified = sum(r["verified_restores"].values())
+    lines = [
+        _header(
+            r,
+            f"{mb:,.0f} MB state ({s['layers']} x Linear({s['width']}, {s['width']}) + "
+            f"Adam), median of {s['repeat']}; {verified} timed restores each compared "
+            "bit for bit with the saved state, all equal",
+        ),
+        "",
+        markdown_table(["save (fsynced)", "s", "MB/s"], saves),
+        "",
+        markdown_table(
+            ["restore", "call returns s", "+ copied into the model s", "MB/s (copied)"], restores
+        ),
+        "",
+        f"Retune's save reaches **{summary['save_throughput_vs_raw']:.2f}x** the raw write "
+        "throughput (target: at least 0.7x). With the state copied into the model, Retune's "
+        f"restore is **{summary['ready_vs_torch_load_mmap']:.2f}x** as fast as `torch.load` "
+        f"with `mmap=True` (the like-for-like baseline) and "
+        f"**{summary['ready_vs_torch_load']:.2f}x** as fast as `torch.load` without it "
+        "(target: at least as fast as the baseline).",
+        "",
+        f"Frozen fine-tuning, {s['checkpoints']} checkpoints (the last one decoded and compared "
+        "bit for bit):",
+        "",
+        markdown_table(["optimizer", "Retune", "`torch.save`", "ratio"], frozen),
+    ]
+    return "\n".join(lines)
+
+
+def render_dashboard(r: dict[str, Any]) -> str:
+    repeat = r["settings"]["repeat"]
+    rows = [
+        ["API: 1,000,000-point metric -> 2,000 points", f"{r['api_1M_to_2000_s']:.3f}", "< 0.2"],
+        ["Chromium: run page, 500 nodes, 200,000 points/metric, **cold**",
+         f"{r['page_cold_s']:.2f}", "< 2"],
+        ["Chromium: the same page, warm (cache on, after a first load)",
+         f"{r['page_warm_s']:.2f}", "-"],
+    ]  # fmt: skip
+    lines = [
+        _header(r, f"median of {repeat}"),
+        "",
+        markdown_table(["measurement", "seconds", "target"], rows),
+        "",
+        f"Cold loads: {r['cold_cache_hits']} responses served from the browser cache, "
+        f"plotly.min.js fetched from the server {r['plotly_fetches_cold']} times in "
+        f"{repeat} loads; warm loads: {r['warm_cache_hits']} responses from the cache. The "
+        "target applies to the cold figure.",
+    ]
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "logging_overhead": render_logging_overhead,
+    "command_latency": render_command_latency,
+    "checkpoint_io": render_checkpoint_io,
+    "dashboard": render_dashboard,
+}
+
+
+def _block(name: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"(<!-- bench:{re.escape(name)} -->\n).*?(<!-- /bench:{re.escape(name)} -->)", re.S
+    )
+
+
+def render(doc: str, results: dict[str, dict[str, Any]]) -> str:
+    """``doc`` with the block of each result replaced; text outside the markers is kept.
+
+    Raises :class:`ReportError` when a result has no block (both markers) in ``doc``.
+    """
+    for name, result in results.items():
+        pattern = _block(name)
+        if not pattern.search(doc):
+            raise ReportError(
+                f"the doc has no <!-- bench:{name} --> ... <!-- /bench:{name} --> block"
+            )
+        body = RENDERERS[name](result)
+
+        def replace(match: re.Match[str], body: str = body) -> str:
+            return f"{match.group(1)}{body}\n{match.group(2)}"
+
+        doc = pattern.sub(replace, doc)
+    return doc
+
+
+def load_results(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every ``NAME.json`` of a known benchmark in ``folder``."""
+    results = {}
+    for name in RENDERERS:
+        path = folder / f"{name}.json"
+        if not path.exists():
+            continue
+        try:
+            results[name] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ReportError(f"{path}: cannot read the results ({e})") from e
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the doc is stale")
+    args = parser.parse_args(argv)
+    try:
+        results = load_results(args.results)
+        if not results:
+            raise ReportError(f"no results in {args.results}; run `make bench` first")
+        doc = args.doc.read_text(encoding="utf-8")
+        rendered = render(doc, results)
+    except (ReportError, OSError) as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        if rendered != doc:
+            print(f"report: {args.doc} is stale; run `benchmarks/report.py`", file=sys.stderr)
+            return 1
+        return 0
+    args.doc.write_text(rendered, encoding="utf-8")
+    print(f"report: {', '.join(results)} -> {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
