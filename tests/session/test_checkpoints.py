@@ -175,22 +175,32 @@ def test_a_corrupt_blob_rejects_the_restore_and_changes_nothing(
 ) -> None:
     run, (model, opt, sched, loader) = _live_run(store_url, "corrupt")
     with run:
-        for _ in range(12):
-            x, y = next(iter(loader))
-            run.step(loss=1.0)
+        for x, y in list(loader)[:12]:  # train: the checkpoint at step 10 holds trained weights
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+            run.step(loss=loss.item())
         (checkpoint,) = run.store.list_checkpoints(run.id)
+        saved = run.checkpointer.load(checkpoint)
+        weights = {k: v.clone() for k, v in model.state_dict().items()}
+        moments = {k: v["exp_avg"].clone() for k, v in opt.state_dict()["state"].items()}
+        # a restore that went through would change the weights: two steps were trained since
+        assert not all(torch.equal(saved["model"][k], v) for k, v in weights.items())
         from retune.checkpoint import manifest_blobs
 
         for key in manifest_blobs(checkpoint.manifest):
             path = tmp_path / "objects" / key[:2] / key[2:]
             path.write_bytes(b"garbage")
-        weights = {k: v.clone() for k, v in model.state_dict().items()}
         with pytest.raises(
             CommandRejected, match=r"checkpoint c1 of run \w+ cannot be restored: blob"
         ):
             run.restore("c1")
         assert run.global_step == 12 and run.node == 1
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+        state = opt.state_dict()["state"]
+        assert all(torch.equal(v, state[k]["exp_avg"]) for k, v in moments.items())
         run.step(loss=1.0)  # training goes on
     commands = open_store(store_url).list_commands(run.id)
     assert [c.status for c in commands] == ["rejected"]
@@ -248,9 +258,11 @@ def test_keep_policy_and_gc(
                 run.checkpoint(tag="keeper")
     kept = run.store.list_checkpoints(run.id)
     assert [(c.step, c.reason) for c in kept] == [(8, "user"), (25, "schedule"), (30, "schedule")]
-    assert cli(["gc", "--store", store_url, "--dry-run"]) == 0
+    assert cli(["gc", "--store", store_url, "--dry-run"]) == 0  # within the grace period
+    assert "kept 4 unused blobs younger than the grace period" in capsys.readouterr().out
+    assert cli(["gc", "--store", store_url, "--dry-run", "--grace", "0"]) == 0
     assert "would delete 4 blobs" in capsys.readouterr().out
-    assert cli(["gc", "--store", store_url]) == 0
+    assert cli(["gc", "--store", store_url, "--grace", "0"]) == 0
     assert "deleted 4 blobs" in capsys.readouterr().out
     objects = retune.checkpoint.ObjectStore(str(tmp_path / "objects"))
     for checkpoint in kept:  # what gc kept still restores
@@ -276,7 +288,7 @@ def test_user_state_and_bad_state(store_url: str) -> None:
 KILLED = """
 import sys, torch, retune
 store = sys.argv[1]
-model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(12)])  # ~50 MB
+model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])
 for p in model.parameters():
     torch.nn.init.zeros_(p)
 run = retune.init("killed", model=model, store=store)
@@ -286,28 +298,36 @@ for i in range(1000):
             p.add_(1.0)
     run.step(loss=float(i))
     run.checkpoint()
-    print("saved", flush=True)
 """
 
 
 @pytest.mark.slow
 def test_sigkill_while_saving_leaves_complete_checkpoints_or_none(tmp_path: Path) -> None:
-    store = str(tmp_path / "k.db")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED, store], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    for _ in range(2):
-        assert proc.stdout.readline().strip() == "saved"
-    time.sleep(0.15)  # well inside the next save
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    opened = open_store(store)
+    store, flag = str(tmp_path / "k.db"), tmp_path / "blocked.json"
+    root = str(Path(__file__).parents[2])
+    env = {**os.environ, "RETUNE_TEST_BLOCK_SAVE": f"3:{flag}", "PYTHONPATH": root}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, store], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():  # the save at step 3 wrote its blobs, not its manifest row
+            assert proc.poll() is None, "the trainer ended before its save was blocked"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert json.loads(flag.read_text()) == {"pid": proc.pid, "step": 3}
+        objects = retune.checkpoint.ObjectStore(str(tmp_path / "objects"))
+        opened = open_store(store)
+        referenced: set[str] = set()
+        for manifest in opened.all_manifests():
+            referenced |= retune.checkpoint.manifest_blobs(manifest)
+        assert set(objects.keys()) - referenced  # the save in progress had written blobs
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     run = opened.get_run("killed")
     checkpoints = opened.list_checkpoints(run.id)
-    assert len(checkpoints) >= 2
-    objects = retune.checkpoint.ObjectStore(str(tmp_path / "objects"))
-    for checkpoint in checkpoints:  # every recorded checkpoint is whole, verified, consistent
+    assert [c.step for c in checkpoints] == [1, 2]  # the unfinished one is not listed
+    for checkpoint in checkpoints:  # every listed checkpoint restores bit for bit
         state = retune.checkpoint.decode_state(checkpoint.manifest, objects)
+        assert len(state["model"]) == 16
         for tensor in state["model"].values():
-            assert torch.all(tensor == float(checkpoint.step))
+            assert torch.equal(tensor, torch.full_like(tensor, float(checkpoint.step)))
