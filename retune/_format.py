@@ -1,13 +1,19 @@
-"""Human-readable output for the CLI: tables, numbers, times, durations."""
+"""Human-readable output shared by the CLI, the demo and the notebook: tables, numbers, times,
+durations and the tuning tree as text. Pure functions of their arguments; nothing here reads a
+store or imports torch.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["duration", "number", "table", "timestamp"]
+if TYPE_CHECKING:
+    from retune.session._tree import TreeNode
+
+__all__ = ["describe_node", "diff_text", "draw_tree", "duration", "number", "table", "timestamp"]
 
 
 def number(value: Any) -> str:
@@ -60,3 +66,47 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         return "  ".join([*padded, cells[-1]]).rstrip()
 
     return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def diff_text(diff: Mapping[str, Any], sep: str = ", ") -> str:
+    """``lr 0.01 -> 0.001, momentum 0.9 -> 0.8`` from a ``{name: (old, new)}`` diff."""
+    return sep.join(f"{k} {number(a)} -> {number(b)}" for k, (a, b) in diff.items())
+
+
+def _metric_line(node: TreeNode, keys: int = 3) -> str:
+    preferred = sorted(node.metrics, key=lambda k: (not k.startswith("val"), "loss" not in k, k))
+    return " ".join(f"{key}={number(node.metrics[key]['last'])}" for key in preferred[:keys])
+
+
+def describe_node(node: TreeNode) -> str:
+    """One line: label, steps, the change with its diff, a few last metrics, checkpoints."""
+    end = "…" if node.end_step is None else str(node.end_step)
+    diff = diff_text(node.diff)
+    change = node.change_kind if not diff else f"{node.change_kind} {diff}"
+    shown: Sequence[str] = node.checkpoints
+    if len(shown) > 4:
+        shown = (shown[0], "…", shown[-1], f"{len(node.checkpoints)} in all")
+    checkpoints = f" [{', '.join(shown)}]" if shown else ""
+    return (
+        f"{node.label} steps {node.start_step}..{end}  {change}  {_metric_line(node)}{checkpoints}"
+    )
+
+
+def draw_tree(nodes: Sequence[TreeNode], current: int | None = None) -> list[str]:
+    """One line per node, children indented under their parent like ``git log --graph``;
+    ``current`` (the node training now) is marked ``*``, the others ``o``."""
+    by_id = {n.id: n for n in nodes}
+    lines: list[str] = []
+
+    def walk(node: TreeNode, prefix: str, last: bool, root: bool) -> None:
+        marker = "* " if node.id == current else "o "
+        branch = "" if root else ("└─ " if last else "├─ ")
+        lines.append(f"{prefix}{branch}{marker}{describe_node(node)}".rstrip())
+        below = prefix if root else prefix + ("   " if last else "│  ")
+        for i, child in enumerate(node.children):
+            walk(by_id[child], below, i == len(node.children) - 1, False)
+
+    for node in nodes:
+        if node.parent is None:
+            walk(node, "", True, True)
+    return lines

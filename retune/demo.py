@@ -6,7 +6,9 @@ it to ~98% test accuracy in well under a minute.
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -65,13 +67,48 @@ def _evaluate(model: Any, x: Any, y: Any) -> tuple[float, float]:
 
 
 def _print_tree(run_id: str, store: str | None) -> None:
-    from retune._cli_checkpoints import draw_tree
+    from retune._format import draw_tree
     from retune.session import load
 
     snapshot = load(run_id, store=store)
     print(f"the tuning tree of {snapshot.name} ({snapshot.id}):")
     for line in draw_tree(snapshot.tree()):
         print("  " + line)
+
+
+class _Progress:
+    """A tqdm bar on a terminal; one plain line per epoch when stdout is a file or a pipe
+    (a log gets no carriage-return updates)."""
+
+    def __init__(self, total: int, epochs: int) -> None:
+        self.tty = sys.stdout.isatty()
+        self.epochs = epochs
+        self.bar: Any = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+
+    def step(self, loss: float, lr: float, val_acc: float) -> None:
+        if self.bar is not None:
+            self.bar.update()
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", val_acc=f"{val_acc:.3f}")
+
+    def epoch(self, epoch: int, step: int, loss: float, lr: float, val_acc: float) -> None:
+        if self.bar is None:
+            print(f"epoch {epoch + 1}/{self.epochs}  step {step}  loss {loss:.4f}  lr {lr:.2e}  "
+                  f"val_acc {val_acc:.4f}", flush=True)  # fmt: skip
+
+    def say(self, text: str) -> None:
+        """A line that does not tear the bar."""
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_demo(
@@ -88,17 +125,18 @@ def run_demo(
     keep_serving: bool = False,
     resume: str | None = None,
 ) -> int:
-    """Train, print the test accuracy and how to look at the run; 0 if accuracy > 95%.
+    """Train, print the test accuracy, the tree and how to look at the run (once, also when
+    ``scripted`` continues in a second process); 0 if accuracy > 95%.
 
     ``ui_port`` serves the dashboard while training (and, with ``keep_serving``, afterwards
     until Ctrl-C). ``scripted`` plays a short tuning session by itself: a ``set`` during
     the first third, a ``restore`` of the root with another weight decay, and, when training
-    ends, a ``resume`` in a new process that trains two more epochs.
+    ends, a ``resume`` in a new process that trains two more epochs. The script stops, and
+    says so, as soon as the audit shows a command it did not send: someone else is steering.
     """
     import torch
     from torch.nn import functional
     from torch.utils.data import DataLoader, TensorDataset
-    from tqdm import tqdm
 
     import retune
 
@@ -125,14 +163,21 @@ def run_demo(
     clip = run.tunable("clip_norm", 5.0, bounds=(0.0, None), doc="gradient clipping norm")
     run.tune_dropout(model)
     server = _serve(run, ui_port) if ui_port is not None else None
-    director = _Director(run.name, store, epochs * len(loader)) if scripted and not resume else None
-    print(f"retune: recording run {run.name} ({run.id}); change it live from another terminal:")
-    print(f"  retune set {run.name} lr=1e-3    retune get {run.name}    retune pause {run.name}")
-    print(f"  retune restore {run.name} n1@200 weight_decay=1e-3    retune tree {run.name}")
-    bar = tqdm(total=epochs * len(loader), unit="step", dynamic_ncols=True)
-    val_acc = 0.0
+    progress = _Progress(epochs * len(loader), epochs)
+    director = None
+    if scripted and not resume:
+        director = _Director(run, store, epochs * len(loader), progress.say)
+    if resume:
+        print(f"retune: continuing run {run.name} ({run.id}) at step {run.global_step}")
+    else:
+        print(f"retune: recording run {run.name} ({run.id}); change it live from another "
+              "terminal:")  # fmt: skip
+        print(f"  retune set {run.name} lr=1e-3    retune get {run.name}    "
+              f"retune pause {run.name}")  # fmt: skip
+        print(f"  retune restore {run.name} n1@200 weight_decay=1e-3    retune tree {run.name}")
+    val_acc, last_loss, lr_now = 0.0, math.nan, lr
     with run:
-        for _epoch in run.epochs(epochs):
+        for epoch in run.epochs(epochs):
             for x, y in run.batches(loader):
                 logits = model(x)
                 loss = functional.cross_entropy(logits, y)
@@ -146,25 +191,26 @@ def run_demo(
                 run.step(loss=loss.item(), acc=acc, lr=lr_now)
                 if director is not None:
                     director.after_step(run.global_step)
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_now:.2e}",
-                                val_acc=f"{val_acc:.3f}")  # fmt: skip
+                last_loss = loss.item()
+                progress.step(last_loss, lr_now, val_acc)
                 if step_delay:
                     time.sleep(step_delay)
             val_loss, val_acc = _evaluate(model, x_test, y_test)
             run.log(val_loss=val_loss, val_acc=val_acc)
-        bar.close()
+            progress.epoch(epoch, run.global_step, last_loss, lr_now, val_acc)
+        progress.close()
     test_loss, test_acc = _evaluate(model, x_test, y_test)
-    if director is not None:
-        director.resume_in_new_process(epochs + 2, step_delay)
     print(f"test accuracy {test_acc:.4f} (loss {test_loss:.4f}) on {len(y_test)} held-out digits")
-    _print_tree(run.id, store)
-    print("look at the run:")
-    print("  retune runs")
-    print(f"  retune show {name}")
-    print(f"  retune metrics {name} val_acc")
-    print(f"  retune changes {name}")
-    print(f"  retune tree {name}")
+    if director is not None and director.resume_in_new_process(epochs + 2, step_delay):
+        pass  # the new process printed the tree and the hints, once, as they are now
+    else:
+        _print_tree(run.id, store)
+        print("look at the run:")
+        print("  retune runs")
+        print(f"  retune show {name}")
+        print(f"  retune metrics {name} val_acc --branch n1")
+        print(f"  retune changes {name}")
+        print(f"  retune tree {name}")
     code = 0
     if test_acc <= 0.95:
         print("retune: warning: test accuracy is not above 95%")
@@ -196,30 +242,59 @@ def _serve(run: Any, port: int) -> Any:
 
 
 class _Director:
-    """Plays a tuning session from "another process": commands go through the store."""
+    """Plays a tuning session from "another process": commands go through the store.
 
-    def __init__(self, name: str, store: str | None, total_steps: int) -> None:
+    It steps aside for people: as soon as the run's audit holds a command it did not send
+    (someone ran ``retune set``, ``pause``, ``stop``... or used the dashboard), it says so once
+    and sends nothing more, and does not resume the run in a new process.
+    """
+
+    CHECK_EVERY = 10  # steps between two looks at the audit (each is one small query)
+
+    def __init__(self, run: Any, store: str | None, total_steps: int, say: Any) -> None:
         import retune
 
-        self.name, self.store = name, store
-        self.ctl = retune.connect(name, store=store, source="python")
+        self.name, self.run_id, self.store, self.say = run.name, run.id, store, say
+        self.ctl = retune.connect(run.id, store=store, source="python")
         self.set_at, self.restore_at = total_steps // 3, total_steps // 2
         self.done: set[str] = set()
+        self.sent: set[int] = set()
+        self.stepped_aside = False
+
+    def _someone_else(self) -> bool:
+        if not self.stepped_aside:
+            others = [c for c in self.ctl.history() if c.id not in self.sent]
+            if others:
+                self.stepped_aside = True
+                self.say(
+                    f"retune demo: someone else is steering ({others[0].kind} from "
+                    f"{others[0].user or '?'}); the script stops here"
+                )
+        return self.stepped_aside
 
     def after_step(self, step: int) -> None:
-        if step >= self.set_at and "set" not in self.done:
+        if self.stepped_aside:
+            return
+        due_set = step >= self.set_at and "set" not in self.done
+        due_restore = step >= self.restore_at and "restore" not in self.done
+        if (due_set or due_restore or step % self.CHECK_EVERY == 0) and self._someone_else():
+            return
+        if due_set:
             self.done.add("set")
-            self.ctl.set(lr=5e-4)
-            print(f"\nretune demo: set lr=5e-4 at step {step}", flush=True)
-        elif step >= self.restore_at and "restore" not in self.done:
+            self.sent.add(self.ctl.set(lr=5e-4).id)
+            self.say(f"retune demo: set lr=5e-4 at step {step}")
+        elif due_restore:
             self.done.add("restore")
-            self.ctl.restore("n1", set={"weight_decay": 1e-3})
-            print(f"\nretune demo: restore n1 with weight_decay=1e-3 at step {step}", flush=True)
+            self.sent.add(self.ctl.restore("n1", set={"weight_decay": 1e-3}).id)
+            self.say(f"retune demo: restore n1 with weight_decay=1e-3 at step {step}")
 
-    def resume_in_new_process(self, epochs: int, step_delay: float) -> None:
+    def resume_in_new_process(self, epochs: int, step_delay: float) -> bool:
+        """Continue the run in a new process for two more epochs; False (nothing done) when
+        someone else steered it."""
         import subprocess
-        import sys
 
+        if self._someone_else():
+            return False
         print(f"retune demo: resuming {self.name} in a new process for two more epochs", flush=True)
         command = [sys.executable, "-m", "retune", "demo", "--resume", "latest", "--no-ui",
                    "--exit", "--epochs", str(epochs), "--step-delay", str(step_delay),
@@ -227,3 +302,4 @@ class _Director:
         if self.store:
             command += ["--store", self.store]
         subprocess.run(command, check=False)
+        return True

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from retune.control import discover_optimizer, parse_assignments, parse_value, validate
+from retune.control._parse import parse_count, parse_group, parse_int
 from retune.errors import InvalidArgument
 
 
@@ -72,3 +73,37 @@ def test_a_string_for_a_float_is_left_to_the_validator() -> None:
     with pytest.raises(InvalidArgument, match="lr expects a float, got 'abc'"):
         validate(specs, "lr", parsed["lr"])
     assert validate(specs, "betas", parsed["betas"]) == (0.8, 0.9)
+
+
+@pytest.mark.parametrize("text", ["٣", "²", "1_0", "\u0661.\u0665", " 3"])
+def test_only_ascii_digits_make_numbers(text: str) -> None:
+    assert parse_value(text) == text  # stays a string: the validator says what it expects
+
+
+@pytest.mark.parametrize("text", ["٣", "²", "1_0", "+", "", "1.0", "0x10"])
+def test_ids_steps_and_counts_refuse_anything_but_ascii_digits(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="ASCII digits"):
+        parse_int(text, "step")
+
+
+def test_integers_beyond_64_bits_are_a_clear_error() -> None:
+    huge = "1" + "0" * 400
+    with pytest.raises(InvalidArgument, match=r"value 100000000000\.\.\.\(401 digits\) is too"):
+        parse_value(huge)
+    with pytest.raises(InvalidArgument, match=r"lr: value .* is too large"):
+        parse_assignments([f"lr={huge}"])
+    with pytest.raises(InvalidArgument, match=r"step .* is too large"):
+        parse_int(huge, "step")
+    assert parse_value(str(2**63 - 1)) == 2**63 - 1
+    assert parse_value("1e400") == math.inf  # a float: the validator refuses inf
+
+
+def test_groups_are_ascii_indices_or_names() -> None:
+    assert parse_group("0") == 0 and parse_group("body") == "body" and parse_group(None) is None
+    for text in ("²", "٣", "٣٤"):
+        with pytest.raises(InvalidArgument, match="ASCII digits"):
+            parse_group(text)
+    with pytest.raises(InvalidArgument, match="too large"):
+        parse_group("9" * 30)
+    with pytest.raises(InvalidArgument, match="0 or more"):
+        parse_count("-1", "--port")

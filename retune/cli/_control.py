@@ -1,16 +1,20 @@
-"""CLI commands that control a live run: get, set, scale, pause, resume, stop, changes."""
+"""Controlling a live run: ``get``, ``set``, ``scale``, ``pause``, ``continue``, ``stop``,
+``changes``."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from retune._format import number, table, timestamp
-from retune.cli import command, emit_json, run_arg, wait_args
+from retune._format import diff_text, number, table, timestamp
+from retune.cli._registry import Group, emit_json, run_arg, wait_args
 from retune.control import Controller, parse_assignments
+from retune.control._parse import parse_group
 from retune.store import CommandRecord, Store
 
-__all__: list[str] = []
+__all__ = ["COMMANDS", "report"]
+
+COMMANDS = Group()
 
 
 def _change_args(p: argparse.ArgumentParser) -> None:
@@ -26,13 +30,8 @@ def _change_args(p: argparse.ArgumentParser) -> None:
     wait_args(p)
 
 
-def _group(text: str | None) -> int | str | None:
-    if text is None:
-        return None
-    return int(text) if text.isdigit() else text
-
-
-def _report(args: argparse.Namespace, command: CommandRecord) -> int:
+def report(args: argparse.Namespace, command: CommandRecord) -> int:
+    """Print a sent command's outcome (queued, or applied at a step with its diff)."""
     if args.json:
         emit_json(command.__dict__)
         return 0
@@ -40,7 +39,7 @@ def _report(args: argparse.Namespace, command: CommandRecord) -> int:
         print(f"command {command.id} ({command.kind}) queued")
         return 0
     diff = command.result.get("diff", {})
-    changes = "  ".join(f"{k} {number(a)} -> {number(b)}" for k, (a, b) in diff.items())
+    changes = diff_text(diff, "  ")
     where = f" at step {command.applied_step}" if command.applied_step is not None else ""
     print(
         f"applied {command.kind}{where}" + (f" (node n{command.node}): {changes}" if diff else "")
@@ -52,28 +51,21 @@ def _controller(store: Store, args: argparse.Namespace) -> Controller:
     return Controller(store, args.run, source="cli")
 
 
-def _change(kind: str) -> None:
+def _change(kind: str, help: str) -> None:
     def handler(args: argparse.Namespace, store: Store) -> int:
+        values = parse_assignments(args.assignments)
+        group = parse_group(args.group)
         ctl = _controller(store, args)
         send = ctl.set if kind == "set" else ctl.scale
-        done = send(
-            parse_assignments(args.assignments),
-            group=_group(args.group),
-            mode=args.mode,
-            wait=not args.no_wait,
-            timeout=args.timeout,
-        )
-        return _report(args, done)
+        done = send(values, group=group, mode=args.mode, wait=not args.no_wait,
+                    timeout=args.timeout)  # fmt: skip
+        return report(args, done)
 
-    helps = {
-        "set": "set tunables of a live run: retune set RUN lr=1e-3",
-        "scale": "multiply tunables of a live run: retune scale RUN lr=0.5",
-    }
-    command(kind, helps[kind], _change_args)(handler)
+    COMMANDS.command(kind, help, _change_args)(handler)
 
 
-_change("set")
-_change("scale")
+_change("set", "set tunables of a live run: retune set RUN lr=1e-3")
+_change("scale", "multiply tunables of a live run: retune scale RUN lr=0.5")
 
 
 def _plain_args(p: argparse.ArgumentParser) -> None:
@@ -81,34 +73,40 @@ def _plain_args(p: argparse.ArgumentParser) -> None:
     wait_args(p)
 
 
-def _plain(kind: str) -> None:
+def _plain(kind: str, name: str, help: str) -> None:
     def handler(args: argparse.Namespace, store: Store) -> int:
         ctl = _controller(store, args)
-        return _report(args, ctl.send(kind, wait=not args.no_wait, timeout=args.timeout))
+        return report(args, ctl.send(kind, wait=not args.no_wait, timeout=args.timeout))
 
-    helps = {
-        "pause": "hold a live run at its next step boundary",
-        "stop": "end a live run cleanly at its next step boundary",
-    }
-    command(kind, helps[kind], _plain_args)(handler)
+    COMMANDS.command(name, help, _plain_args)(handler)
 
 
-for _kind in ("pause", "stop"):  # resume: see _cli_checkpoints (it also resumes in a new process)
-    _plain(_kind)
+_plain("pause", "pause", "hold a live run at its next step boundary")
+# The command kind stays "resume" in the store (the audit and the API keep their word); on the
+# command line, `continue` un-pauses and `resume` continues a run in a new process.
+_plain("resume", "continue", "let a paused run continue")
+_plain("stop", "stop", "end a live run cleanly at its next step boundary")
 
 
-@command("get", "current values of a run's tunables, per param group", run_arg)
+def _live_value(entry: dict[str, Any]) -> Any:
+    """The tunable's current value: the trainer rewrites the run's tunables records at each
+    flush, so with a scheduler moving lr it is the optimizer's own value, not the last
+    command's."""
+    return entry.get("value")
+
+
+@COMMANDS.command("get", "current values of a run's tunables, per param group", run_arg)
 def _get(args: argparse.Namespace, store: Store) -> int:
     run = store.get_run(args.run)
     if args.json:
-        emit_json({entry["name"]: entry.get("value") for entry in run.tunables})
+        emit_json({entry["name"]: _live_value(entry) for entry in run.tunables})
         return 0
     if not run.tunables:
         print(f"run {run.name} ({run.id}) declared no tunables")
         return 0
     rows = []
     for entry in run.tunables:
-        value = entry.get("value")
+        value = _live_value(entry)
         groups = entry.get("groups")
         bounds = _bounds(entry)
         if groups is not None and isinstance(value, list):
@@ -128,7 +126,7 @@ def _bounds(entry: dict[str, Any]) -> str:
     return f"{left}, {right}" if (low is not None or high is not None) else "any finite"
 
 
-@command("changes", "every command sent to a run: who, when, what, outcome", run_arg)
+@COMMANDS.command("changes", "every command sent to a run: who, when, what, outcome", run_arg)
 def _changes(args: argparse.Namespace, store: Store) -> int:
     run = store.get_run(args.run)
     commands = store.list_commands(run.id)
@@ -142,7 +140,7 @@ def _changes(args: argparse.Namespace, store: Store) -> int:
     for c in commands:
         diff = c.result.get("diff")
         if diff:
-            what = "  ".join(f"{k} {number(a)} -> {number(b)}" for k, (a, b) in diff.items())
+            what = diff_text(diff, "  ")
         else:
             what = " ".join(f"{k}={number(v)}" for k, v in _flat(c.payload).items())
         outcome = c.status + (f": {c.reason}" if c.reason else "")

@@ -137,15 +137,88 @@ def test_errors_are_one_line_and_exit_2(
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_the_installed_command_exits_2_without_a_traceback(tmp_path: Path) -> None:
+def test_the_installed_command_exits_2_without_a_traceback(recorded: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "retune", "show", "missing", "--store", str(tmp_path / "x.db")],
+        [sys.executable, "-m", "retune", "show", "missing", "--store", recorded],
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 2
-    assert (
-        done.stderr
-        == f"retune: error: no run named or with id 'missing' in sqlite:///{tmp_path / 'x.db'}\n"
-    )
+    assert done.stderr == f"retune: error: no run named or with id 'missing' in {recorded}\n"
+
+
+def _files(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["runs"], ["show", "r"], ["metrics", "r", "loss"], ["tree", "r"], ["get", "r"],
+     ["changes", "r"], ["gc"], ["set", "r", "lr=0.1"], ["restore", "r", "c1"]],
+)  # fmt: skip
+def test_a_mistyped_store_path_creates_nothing(tmp_path: Path, command: list[str]) -> None:
+    before = _files(tmp_path)
+    typo = tmp_path / "typo" / "retune.db"
+    done = subprocess.run([sys.executable, "-m", "retune", *command, "--store", str(typo)],
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("retune: error: ") and done.stderr.count("\n") == 1
+    assert str(typo) in done.stderr and "Traceback" not in done.stderr
+    assert _files(tmp_path) == before  # no folder, no empty database
+
+
+def _branched(store: str) -> None:
+    """n1 steps 1..30 with checkpoints every 10; at 25 back to n1@20 (n2 from step 20 to 30)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with retune.init("branched", model=model, optimizer=opt, store=store,
+                     checkpoint_every_n_steps=10) as run:  # fmt: skip
+        restored = False
+        while run.global_step < 30:
+            run.step(loss=float(run.global_step + 1) + (100.0 if restored else 0.0))
+            if run.global_step == 25 and not restored:
+                run.restore("n1@20")
+                restored = True
+
+
+def test_metrics_csv_has_a_node_column_and_branch_gives_one_point_per_step(
+    store_url: str, capsys
+) -> None:
+    _branched(store_url)
+    code, out, _ = _run(capsys, "metrics", "branched", "loss", "--store", store_url, "--csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["step", "value", "time", "node"]
+    assert {r["node"] for r in rows} == {"n1", "n2"}
+    assert [r["step"] for r in rows if r["node"] == "n1"] == [str(s) for s in range(1, 26)]
+    code, out, _ = _run(capsys, "metrics", "branched", "loss", "--store", store_url, "--csv",
+                        "--branch", "n2")  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))  # the branch's own curve
+    assert [r["node"] for r in rows] == ["n1"] * 20 + ["n2"] * 10
+    assert float(rows[19]["value"]) == 20.0 and float(rows[20]["value"]) > 100
+    _, out, _ = _run(capsys, "metrics", "branched", "loss", "--store", store_url, "--json",
+                     "--branch", "n1", "--start", "24")  # fmt: skip
+    assert [(p["step"], p["node"]) for p in json.loads(out)] == [(24, "n1"), (25, "n1")]
+    code, _, err = _run(capsys, "metrics", "branched", "loss", "--store", store_url,
+                        "--branch", "n9")  # fmt: skip
+    assert code == 2 and "n9" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--start", "٣", "ASCII digits"), ("--end", "²", "ASCII digits"),
+     ("--start", "1" + "0" * 400, "too large"), ("--max-points", "1_0", "ASCII digits")],
+)  # fmt: skip
+def test_step_numbers_are_ascii_64_bit_integers(
+    recorded: str, flag: str, value: str, message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "retune", "metrics", "cli-run", "loss", flag, value,
+         "--store", recorded], capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and message in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,125 @@
+"""The ``retune`` command line.
+
+Each module below owns one group of commands (a :class:`~retune.cli._registry.Group`); the
+parser is built from the explicit list :data:`MODULES`, so adding a command is one decorated
+function in its group's module. Every ``RetuneError`` becomes one line on stderr and exit code
+2; a reader that goes away (``retune metrics RUN loss | head``) ends the command quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from retune.cli import _checkpoints, _control, _db, _runs, _serve
+from retune.cli._registry import Command
+from retune.errors import RetuneError, StoreUnavailable
+from retune.store import Store, open_store, resolve_store_url
+
+__all__ = ["MODULES", "build_parser", "main"]
+
+MODULES = (_runs, _control, _checkpoints, _serve, _db)
+"""The command groups, in the order ``retune --help`` lists them."""
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command ended by SIGPIPE
+_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _PASSWORD.sub(r"\g<head>***@", text)
+
+
+def commands() -> dict[str, Command]:
+    """Every command by name, from :data:`MODULES`."""
+    out: dict[str, Command] = {}
+    for module in MODULES:
+        for cmd in module.COMMANDS.commands:
+            if cmd.name in out:
+                raise RuntimeError(f"two CLI commands are named {cmd.name!r}")
+            out[cmd.name] = cmd
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every command, each with ``--store`` and ``--json``."""
+    parser = argparse.ArgumentParser(
+        prog="retune",
+        description="Interactive hyperparameter tuning with experiment tracking.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", help="store URL or path (default $RETUNE_STORE or "
+                        "./.retune/retune.db)")  # fmt: skip
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in commands().values():
+        child = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, parents=[common])
+        cmd.add_arguments(child)
+    return parser
+
+
+def _open_existing(url: str | None) -> Store:
+    """Open the store at ``url`` without creating anything: a SQLite path that does not exist
+    is an error (no folder, no empty database)."""
+    resolved = resolve_store_url(url)
+    prefix = "sqlite:///"
+    if resolved.startswith(prefix):
+        raw = resolved[len(prefix) :].partition("?")[0]
+        if raw and raw != ":memory:" and not Path(raw).exists():
+            raise StoreUnavailable(
+                f"no store at {raw} (nothing was created): check --store or $RETUNE_STORE; "
+                "a training run creates it, or `retune db upgrade --store PATH`"
+            )
+    return open_store(resolved)
+
+
+def _dispatch(cmd: Command, args: argparse.Namespace) -> int:
+    if cmd.store == "none":
+        return cmd.handler(args, _NO_STORE)
+    with _open_existing(args.store) as store:
+        args.store_shown = redact(store.url)
+        return cmd.handler(args, store)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor (tests)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 failed check, 2 error, 130 interrupted,
+    141 when stdout's reader went away, as after ``| head``)."""
+    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    trailing: list[str] = []
+    if "--" in words:  # everything after -- is a command to run (retune resume RUN -- ...)
+        cut = words.index("--")
+        words, trailing = words[:cut], words[cut + 1 :]
+    args = parser.parse_args(words)
+    args.trailing = trailing
+    cmd = commands()[args.command]
+    try:
+        code = _dispatch(cmd, args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    except RetuneError as e:
+        print(f"retune: error: {redact(str(e))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("retune: interrupted", file=sys.stderr)
+        return 130
+
+
+_NO_STORE: Any = None
