@@ -25,12 +25,13 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
 from retune.errors import StopTraining
 
-__all__ = ["GRACE_SECONDS", "cancel_grace", "terminated", "track", "untrack"]
+__all__ = ["GRACE_SECONDS", "cancel_grace", "retry_at_exit", "terminated", "track", "untrack"]
 
 GRACE_SECONDS = 10.0
 """How long a first SIGTERM / Ctrl-C waits for a step boundary before it interrupts at once."""
@@ -55,6 +56,7 @@ _uncaught: list[str] = []
 _terminated: list[int] = []
 _signalled: list[int] = []
 _grace: list[threading.Timer] = []
+_retries: list[Callable[[], None]] = []
 
 
 def _excepthook(
@@ -137,6 +139,15 @@ def _at_exit() -> None:
         status = "crashed" if error else "finished"
     for run in list(_open_runs):
         run._end_from_lifecycle(status, error)
+    while _retries:
+        _retries.pop(0)()
+
+
+def retry_at_exit(attempt: Callable[[], None]) -> None:
+    """Run ``attempt`` once more at interpreter exit (ending a run the store refused to mark
+    ended, once space may allow). ``attempt`` must not raise."""
+    with _lock:
+        _retries.append(attempt)
 
 
 def track(run: _Endable) -> None:

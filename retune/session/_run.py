@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -133,6 +134,7 @@ class Run:
         self.ui_server: Any = None  # the dashboard served by retune.init(..., ui=True)
         self._ui_store: Store | None = None
         self._ended = False
+        self._ending_pending = False  # finish() could not write the end: retried at exit
         self._poll_interval = poll_interval
         self._end_lock = threading.Lock()
         self._applier = Applier(dict(HANDLERS))
@@ -512,7 +514,9 @@ class Run:
         Also removes the scheduler pin/hook Retune installed and stops a ``ui=True`` dashboard.
         When the last metrics cannot be written (a full disk), the run is marked ``crashed``
         with the reason and ``StoreError`` is raised; when even that cannot be written, the
-        error says so (readers then show the run as stale: its heartbeat has stopped).
+        error says so, and the end is tried again at interpreter exit (metrics still held
+        included), once space may allow; failing that, readers show the run as stale (its
+        heartbeat has stopped).
         """
         with self._end_lock:
             if self._ended:
@@ -535,15 +539,37 @@ class Run:
         try:
             self._mark_ended(status, error)
         except RetuneError as e:
+            _lifecycle.retry_at_exit(lambda: self._retry_ending(status, error))
+            self._ending_pending = True
             raise StoreError(
-                f"run {self.name} ({self.id}) could not be marked {status}: {e}; "
-                "it will show as stale (no heartbeat)"
+                f"run {self.name} ({self.id}) could not be marked {status}: {e}; retried at "
+                "exit, else it shows as stale (no heartbeat)"
             ) from (lost or e)
         finally:
-            if self._owns_store:
+            if self._owns_store and not self._ending_pending:
                 self.store.close()
         if lost is not None:
             raise StoreError(f"run {self.name} ({self.id}) ended crashed: {error}") from lost
+
+    def _retry_ending(self, status: str, error: str | None) -> None:
+        """At exit, after ``finish()`` could not write the end (a full disk): write what is
+        still held and mark the run ``status`` (``crashed`` with the reason) if space allows."""
+        try:
+            try:
+                self._writer.close()
+            except RetuneError as e:
+                log.debug("retune: held metrics still not written: %s", e)
+            self._mark_ended(status, error)
+            print(f"retune: run {self.name} ({self.id}) marked {status} at exit", file=sys.stderr)
+        except RetuneError as e:
+            print(
+                f"retune: run {self.name} ({self.id}) could not be marked {status} ({e}); "
+                "it shows as stale",
+                file=sys.stderr,
+            )
+        finally:
+            if self._owns_store:
+                self.store.close()
 
     def _mark_ended(self, status: str, error: str | None) -> None:
         now = time.time()

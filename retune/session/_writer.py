@@ -10,12 +10,12 @@ What is never lost:
 * Draining is one C-level call into the writer's own list of unwritten points, so an
   interruption (Ctrl-C, SIGTERM) at any moment of a flush leaves every point either written or
   still held for the next flush; ``close()`` writes what is held.
-* When the store refuses a batch, its chunks are written one by one: a chunk the store refuses
-  while others of the same flush are written (a poison point) is held apart and, after
-  :data:`MAX_STRIKES` such refusals, dropped with a warning and a ``metrics_dropped`` event;
-  it never blocks the other points. When the store refuses everything (down, disk full),
-  nothing is dropped: it is all retried, and ``close()`` raises if it still fails, so data
-  acknowledged by ``finish()`` is never silently lost.
+* When the store refuses a batch for its content (``StoreError``), its chunks are written one
+  by one: a chunk refused for its content (a poison point) is held apart and, after
+  :data:`MAX_STRIKES` refusals, dropped with a warning and a ``metrics_dropped`` event; it
+  never blocks the other points. When the store cannot be used (``StoreUnavailable``: down,
+  locked, disk full), nothing is dropped: it is all retried, and ``close()`` raises if it
+  still fails, so data acknowledged by ``finish()`` is never silently lost.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from itertools import repeat, starmap
 
 import numpy as np
 
-from retune.errors import RetuneError, StoreError
+from retune.errors import RetuneError, StoreError, StoreUnavailable
 from retune.store import MetricChunk, Store
 
 __all__ = ["MAX_STRIKES", "MetricWriter", "Point"]
@@ -40,7 +40,7 @@ Point = tuple[int, int, float, Mapping[str, float]]
 """(step, node, wall time, {key: value})"""
 
 MAX_STRIKES = 3
-"""Refusals of one chunk (while other chunks were written) before it is dropped."""
+"""Refusals of one chunk for its content before it is dropped."""
 
 
 def pack(points: list[Point]) -> list[MetricChunk]:
@@ -124,7 +124,9 @@ class MetricWriter:
     def flush(self) -> int:
         """Write every point buffered so far; returns how many points were written.
 
-        Raises ``StoreError`` when the store refuses all of them; they stay held for a retry.
+        Raises ``StoreUnavailable`` (a ``StoreError``) when the store cannot be used (down,
+        locked, disk full): every point stays held for a retry. Chunks the store refuses for
+        their content are held apart and dropped after :data:`MAX_STRIKES` refusals.
         """
         with self._lock:
             buffer = self.buffer
@@ -137,12 +139,16 @@ class MetricWriter:
             held = [chunk for chunk, _ in self._held]
             try:
                 self._write([*held, *fresh])
-            except RetuneError as e:
-                written = self._isolate(fresh, e)
+            except StoreUnavailable:
+                self._held = [*self._held, *((chunk, 0) for chunk in fresh)]
+                self._unwritten = []
+                raise
+            except RetuneError:
+                written = self._isolate(fresh)
             else:
                 self._held = []
+                self._unwritten = []
                 written = sum(len(c.steps) for c in [*held, *fresh])
-            self._unwritten = []
             self._warned = False
         if self._after_flush is not None:
             self._after_flush()
@@ -158,27 +164,31 @@ class MetricWriter:
         except Exception as e:  # a driver error that escaped the store's translation
             raise StoreError(f"metrics could not be written: {type(e).__name__}: {e}") from e
 
-    def _isolate(self, fresh: list[MetricChunk], error: RetuneError) -> int:
-        """The batch was refused: write chunk by chunk, hold or drop what is refused alone."""
+    def _isolate(self, fresh: list[MetricChunk]) -> int:
+        """The batch was refused for its content: write chunk by chunk. A chunk refused for
+        its content gets a strike (dropped at :data:`MAX_STRIKES`); one refused because the
+        store cannot be used is kept as it is."""
         candidates = [*self._held, *((chunk, 0) for chunk in fresh)]
-        written, refused = 0, []
+        kept: list[tuple[MetricChunk, int]] = []
+        written = 0
+        unavailable: StoreUnavailable | None = None
         for chunk, strikes in candidates:
             try:
                 self._write([chunk])
+            except StoreUnavailable as e:
+                unavailable = e
+                kept.append((chunk, strikes))
             except RetuneError as e:
-                refused.append((chunk, strikes, e))
+                if strikes + 1 < MAX_STRIKES:
+                    kept.append((chunk, strikes + 1))
+                else:
+                    self._drop(chunk, e)
             else:
                 written += len(chunk.steps)
-        if not written:  # the store takes nothing: keep it all, without a strike
-            self._held = [(chunk, strikes) for chunk, strikes, _ in refused]
-            self._unwritten = []
-            raise error
-        self._held = []
-        for chunk, strikes, why in refused:
-            if strikes + 1 < MAX_STRIKES:
-                self._held.append((chunk, strikes + 1))
-            else:
-                self._drop(chunk, why)
+        # only now: an interruption above leaves everything to be written again (never lost)
+        self._held, self._unwritten = kept, []
+        if unavailable is not None and not written:
+            raise unavailable
         return written
 
     def _drop(self, chunk: MetricChunk, error: RetuneError) -> None:
@@ -186,12 +196,10 @@ class MetricWriter:
         self.dropped += count
         reason = str(error)[:500]
         log.warning(
-            "retune: dropped %d point(s) of metric %r (node n%d): the store refused them "
-            "%d times while it took the others: %s",
+            "retune: dropped %d point(s) of metric %r (node n%d): the store refused them: %s",
             count,
             chunk.key,
             chunk.node,
-            MAX_STRIKES,
             reason,
         )
         try:
@@ -220,8 +228,9 @@ class MetricWriter:
     def close(self) -> None:
         """Stop the thread and write what is left.
 
-        Raises ``StoreError`` when the store refuses everything (the points stay held). Chunks
-        it refused alone get one last try each and are then dropped (warning and event).
+        Raises ``StoreError`` when the store cannot be used (the points stay held, and a
+        later ``close()`` tries again). Chunks it refuses for their content get one last try
+        each and are then dropped (a warning and a ``metrics_dropped`` event).
         """
         self._stop.set()
         if self._thread is not threading.current_thread():
@@ -229,9 +238,12 @@ class MetricWriter:
         self.flush()
         with self._lock:
             held, self._held = self._held, []
-            for chunk, _ in held:
+            for index, (chunk, _) in enumerate(held):
                 try:
                     self._write([chunk])
+                except StoreUnavailable:
+                    self._held = held[index:]
+                    raise
                 except RetuneError as e:
                     self._drop(chunk, e)
 
