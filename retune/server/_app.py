@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
@@ -25,10 +28,11 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from retune import _json
 from retune.control import current_user, submit
-from retune.errors import InvalidArgument, RetuneError
+from retune.errors import InvalidArgument, NodeNotFound, RetuneError
 from retune.server._security import SecurityPolicy
 from retune.session._snapshot import MetricSeries, read_snapshot
 from retune.store import LIVE_STATUSES, RunRecord, Store
@@ -37,6 +41,11 @@ __all__ = ["create_app"]
 
 STATIC = Path(__file__).parent / "static"
 STALE_AFTER = 30.0
+INT64_MAX = 2**63 - 1
+_NODE = re.compile(r"n?([0-9]{1,18})", re.ASCII)
+_HTTP_CODES = {400: "invalid_argument", 404: "not_found", 405: "method_not_allowed"}
+_log = logging.getLogger("retune.server")
+Step = Annotated[int | None, Query(ge=-INT64_MAX, le=INT64_MAX)]
 
 
 class CommandIn(BaseModel):
@@ -80,6 +89,35 @@ def _series(series: MetricSeries) -> dict[str, Any]:
     }
 
 
+def _node(ref: str) -> int:
+    """A node reference from a URL (``n3`` or ``3``, ASCII digits only) -> 3."""
+    match = _NODE.fullmatch(ref.strip())
+    if match is None:
+        raise NodeNotFound(f"{ref!r} is not a node (nodes are written n1, n2, ...)")
+    return int(match.group(1))
+
+
+def _check_payload(value: Any, where: str = "payload", depth: int = 0) -> None:
+    """Refuse what no command can mean before it reaches validation: integers beyond 64 bits
+    (``10**400`` parses as JSON) and a ``group`` written with non-ASCII digits (``"²"``).
+    """
+    if depth > 32:
+        raise InvalidArgument(f"{where} is nested too deeply")
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -INT64_MAX <= value <= INT64_MAX:
+        raise InvalidArgument(f"{where}: integers must fit in 64 bits")
+    if isinstance(value, Mapping):
+        group = value.get("group") if depth == 0 else None
+        if isinstance(group, str) and group.isdigit() and not group.isascii():
+            raise InvalidArgument(f"group must be an index (ASCII digits) or a name, got {group!r}")
+        for key, item in value.items():
+            _check_payload(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_payload(item, f"{where}[{index}]", depth + 1)
+
+
 def create_app(
     store: Store,
     *,
@@ -97,6 +135,19 @@ def create_app(
     @app.exception_handler(RetuneError)
     async def _retune_error(_request: Request, error: RetuneError) -> JSONResponse:
         return JSONResponse(error.to_dict(), status_code=error.http_status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(error.status_code, f"http_{error.status_code}")
+        return JSONResponse({"error": code, "message": str(error.detail)},
+                            status_code=error.status_code, headers=error.headers)  # fmt: skip
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        # a bug: say so without details (they may hold paths or secrets); the log has them
+        _log.error("%s %s failed: %s", request.method, request.url.path, type(error).__name__)
+        return JSONResponse({"error": "internal_error", "message": "internal error (a bug in "
+                             "Retune; the server log has details)"}, status_code=500)  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -132,40 +183,83 @@ def create_app(
         snapshot = await blocking(read_snapshot, store, run)
         return _json_response({"nodes": [n.to_dict() for n in snapshot.tree()]})
 
-    @app.get("/api/runs/{run}/metrics/{key}", summary="A metric, downsampled by min/max buckets")
+    def read_metric(  # noqa: PLR0917 - the query parameters, passed along
+        run: str, key: str, branch: str | None, start: int | None, end: int | None, max_points: int
+    ) -> dict[str, Any]:
+        from retune.session._tree import branch_mask, path_to
+
+        record = store.get_run(run)
+        data = store.read_metric(record.id, key, start=start, end=end)
+        if not len(data.steps) and key not in store.metric_keys(record.id):
+            raise InvalidArgument(f"run {record.name} has no metric {key!r}")
+        series = MetricSeries(key, data.steps, data.values, data.times, data.nodes)
+        if branch is not None:
+            path = path_to(tuple(store.list_nodes(record.id)), _node(branch))
+            mask = branch_mask(path, series.nodes, series.steps)
+            index = mask.nonzero()[0]
+            index = index[series.steps[index].argsort(kind="stable")]
+            series = MetricSeries(key, series.steps[index], series.values[index],
+                                  series.times[index], series.nodes[index])  # fmt: skip
+        total = len(series)
+        picked = series.select(max_points=max_points)
+        return {"key": key, "total": total, **_series(picked)}
+
+    def read_branches(run: str, key: str, node: list[str], max_points: int) -> dict[str, Any]:
+        from retune.session._tree import branch_mask, path_to
+
+        record = store.get_run(run)
+        data = store.read_metric(record.id, key)
+        nodes = tuple(store.list_nodes(record.id))
+        out = {}
+        for ref in node[:64]:
+            path = path_to(nodes, _node(ref))
+            index = branch_mask(path, data.nodes, data.steps).nonzero()[0]
+            index = index[data.steps[index].argsort(kind="stable")]
+            series = MetricSeries(key, data.steps[index], data.values[index],
+                                  data.times[index], data.nodes[index])  # fmt: skip
+            out[ref] = {"total": len(series), **_series(series.select(max_points=max_points))}
+        return {"key": key, "branches": out}
+
+    @app.get("/api/runs/{run}/metric", summary="A metric, downsampled by min/max buckets")
+    async def metric_by_query(  # noqa: PLR0917 - FastAPI passes query parameters by name
+        run: str,
+        key: Annotated[str, Query(description="the metric's name; any text, e.g. val/loss")],
+        branch: str | None = None,
+        start: Step = None,
+        end: Step = None,
+        max_points: int = Query(2000, ge=3, le=100_000),
+    ) -> JSONResponse:
+        return _json_response(await blocking(read_metric, run, key, branch, start, end, max_points))
+
+    @app.get(
+        "/api/runs/{run}/metrics/{key:path}",
+        summary="A metric, downsampled (the name in the path; names such as val/loss work)",
+    )
     async def metric(  # noqa: PLR0917 - FastAPI passes query parameters by name
         run: str,
         key: str,
         branch: str | None = None,
-        start: int | None = None,
-        end: int | None = None,
+        start: Step = None,
+        end: Step = None,
         max_points: int = Query(2000, ge=3, le=100_000),
     ) -> JSONResponse:
-        def read() -> dict[str, Any]:
-            record = store.get_run(run)
-            data = store.read_metric(record.id, key, start=start, end=end)
-            if not len(data.steps) and key not in store.metric_keys(record.id):
-                raise InvalidArgument(f"run {record.name} has no metric {key!r}")
-            series = MetricSeries(key, data.steps, data.values, data.times, data.nodes)
-            if branch is not None:
-                snapshot_nodes = tuple(store.list_nodes(record.id))
-                from retune.session._tree import branch_mask, parse_node, path_to
-
-                path = path_to(snapshot_nodes, parse_node(branch))
-                mask = branch_mask(path, series.nodes, series.steps)
-                index = mask.nonzero()[0]
-                index = index[series.steps[index].argsort(kind="stable")]
-                series = MetricSeries(key, series.steps[index], series.values[index],
-                                      series.times[index], series.nodes[index])  # fmt: skip
-            total = len(series)
-            picked = series.select(max_points=max_points)
-            return {"key": key, "total": total, **_series(picked)}
-
-        return _json_response(await blocking(read))
+        return _json_response(await blocking(read_metric, run, key, branch, start, end, max_points))
 
     @app.get(
-        "/api/runs/{run}/branches/{key}",
+        "/api/runs/{run}/branches",
         summary="A metric along several branches at once (one read), each downsampled",
+    )
+    async def branches_by_query(
+        run: str,
+        key: Annotated[str, Query(description="the metric's name; any text, e.g. val/loss")],
+        node: Annotated[list[str], Query(description="branch end nodes: node=n3&node=n7")],
+        max_points: int = Query(2000, ge=3, le=100_000),
+    ) -> JSONResponse:
+        return _json_response(await blocking(read_branches, run, key, node, max_points))
+
+    @app.get(
+        "/api/runs/{run}/branches/{key:path}",
+        summary="A metric along several branches (the name in the path)",
     )
     async def branches(
         run: str,
@@ -173,23 +267,7 @@ def create_app(
         node: Annotated[list[str], Query(description="branch end nodes: node=n3&node=n7")],
         max_points: int = Query(2000, ge=3, le=100_000),
     ) -> JSONResponse:
-        def read() -> dict[str, Any]:
-            from retune.session._tree import branch_mask, parse_node, path_to
-
-            record = store.get_run(run)
-            data = store.read_metric(record.id, key)
-            nodes = tuple(store.list_nodes(record.id))
-            out = {}
-            for ref in node[:64]:
-                path = path_to(nodes, parse_node(ref))
-                index = branch_mask(path, data.nodes, data.steps).nonzero()[0]
-                index = index[data.steps[index].argsort(kind="stable")]
-                series = MetricSeries(key, data.steps[index], data.values[index],
-                                      data.times[index], data.nodes[index])  # fmt: skip
-                out[ref] = {"total": len(series), **_series(series.select(max_points=max_points))}
-            return {"key": key, "branches": out}
-
-        return _json_response(await blocking(read))
+        return _json_response(await blocking(read_branches, run, key, node, max_points))
 
     @app.get("/api/runs/{run}/metrics", summary="The run's metric keys")
     async def metric_keys(run: str) -> JSONResponse:
@@ -209,12 +287,15 @@ def create_app(
             )
         # who: the token holder off loopback, else the OS user the dashboard runs as
         user = "token" if token is not None else current_user()
+        _check_payload(command.payload)
         record = await blocking(submit, store, run, command.kind, command.payload,
                                 source="ui", user=user)  # fmt: skip
         return _json_response(record.__dict__, status=202)
 
     @app.get("/api/commands/{command_id}", summary="One command")
-    async def command_detail(command_id: int) -> JSONResponse:
+    async def command_detail(
+        command_id: Annotated[int, PathParam(ge=0, le=INT64_MAX)],
+    ) -> JSONResponse:
         return _json_response((await blocking(store.get_command, command_id)).__dict__)
 
     @app.get("/api/events", summary="Server-Sent Events: a 'runs' event whenever anything moves")

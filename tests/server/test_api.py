@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,7 +39,7 @@ def runs(store: Store) -> Iterator[dict[str, Any]]:
     live = retune.init("live", model=model, optimizer=opt, store=store, flush_interval=0.05)
     live.step(loss=1.0)
     live.flush()
-    yield {"finished": finished.id, "live": live.id}
+    yield {"finished": finished.id, "live": live.id, "live_run": live}
     live.finish()
 
 
@@ -191,9 +193,151 @@ def test_init_with_ui_serves_the_dashboard(store_url: str) -> None:
         run.ui_server.should_exit = True
 
 
-def test_server_sent_events(client: TestClient, runs: dict[str, Any]) -> None:
-    with client.stream("GET", "/api/events?interval=0.1") as stream:
+def _sse_events(url: str, wanted: int, between: Any, timeout: float = 30.0) -> list[str]:
+    """The data of the first ``wanted`` ``runs`` events, calling ``between()`` after each one.
+
+    Fails (never hangs) when they do not come: a read times out after 5 s of silence, and the
+    whole wait is bounded by ``timeout``; keep-alives arrive every interval so both are checked.
+    """
+    import httpx
+
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    event = None
+    with httpx.stream("GET", url, timeout=5) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
         for line in stream.iter_lines():
+            assert time.monotonic() < deadline, f"only {len(seen)} of {wanted} events in time"
             if line.startswith("event:"):
-                assert line == "event: runs"
-                break
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event == "runs":
+                seen.append(line.removeprefix("data:").strip())
+                if len(seen) == wanted:
+                    return seen
+                between()
+    raise AssertionError(f"the stream ended after {len(seen)} of {wanted} events")
+
+
+def test_server_sent_events_announce_every_change(store_url: str, runs: dict[str, Any]) -> None:
+    from tests.server._fuzz import live_dashboard
+
+    live = runs["live_run"]
+
+    def train_a_step() -> None:
+        live.step(loss=0.5)
+        live.flush()
+
+    with live_dashboard(store_url) as base:
+        first, second = _sse_events(f"{base}/api/events?interval=0.1", 2, train_a_step)
+    state = {row[0]: row for row in json.loads(first)[0]}
+    assert state[runs["live"]][2] == 1 and state[runs["finished"]][1] == "finished"
+    assert {row[0]: row for row in json.loads(second)[0]}[runs["live"]][2] == 2
+
+
+# ---- metric names with "/" and friends (issue 8, item 12) -------------------------------------
+
+
+@pytest.fixture
+def slashed(store: Store) -> str:
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with retune.init("slashed", model=model, optimizer=opt, store=store) as run:
+        for i in range(1, 11):
+            run.step(**{"val/loss": float(i), "a%2Fb": -float(i), "..": 1.0, "q?x#y": 2.0})
+    return run.id
+
+
+@pytest.mark.parametrize("key", ["val/loss", "a%2Fb", "q?x#y", ".."])
+def test_any_metric_name_is_served_by_query(client: TestClient, slashed: str, key: str) -> None:
+    from urllib.parse import quote
+
+    series = client.get("/api/runs/slashed/metric", params={"key": key}).json()
+    assert series["key"] == key and series["total"] == 10
+    both = client.get("/api/runs/slashed/branches", params={"key": key, "node": "n1"}).json()
+    assert both["key"] == key and both["branches"]["n1"]["total"] == 10
+    # in a path, ".." is resolved away by clients and "%2F" cannot be told from "/" by every
+    # server (Starlette's test client decodes twice): names like these need the query form
+    if key not in {"..", "a%2Fb"}:
+        by_path = client.get(f"/api/runs/slashed/metrics/{quote(key, safe='')}").json()
+        assert by_path["key"] == key and by_path["total"] == 10
+        by_path = client.get(f"/api/runs/slashed/branches/{quote(key, safe='')}?node=n1").json()
+        assert by_path["branches"]["n1"]["total"] == 10
+
+
+def test_a_slash_in_a_metric_name_reaches_the_path_routes(client: TestClient, slashed: str) -> None:
+    assert client.get("/api/runs/slashed/metrics/val/loss").json()["total"] == 10
+    assert client.get("/api/runs/slashed/branches/val/loss?node=n1").json()["key"] == "val/loss"
+    _error(client.get("/api/runs/slashed/metric", params={"key": "val/nope"}), 400,
+           "invalid_argument")  # fmt: skip
+    _error(client.get("/api/runs/slashed/metric"), 400, "invalid_argument")
+
+
+# ---- 4xx with a reason, never 5xx (issue 8, item 16) -----------------------------------------
+
+BIG = "9" * 30  # beyond 64 bits
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        (f"/api/commands/{BIG}", 400, "invalid_argument"),
+        (f"/api/commands/-{BIG}", 400, "invalid_argument"),
+        ("/api/commands/%C2%B2", 400, "invalid_argument"),  # ²
+        (f"/api/runs/done/metrics/loss?start={BIG}", 400, "invalid_argument"),
+        (f"/api/runs/done/metrics/loss?end=-{BIG}", 400, "invalid_argument"),
+        ("/api/runs/done/metrics/loss?start=%D9%A3", 400, "invalid_argument"),  # ٣
+        ("/api/runs/done/metrics/loss?branch=n%C2%B2", 404, "node_not_found"),
+        ("/api/runs/done/metrics/loss?branch=n%D9%A3", 404, "node_not_found"),  # int() takes it
+        (f"/api/runs/done/metrics/loss?branch=n{BIG}", 404, "node_not_found"),
+        ("/api/runs/done/branches/loss?node=%C2%B2", 404, "node_not_found"),
+        ("/api/runs/done/branches/loss?node=n%D9%A3", 404, "node_not_found"),
+        (f"/api/runs/done/branches/loss?node={BIG}", 404, "node_not_found"),
+        ("/api/nope", 404, "not_found"),
+    ],
+)
+def test_bad_numbers_in_urls_are_4xx_with_a_reason(
+    client: TestClient, runs: dict[str, Any], path: str, status: int, code: str
+) -> None:
+    _error(client.get(path), status, code)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        {"kind": "set", "payload": {"values": {"lr": int(BIG)}}},
+        {"kind": "set", "payload": {"values": {"lr": -int(BIG)}}},
+        {"kind": "set", "payload": {"values": {"lr": 10**400}}},
+        {"kind": "set", "payload": {"values": {"lr": 0.01}, "group": "²"}},
+        {"kind": "set", "payload": {"values": {"lr": 0.01}, "group": "٣"}},
+        {"kind": "set", "payload": {"values": {"lr": 0.01}, "group": int(BIG)}},
+        {"kind": "scale", "payload": {"factors": {"lr": 10**400}}},
+        {"kind": "scale", "payload": {"factors": {"lr": 2}, "group": "²"}},
+        {"kind": "restore", "payload": {"target": "c²"}},
+        {"kind": "restore", "payload": {"target": "n٣"}},
+        {"kind": "restore", "payload": {"target": f"c{BIG}"}},
+        {"kind": "restore", "payload": {"target": "latest", "set": {"lr": 10**400}}},
+    ],
+)
+def test_bad_numbers_in_commands_are_4xx_with_a_reason(
+    client: TestClient, runs: dict[str, Any], command: dict[str, Any]
+) -> None:
+    body = json.dumps(command)  # Python's json writes 10**400 as digits, as any client may
+    response = client.post("/api/runs/live/commands", content=body,
+                           headers={**JSON, "Origin": ORIGIN})  # fmt: skip
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"] in {"invalid_argument", "command_rejected"}
+    assert response.json()["message"]
+    pending = [c for c in client.get("/api/runs/live/commands").json() if c["status"] != "rejected"]
+    assert pending == []
+
+
+@pytest.mark.parametrize(
+    "body", ["{", "\\xff", "[" * 100_000 + "]" * 100_000, '{"kind": 1}', "null"]
+)
+def test_malformed_bodies_are_400_with_a_reason(
+    client: TestClient, runs: dict[str, Any], body: str
+) -> None:
+    response = client.post("/api/runs/live/commands", content=body,
+                           headers={**JSON, "Origin": ORIGIN})  # fmt: skip
+    _error(response, 400, "invalid_argument")
