@@ -57,5 +57,12 @@ bench: $(VENV)/.installed-bench browser
 	$(PY) benchmarks/dashboard.py $(BENCH_FLAGS) --out benchmarks/results/dashboard.json
 	$(PY) benchmarks/report.py
 
+# The full reliability campaign (make test runs its short forms, marked `campaign`): 100 SIGKILLs,
+# 8 concurrent trainings on one SQLite store, >= 2,000 fuzzed requests to a live `retune ui`.
+# Prints the figures docs/reliability.md quotes (also written to soak.json); fails on any broken promise.
+.PHONY: soak
+soak: $(VENV)/.installed-dev
+	$(PY) scripts/soak.py --json soak.json
+
 clean:
 	rm -rf $(VENV) .retune .pytest_cache .mypy_cache .ruff_cache

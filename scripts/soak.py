@@ -1,0 +1,84 @@
+"""``make soak``: the full reliability campaign, with the figures docs/reliability.md quotes.
+
+usage: python scripts/soak.py [--kills 100] [--runs 8] [--steps 3000] [--examples 150]
+                              [--seed 0] [--only kill,concurrency,fuzz] [--json PATH]
+
+Runs the kill campaign, the concurrency campaign and the API fuzzing campaign in full (the
+short forms run in ``make test``), prints each one's figures and every broken promise, writes
+all the counts as JSON (``--json``), and exits 1 when any promise broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's tests package
+
+from tests.campaign import concurrency, fuzz, kill
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--examples", type=int, default=150, help="fuzz cases per operation/mode")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="kill,concurrency,fuzz")
+    parser.add_argument("--json", type=Path, help="write every count here")
+    args = parser.parse_args(argv)
+    wanted = set(args.only.split(","))
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    figures: dict[str, Any] = {"seed": args.seed, "started": started}
+    failures: list[str] = []
+    summaries: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="retune-soak-") as tmp:
+        root = Path(tmp)
+        if "kill" in wanted:
+            (root / "kill").mkdir()
+            print(f"== kill campaign: {args.kills} SIGKILLs", flush=True)
+            k = kill.run_campaign(root / "kill", kills=args.kills, seed=args.seed, log=_say)
+            figures["kill"] = asdict(k)
+            summaries.append(k.summary())
+            failures += [f"kill: {f}" for f in k.failures()]
+        if "concurrency" in wanted:
+            (root / "concurrency").mkdir()
+            print(f"== concurrency: {args.runs} runs x {args.steps} steps", flush=True)
+            c = concurrency.run_campaign(
+                root / "concurrency", runs=args.runs, steps=args.steps, seed=args.seed, log=_say
+            )
+            figures["concurrency"] = asdict(c)
+            summaries.append(c.summary())
+            failures += [f"concurrency: {f}" for f in c.failures()]
+        if "fuzz" in wanted:
+            (root / "fuzz").mkdir()
+            print(f"== API fuzzing: {args.examples} cases per operation and mode", flush=True)
+            f = fuzz.run_campaign(root / "fuzz", examples=args.examples, seed=args.seed, log=_say)
+            figures["fuzz"] = asdict(f)
+            summaries.append(f.summary())
+            failures += [f"fuzz: {x}" for x in f.failures()]
+    figures["failures"] = failures
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    print("== soak figures")
+    for summary in summaries:
+        print(summary)
+    for failure in failures:
+        print("FAIL:", failure)
+    print("soak:", "FAILED" if failures else "every promise held")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
