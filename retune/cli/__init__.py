@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from retune.cli import _checkpoints, _control, _db, _runs, _serve
 from retune.cli._registry import Command
-from retune.errors import RetuneError, StoreUnavailable
-from retune.store import Store, open_store, resolve_store_url
+from retune.errors import RetuneError, redact
+from retune.store import open_store
 
 __all__ = ["MODULES", "build_parser", "main"]
 
@@ -27,12 +25,6 @@ MODULES = (_runs, _control, _checkpoints, _serve, _db)
 """The command groups, in the order ``retune --help`` lists them."""
 
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a command ended by SIGPIPE
-_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***``."""
-    return _PASSWORD.sub(r"\g<head>***@", text)
 
 
 def commands() -> dict[str, Command]:
@@ -63,25 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_existing(url: str | None) -> Store:
-    """Open the store at ``url`` without creating anything: a SQLite path that does not exist
-    is an error (no folder, no empty database)."""
-    resolved = resolve_store_url(url)
-    prefix = "sqlite:///"
-    if resolved.startswith(prefix):
-        raw = resolved[len(prefix) :].partition("?")[0]
-        if raw and raw != ":memory:" and not Path(raw).exists():
-            raise StoreUnavailable(
-                f"no store at {raw} (nothing was created): check --store or $RETUNE_STORE; "
-                "a training run creates it, or `retune db upgrade --store PATH`"
-            )
-    return open_store(resolved)
-
-
 def _dispatch(cmd: Command, args: argparse.Namespace) -> int:
     if cmd.store == "none":
         return cmd.handler(args, _NO_STORE)
-    with _open_existing(args.store) as store:
+    with open_store(args.store, create=cmd.store == "create") as store:
         args.store_shown = redact(store.url)
         return cmd.handler(args, store)
 

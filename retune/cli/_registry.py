@@ -2,14 +2,14 @@
 pieces every group shares (the RUN argument, --no-wait/--timeout, typed numbers, JSON output).
 
 A command is ``(args, store) -> exit code``. Its ``store`` says how the store is opened:
-``"read"`` (must already exist: a mistyped ``--store`` creates nothing), or ``"none"`` (the
-handler opens what it needs itself, e.g. ``db upgrade``).
+``"read"`` (must already exist: a mistyped ``--store`` creates nothing), ``"create"`` (created
+when missing: ``retune ui`` may start before the first run), or ``"none"`` (the handler opens
+what it needs itself, e.g. ``db upgrade``).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,10 +17,9 @@ from typing import Any, Literal
 from retune import _json
 from retune.control._parse import parse_count, parse_int
 from retune.errors import InvalidArgument
-from retune.store import LIVE_STATUSES, RunRecord, Store
+from retune.store import RunRecord, Store, is_stale
 
 __all__ = [
-    "STALE_AFTER",
     "Command",
     "Group",
     "StoreUse",
@@ -32,10 +31,8 @@ __all__ = [
     "wait_args",
 ]
 
-STALE_AFTER = 30.0  # seconds without a heartbeat before a live run is shown as stale
-
 Handler = Callable[[argparse.Namespace, Store], int]
-StoreUse = Literal["read", "none"]
+StoreUse = Literal["read", "create", "none"]
 
 
 @dataclass(frozen=True)
@@ -113,9 +110,6 @@ def emit_json(value: Any) -> None:
 
 def run_status(run: RunRecord, now: float | None = None) -> str:
     """The status, with ``stale`` for a live run whose heartbeat stopped (killed, frozen)."""
-    heartbeat = run.heartbeat_at
-    if run.status in LIVE_STATUSES and heartbeat is not None:
-        silent = (now or time.time()) - heartbeat
-        if silent > STALE_AFTER:
-            return f"{run.status} (stale)"
+    if is_stale(run, now) and run.heartbeat_at is not None:
+        return f"{run.status} (stale)"
     return run.status

@@ -48,7 +48,7 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
 
 
 @COMMANDS.command("ui", "serve the dashboard (runs, live charts, control panel, tree, audit log)",
-                  _ui_args)  # fmt: skip
+                  _ui_args, store="create")  # fmt: skip
 def _ui(args: argparse.Namespace, store: Store) -> int:
     """Serve until Ctrl-C. A port already in use is one line on stderr and exit 2 (no
     "dashboard at" line first): the URL stays the one you asked for, never another port."""

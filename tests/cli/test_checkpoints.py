@@ -112,7 +112,7 @@ def test_tree_draws_every_node(finished: str) -> None:
 
 def test_gc_counts_and_removes_partial_files(finished: str) -> None:
     objects = Path(objects_url_for(finished))
-    blob = next(p for p in objects.rglob("*") if p.is_file() and ".tmp-" not in p.name)
+    blob = next(p for p in objects.rglob("*") if p.is_file() and len(p.parent.name) == 2)
     partial = blob.with_name(f"{blob.name}.tmp-0123456789abcdef")
     partial.write_bytes(b"x" * 100)
     old = time.time() - 7200
