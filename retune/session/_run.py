@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -71,6 +72,17 @@ def _coerce_metrics(metrics: Mapping[Any, Any]) -> dict[str, float]:
         except (TypeError, ValueError, RuntimeError) as e:
             raise InvalidArgument(f"metric {key!r} must be a single number: {e}") from e
     return out
+
+
+def _port_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:``port`` (a quick bind probe)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _merged(metrics: Any, kwargs: dict[str, Any]) -> dict[Any, Any]:
@@ -476,6 +488,8 @@ class Run:
         from retune.server import serve_in_thread
 
         for candidate in range(port, port + tries):
+            if not _port_free(candidate):
+                continue  # skip it quietly (the server would log a raw bind error)
             ui_store = open_store(self.store.url)
             try:
                 self.ui_server, url = serve_in_thread(ui_store, port=candidate)

@@ -176,3 +176,16 @@ def test_set_on_one_group_with_a_shared_tensor_lr_leaves_the_other() -> None:
                            capturable=True)  # fmt: skip
     LiveTunables(opt).set({"lr": 0.02}, group=1)
     assert [float(g["lr"]) for g in opt.param_groups] == pytest.approx([0.1, 0.02])
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), 2**1030], ids=["1e400", "-1e400", "2^1030"])
+def test_an_int_beyond_float_range_is_rejected_with_a_reason_not_a_traceback(value: int) -> None:
+    """Issue 8 item 16 (``retune set RUN lr=1<400 zeros>``): validation says "too large"."""
+    opt = _make("SGD")
+    before = _snapshot(opt)
+    live = LiveTunables(opt)
+    live.add(Knob("layers", 2))
+    for name in ("lr", "layers"):
+        with pytest.raises(CommandRejected, match="too large"):
+            live.set({name: value})
+    assert _snapshot(opt) == before and live.hp.layers == 2

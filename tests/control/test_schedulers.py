@@ -6,6 +6,7 @@ reference) and once with a change at step K, and compares the two sequences.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -228,3 +229,33 @@ def test_pins_load_into_a_fresh_control() -> None:
         opt.step()
         scheduler.step()
         assert opt.param_groups[0]["lr"] == 0.07
+
+
+def test_finishing_the_run_removes_the_pin_so_a_later_manual_lr_stays(store_url: str) -> None:
+    """Issue 8 item 9: after finish(), the scheduler is as it was given."""
+    import retune
+    from retune.control._commands import submit
+
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([param], lr=0.1)
+    scheduler = sched.StepLR(opt, step_size=1000, gamma=0.5)
+    original_class = type(scheduler)
+    with retune.init(
+        "pinned", optimizer=opt, scheduler=scheduler, store=store_url, poll_interval=0.01
+    ) as run:
+        command = submit(
+            run.store, run.id, "set", {"values": {"lr": 0.02}, "mode": "constant"}, source="python"
+        )
+        deadline = time.monotonic() + 60
+        while run.store.get_command(command.id).status != "applied":
+            assert time.monotonic() < deadline, "the set was never applied"
+            run.step(loss=1.0)  # applied at a step boundary
+        assert opt.param_groups[0]["lr"] == 0.02 and type(scheduler) is not original_class
+    assert type(scheduler) is original_class
+    opt.param_groups[0]["lr"] = 0.5  # the user takes over
+    opt.zero_grad()
+    param.sum().backward()  # type: ignore[no-untyped-call]
+    opt.step()
+    scheduler.step()
+    assert opt.param_groups[0]["lr"] == 0.5
+    assert scheduler.get_last_lr() == [0.5]
