@@ -10,10 +10,13 @@ PY_SOURCES := retune tests benchmarks scripts
 .PHONY: demo test lint bench screenshots browser clean
 
 $(PY):
+	@echo "creating .venv with $(PYTHON)..."
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 
+# Quiet pip, so say once what the minute of silence is.
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
+	@echo "installing Retune and PyTorch (CPU) into .venv (about a minute, once)..."
+	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e ".[dev,demo]" "$(TORCH_PIN)"
 	touch $@
@@ -22,6 +25,8 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev
 	$(PY) -m pip install -q -e ".[bench]" "$(TORCH_PIN)"
 	touch $@
 
+# The scripted demo steers itself until someone else sends a command; `retune demo` (no
+# --scripted) leaves all the steering to you.
 demo: $(VENV)/.installed-dev
 	$(VENV)/bin/retune demo --scripted
 
