@@ -21,8 +21,11 @@ from retune.store import open_store
 ROOT = Path(__file__).parents[2]
 
 
-def _train(store: str, name: str, steps: int, objects: str | None = None) -> None:
-    """A tiny run whose weights equal the step; checkpoints every 5 steps, keeps the last 1."""
+def _train(
+    store: str, name: str, steps: int, objects: str | None = None, offset: float = 0.0
+) -> None:
+    """A tiny run whose weights equal the step (plus ``offset``); checkpoints every 5 steps,
+    keeps the last 1."""
     model = torch.nn.Linear(200, 200)  # 160 kB of weights: a blob of their own
     torch.nn.init.zeros_(model.weight)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -30,17 +33,17 @@ def _train(store: str, name: str, steps: int, objects: str | None = None) -> Non
                      checkpoint_every_n_steps=5, keep_last=1) as run:  # fmt: skip
         for i in range(steps):
             with torch.no_grad():
-                model.weight.fill_(float(i + 1))
+                model.weight.fill_(float(i + 1) + offset)
             run.step(loss=float(i))
 
 
-def _restores(store: str, objects: ObjectStore) -> int:
+def _restores(store: str, objects: ObjectStore, offset: float = 0.0) -> int:
     opened = open_store(store)
     count = 0
     for run in opened.list_runs():
         for checkpoint in opened.list_checkpoints(run.id):
             state = decode_state(checkpoint.manifest, objects)
-            assert torch.all(state["model"]["weight"] == float(checkpoint.step))
+            assert torch.all(state["model"]["weight"] == float(checkpoint.step) + offset)
             count += 1
     return count
 
@@ -158,3 +161,17 @@ def test_gc_never_races_a_save_in_progress(tmp_path: Path) -> None:
     objects = ObjectStore(str(tmp_path / "objects"))
     collect_garbage(open_store(store), objects, grace_seconds=0)
     assert _restores(store, objects) >= 1
+
+
+def test_a_remote_location_has_ledgers_and_relies_on_the_grace_period(tmp_path: Path) -> None:
+    url = f"memory://{tmp_path.name}/objects"
+    a, b = str(tmp_path / "a" / "a.db"), str(tmp_path / "b" / "b.db")
+    _train(a, "a", 20, objects=url)
+    _train(b, "b", 10, objects=url, offset=100.0)  # blobs of its own
+    objects = ObjectStore(url)
+    assert not objects.has_lock
+    young = collect_garbage(open_store(a), objects)
+    assert (young.deleted, young.young) == (0, 3)
+    report = collect_garbage(open_store(a), objects, grace_seconds=0)
+X
+    assert _restores(a, objects) == 1 and _restores(b, objects, offset=100.0) == 1
