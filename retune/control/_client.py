@@ -1,9 +1,16 @@
-"""``retune.connect``: control a run from another process (or thread) through the store."""
+"""``retune.connect``: control a run from another process (or thread) through the store.
+
+Use it as a context manager so the store connection is released::
+
+    with retune.connect("mnist") as ctl:
+        ctl.set(lr=1e-3, wait=True)
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
 from retune.control._commands import restore_payload, submit
@@ -19,15 +26,45 @@ class Controller:
     Every method that sends a command returns the :class:`CommandRecord` as queued
     (``pending``), or with ``wait=True`` as resolved: ``applied`` (with the step it took effect
     at), else :class:`CommandRejected` is raised with the reason.
+
+    :meth:`close` (or leaving a ``with`` block) releases the store connection when the
+    controller opened it (:func:`connect` with a URL); a store passed in stays open.
     """
 
     def __init__(
-        self, store: Store, run_ref: str, *, source: str = "python", user: str | None = None
+        self,
+        store: Store,
+        run_ref: str,
+        *,
+        source: str = "python",
+        user: str | None = None,
+        owns_store: bool = False,
     ) -> None:
         self.store = store
+        self._owns_store = owns_store
         self._run_id = store.get_run(run_ref).id
         self._source = source
         self._user = user
+        self._closed = False
+
+    def close(self) -> None:
+        """Release the store connection if this controller opened it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> Controller:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     @property
     def run(self) -> RunRecord:
@@ -118,9 +155,13 @@ class Controller:
         """Hold training at the next step boundary (it keeps polling and heartbeating)."""
         return self.send("pause", wait=wait, timeout=timeout)
 
+    def continue_(self, *, wait: bool = False, timeout: float = 60.0) -> CommandRecord:
+        """Let a paused run continue (the ``continue`` command)."""
+        return self.send("continue", wait=wait, timeout=timeout)
+
     def resume(self, *, wait: bool = False, timeout: float = 60.0) -> CommandRecord:
-        """Let a paused run continue."""
-        return self.send("resume", wait=wait, timeout=timeout)
+        """Old name of :meth:`continue_`: lets a paused run continue (sends ``continue``)."""
+        return self.continue_(wait=wait, timeout=timeout)
 
     def stop(self, *, wait: bool = False, timeout: float = 60.0) -> CommandRecord:
         """End training cleanly at the next step boundary; the run becomes ``stopped``."""
@@ -152,6 +193,17 @@ class Controller:
 def connect(
     run: str, *, store: str | Store | None = None, source: str = "python", user: str | None = None
 ) -> Controller:
-    """A :class:`Controller` for run ``run`` (id, or name for the latest run of that name)."""
-    opened = store if isinstance(store, Store) else open_store(store)
-    return Controller(opened, run, source=source, user=user)
+    """A :class:`Controller` for run ``run`` (id, or name for the latest run of that name).
+
+    ``with retune.connect("mnist") as ctl: ...`` closes the store connection it opened.
+    Raises ``RunNotFound`` for an unknown run (and then releases the connection) and
+    ``StoreNotFound`` when there is no store at ``store`` (nothing is created).
+    """
+    if isinstance(store, Store):
+        return Controller(store, run, source=source, user=user)
+    opened = open_store(store, create=False)  # a run to control exists: never create a store
+    try:
+        return Controller(opened, run, source=source, user=user, owns_store=True)
+    except BaseException:
+        opened.close()
+        raise

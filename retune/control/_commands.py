@@ -1,33 +1,44 @@
 """Submitting commands: the first of the two validations, shared by Python, CLI and UI.
 
 A command is checked against what the run declared (its tunables as recorded in the store)
-before it is queued. A command that fails this check is still recorded, as ``rejected`` with
-the reason, and the caller gets the same reason as an exception; nothing reaches the trainer.
+before it is queued. A command that fails this check is still recorded, already ``rejected``
+with the reason in the same transaction (no poller ever sees it pending), and the caller gets
+the same reason as an exception; nothing reaches the trainer.
+
+Kinds: ``set``, ``scale``, ``pause``, ``continue`` (un-pause), ``stop``, ``checkpoint``,
+``restore``. ``resume`` is accepted as the old name of ``continue`` and stored as
+``continue``: "resume" now only means continuing a run in a new process.
 """
 
 from __future__ import annotations
 
-import getpass
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from retune.control._tunables import TunableSpec, validate
 from retune.errors import CommandRejected, InvalidArgument, RetuneError, RunNotLive
-from retune.store import LIVE_STATUSES, CommandRecord, RunRecord, Store
+from retune.store import LIVE_STATUSES, CommandRecord, RunRecord, Store, current_user
 
-__all__ = ["SCHEDULER_MODES", "SOURCES", "current_user", "restore_payload", "submit"]
+__all__ = [
+    "KIND_ALIASES",
+    "SCHEDULER_MODES",
+    "SOURCES",
+    "canonical_kind",
+    "current_user",
+    "restore_payload",
+    "submit",
+]
 
 SOURCES = ("python", "cli", "ui", "notebook", "api")
 SCHEDULER_MODES = ("rescale", "constant")
+KIND_ALIASES = {"resume": "continue"}
+"""Old command names still accepted at submission, and the name stored for each."""
 
 
-def current_user() -> str | None:
-    """The OS user name, or ``None`` when the platform cannot tell."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return None
+def canonical_kind(kind: str) -> str:
+    """The stored name of a command kind (``resume`` -> ``continue``); others unchanged."""
+    return KIND_ALIASES.get(kind, kind)
 
 
 def _specs(run: RunRecord) -> list[TunableSpec]:
@@ -112,7 +123,7 @@ _CHECKS = {
     "set": _check_set,
     "scale": _check_scale,
     "pause": _check_plain,
-    "resume": _check_plain,
+    "continue": _check_plain,
     "stop": _check_plain,
     "checkpoint": _check_checkpoint,
     "restore": _check_restore,
@@ -137,13 +148,16 @@ def submit(
 ) -> CommandRecord:
     """Validate and queue a command for run ``run_ref`` (id or name); returns it ``pending``.
 
+    ``kind`` may be an old alias (``resume`` for ``continue``); the canonical kind is stored.
     Raises ``RunNotFound`` for an unknown run (nothing recorded). Any other failure is recorded
-    as a ``rejected`` command with the reason, then raised: ``RunNotLive`` for a run that is
-    not running or paused, ``CommandRejected`` (whose message is the reason) otherwise.
+    as a command already ``rejected`` with the reason (one transaction: the training process
+    never sees it pending), then raised: ``RunNotLive`` for a run that is not running or
+    paused, ``CommandRejected`` (whose message is the reason) otherwise.
     """
     if source not in SOURCES:
         raise InvalidArgument(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     run = store.get_run(run_ref)
+    kind = canonical_kind(kind)
     who = user if user is not None else current_user()
     check = _CHECKS.get(kind)
     error: RetuneError
@@ -151,6 +165,7 @@ def submit(
         if check is None:
             raise InvalidArgument(
                 f"unknown command {kind!r}; commands: {', '.join(sorted(_CHECKS))}"
+                " (resume is accepted for continue)"
             )
         if run.status not in LIVE_STATUSES:
             raise RunNotLive(
@@ -163,8 +178,15 @@ def submit(
         error = CommandRejected(str(e))
     else:
         return store.submit_command(run.id, kind, normalized, source=source, user=who)
-    recorded = store.submit_command(run.id, kind, dict(payload), source=source, user=who)
-    store.resolve_command(recorded.id, status="rejected", reason=str(error))
+    recorded = store.submit_command(
+        run.id,
+        kind,
+        dict(payload),
+        source=source,
+        user=who,
+        status="rejected",
+        reason=str(error),
+    )
     if isinstance(error, CommandRejected):
         error.command_id = recorded.id
     raise error

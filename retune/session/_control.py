@@ -2,6 +2,12 @@
 
 Only the training thread calls :meth:`Applier.apply_pending` (from ``run.step()``); the writer
 thread only appends fetched commands to the in-memory ``inbox`` and sets ``wake``.
+
+Every command is *claimed* in the store (``pending -> applying``, one winner) before its
+handler runs: a command rejected at submission, resolved elsewhere, or claimed by another
+process is never applied. The poller fetches every pending command each time and skips the
+ones it already queued (ids are not committed in order on PostgreSQL, so an id watermark
+could skip a command forever).
 """
 
 from __future__ import annotations
@@ -38,45 +44,67 @@ class Applier:
         self.inbox: deque[CommandRecord] = deque()
         self.wake = threading.Event()
         self._handlers = handlers
-        self._seen = 0
-        self._done: set[int] = set()
+        self._queued: set[int] = set()  # ids of the last poll's pending commands
         self._warned = False
 
     def poll(self, run: Run) -> None:
-        """Fetch new pending commands into the inbox (writer thread; never raises)."""
+        """Fetch pending commands not queued yet into the inbox (writer thread; never raises)."""
         try:
-            fresh = run.store.pending_commands(run.id, after_id=self._seen)
+            fresh = run.store.pending_commands(run.id)
         except RetuneError as e:
             if not self._warned:
                 log.warning("retune: cannot poll commands, will retry: %s", e)
                 self._warned = True
             return
         self._warned = False
+        added = False
         for command in fresh:
-            self.inbox.append(command)
-            self._seen = command.id
-        if fresh:
+            if command.id not in self._queued:
+                self.inbox.append(command)
+                added = True
+        # a queued command stays pending until the training thread claims it, so it is in
+        # ``fresh`` again next time; once claimed it is never pending again
+        self._queued = {command.id for command in fresh}
+        if added:
             self.wake.set()
 
     def apply_pending(self, run: Run) -> None:
         """Apply every command in the inbox, oldest first (training thread only)."""
         while self.inbox:
             command = self.inbox.popleft()
-            self._apply(run, command)
+            if not self._apply(run, command):
+                self.inbox.appendleft(command)  # the store is unreachable: retry next step
+                return
 
     def apply_now(self, run: Run, command: CommandRecord) -> CommandRecord:
         """Apply one command at once (training thread); raise ``CommandRejected`` if rejected."""
-        self._apply(run, command)
+        self._apply(run, command, retry=False)
         resolved = run.store.get_command(command.id)
         if resolved.status == "rejected":
             raise CommandRejected(resolved.reason or "rejected", command_id=command.id)
         return resolved
 
-    def _apply(self, run: Run, command: CommandRecord) -> None:
-        if command.id in self._done:
-            return  # already applied directly (run.restore) before the poller saw it
-        self._done.add(command.id)
-        handler = self._handlers.get(command.kind)
+    def _handler(self, kind: str) -> Handler | None:
+        handler = self._handlers.get(kind)
+        if handler is None:  # ``continue`` is stored for what handlers may still call resume
+            alias = {"continue": "resume", "resume": "continue"}.get(kind)
+            handler = self._handlers.get(alias) if alias else None
+        return handler
+
+    def _apply(self, run: Run, command: CommandRecord, *, retry: bool = True) -> bool:
+        """Claim, then apply and resolve; ``False`` when the claim could not reach the store
+        (only when ``retry``; otherwise that error is raised)."""
+        try:
+            claimed = run.store.claim_command(command.id)
+        except RetuneError as e:
+            if not retry:
+                raise
+            log.warning("retune: cannot claim command %s yet, will retry: %s", command.id, e)
+            return False
+        if claimed is None:
+            return True  # rejected at submission, resolved already, or claimed elsewhere
+        command = claimed
+        handler = self._handler(command.kind)
         try:
             if handler is None:
                 raise CommandRejected(f"this training process cannot apply {command.kind!r}")
@@ -88,6 +116,7 @@ class Applier:
             self._resolve(run, command, "rejected", reason=f"{type(e).__name__}: {e}")
         else:
             self._resolve(run, command, "applied", result=result)
+        return True
 
     @staticmethod
     def _resolve(
@@ -119,4 +148,6 @@ class Applier:
         """Reject whatever is still queued (in memory or in the store) when the run ends."""
         self.poll(run)
         while self.inbox:
-            self._resolve(run, self.inbox.popleft(), "rejected", reason=reason)
+            claimed = run.store.claim_command(self.inbox.popleft().id)
+            if claimed is not None:
+                self._resolve(run, claimed, "rejected", reason=reason)

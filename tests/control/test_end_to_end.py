@@ -32,10 +32,17 @@ def _cli(store: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 class Trainer:
-    def __init__(self, store: str, name: str, steps: int = 1_000_000, delay: float = 0.005):
+    def __init__(
+        self,
+        store: str,
+        name: str,
+        steps: int = 1_000_000,
+        delay: float = 0.005,
+        poll_interval: float = 0.02,
+    ):
         self.store, self.name = store, name
         self.proc = subprocess.Popen(
-            [sys.executable, str(TRAINER), store, name, str(steps), str(delay)],
+            [sys.executable, str(TRAINER), store, name, str(steps), str(delay), str(poll_interval)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

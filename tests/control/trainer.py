@@ -1,6 +1,6 @@
 """A real (tiny) training loop for end-to-end tests, run as a subprocess.
 
-usage: python trainer.py STORE NAME STEPS STEP_DELAY
+usage: python trainer.py STORE NAME STEPS STEP_DELAY [POLL_INTERVAL]
 Prints the optimizer's final param-group values as JSON on its last line.
 """
 
@@ -18,15 +18,16 @@ import retune
 
 def main() -> None:
     store, name, steps, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    poll = float(sys.argv[5]) if len(sys.argv) > 5 else 0.02
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     groups: list[dict[str, Any]] = [
         {"params": model[0].parameters(), "name": "body"},
         {"params": model[2].parameters(), "lr": 0.05},
     ]
-    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
     x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
-    run = retune.init(name, model=model, optimizer=optimizer, store=store, poll_interval=0.02)
+    run = retune.init(name, model=model, optimizer=optimizer, store=store, poll_interval=poll)
 
     def refuse(value: float) -> None:
         raise ValueError(f"refusing to set fragile to {value}")
