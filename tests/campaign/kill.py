@@ -240,7 +240,8 @@ def _aim(child: Child, mode: str, rng: random.Random, has_checkpoint: bool) -> s
             return None
         time.sleep(rng.uniform(0.0, 0.002))
     else:
-        if not child.wait_for("READY", deadline):
+        seen = any(line.startswith("READY") for line in child.seen)
+        if not seen and not child.wait_for("READY", deadline):
             return None
         time.sleep(rng.uniform(0.0, 1.0))
     return mode
@@ -249,7 +250,7 @@ def _aim(child: Child, mode: str, rng: random.Random, has_checkpoint: bool) -> s
 def _where(lines: list[str]) -> str:
     """Where the trainer was when it died, from the last markers it printed."""
     if not any(line.startswith("READY") for line in lines):
-        return "resume"
+        return "resume" if "INIT" in lines else "import"
     for line in reversed(lines):
         if line.startswith(("SAVED", "ACK")):
             return "step"

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.campaign
 
 
 def test_three_trainings_a_commander_and_a_reader_share_one_store(tmp_path: Path) -> None:
-    report = run_campaign(tmp_path, runs=3, steps=600, seed=1)
+    report = run_campaign(tmp_path, runs=3, steps=400, seed=1)
     print(report.summary())
-    assert report.stored_points == report.expected_points == 1800
+    assert report.stored_points == report.expected_points == 1200
     assert report.commands_sent > 0 and report.commands_applied > 0 and report.reads > 0
     assert report.failures() == []
