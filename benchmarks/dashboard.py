@@ -70,10 +70,13 @@ def _fill(store_url: str, name: str, points: int, nodes: int, keys: tuple[str, .
     return run.id
 
 
-PAGE_READY = (
-    "document.querySelectorAll('.chart .main-svg').length >= 3 && "
-    "document.querySelectorAll('.node').length === 500"
-)
+# Every chart drawn (plotly puts several .main-svg in one chart, so count per chart) with
+# points, and the whole tree on the page.
+PAGE_READY = """(() => {
+  const charts = [...document.querySelectorAll('.chart')];
+  return charts.length >= 3 && document.querySelectorAll('.node').length === 500 &&
+    charts.every((c) => c.querySelector('.main-svg') && Number(c.dataset.points || 0) > 0);
+})()"""
 # Drawn means drawn with data: every chart has points, every tree node is on the page.
 PAGE_CHECK = """() => ({
   charts: [...document.querySelectorAll('.chart')].map((c) => Number(c.dataset.points || 0)),
