@@ -3,6 +3,7 @@ run's declared bounds. A state that does not fit is refused whole and nothing ch
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -11,10 +12,13 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import retune
 from retune.errors import CheckpointCorrupt, CommandRejected
 from retune.session._state import apply_state, check_state
+from retune.store import CheckpointRecord
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -205,3 +209,63 @@ def test_a_recorded_object_location_outside_the_store_is_refused_and_not_created
         with pytest.raises(CommandRejected, match="is not a URL"):
             run.restore(record.label)
         _train(run, model, opt, sched, 1)
+
+
+# -- fuzzing: any change to a decoded state is applied whole or refused as CheckpointCorrupt --
+
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**65), max_value=2**65),
+    st.floats(),
+    st.sampled_from(["", "get_lr", "os.system", "cpu"]),
+    st.builds(torch.zeros, st.integers(0, 5)),
+    st.lists(st.floats(-10, 10), max_size=3),
+    st.dictionaries(st.sampled_from(["lr", "get_lr", "params", "_x"]), st.floats(-5, 5)),
+)
+
+
+def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path] if path else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _paths(value, (*path, index))
+    return found
+
+
+@pytest.fixture(scope="module")
+def fuzzed_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[retune.Run, CheckpointRecord]]:
+    store = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'retune.db'}"
+    run, model, opt, sched = _trained_run(store)
+    with run:
+        _train(run, model, opt, sched, 3)
+        yield run, run.checkpoint()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzzed_states_are_applied_or_refused_as_corrupt(
+    fuzzed_run: tuple[retune.Run, CheckpointRecord], data: st.DataObject
+) -> None:
+    run, record = fuzzed_run
+    state = run.checkpointer.load(record)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_paths(state)))
+        parent: Any = state
+        for part in path[:-1]:
+            parent = parent[part]
+        if data.draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = data.draw(_LEAVES)
+    with contextlib.suppress(CheckpointCorrupt):  # any other error fails the test
+        apply_state(run, state)
+    scheduler, optimizer = run.scheduler, run.optimizer
+    assert scheduler is not None and optimizer is not None
+    assert callable(scheduler.get_lr) and "get_lr" not in vars(scheduler)
+    assert all(g["lr"] > 0 for g in optimizer.param_groups)
