@@ -33,11 +33,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from retune.checkpoint._codec import manifest_hashes
 from retune.checkpoint._objects import ObjectStore
-from retune.errors import CheckpointCorrupt, InvalidArgument
+from retune.errors import CheckpointCorrupt, InvalidArgument, redact
 
 if TYPE_CHECKING:
     from retune.store import Store
@@ -171,10 +170,5 @@ def store_identity(url: str) -> tuple[str, str]:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         label = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).expanduser().resolve())
     else:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            credentials, _, host = netloc.rpartition("@")
-            netloc = f"{credentials.split(':', 1)[0]}@{host}"
-        label = urlunsplit(parts._replace(netloc=netloc, query=""))
+        label = redact(url)  # ledgers live beside blobs: never a password there
     return hashlib.sha256(label.encode()).hexdigest()[:16], label

@@ -175,3 +175,11 @@ def test_a_remote_location_has_ledgers_and_relies_on_the_grace_period(tmp_path: 
     report = collect_garbage(open_store(a), objects, grace_seconds=0)
     assert report.deleted == 3 and report.other_stores >= 2  # b's live and pruned weights
     assert _restores(a, objects) == 1 and _restores(b, objects, offset=100.0) == 1
+
+
+def test_a_store_is_named_in_ledgers_without_its_password() -> None:
+    from retune.checkpoint._gc import store_identity
+
+    ident, label = store_identity("postgresql+psycopg://mia:s3cret@db:5432/retune")
+    assert label == "postgresql+psycopg://mia:***@db:5432/retune" and "s3cret" not in ident
+    assert store_identity("sqlite:///a/../b.db")[1] == f"sqlite:///{Path('b.db').resolve()}"
