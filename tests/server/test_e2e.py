@@ -169,3 +169,42 @@ def test_a_non_loopback_bind_without_a_token_refuses_to_start(tmp_path: Path) ->
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith("retune: error: refusing to serve on 0.0.0.0 without a token")
+
+
+def test_the_control_panel_shows_the_live_value_of_each_tunable(
+    dashboard: dict[str, Any], page: Page
+) -> None:
+    """The trainer writes the optimizer's current values into the run's record at each flush
+    (a scheduler moving lr); the panel shows the record's value as it changes, and a value
+    being typed is never overwritten."""
+    store, url = dashboard["store"], dashboard["url"]
+    page.goto(f"{url}/runs/e2e")
+    live = 'td.live[data-name="lr"][data-group="1"]'
+    page.wait_for_selector(f"{live} >> text=0.05")
+    page.fill('input[data-name="clip_norm"]', "0.7")  # a half-typed edit
+    opened = open_store(store)
+    record = opened.get_run("e2e")
+    moved = [dict(t, value=[0.1, 0.0125]) if t["name"] == "lr" else t for t in record.tunables]
+    opened.update_run(record.id, tunables=moved)  # as the trainer's flush writes it
+    page.wait_for_selector(f"{live} >> text=0.0125", timeout=30_000)
+    assert page.input_value('input[data-name="clip_norm"]') == "0.7"
+
+
+def test_every_chart_draws_and_a_failed_one_shows_its_own_error(tmp_path: Path, page: Page) -> None:
+    from tests.server._fuzz import HOSTILE_METRICS, live_dashboard, populate
+
+    url = f"sqlite:///{tmp_path / 'charts.db'}"
+    populate(url, "charts")
+    with live_dashboard(url) as base:
+        # the request of one chart fails (as a flaky proxy would); every other chart draws
+        page.route(lambda u: "/branches?key=a%252Fb&" in u,
+                   lambda route: route.fulfill(status=502, body="bad gateway"))  # fmt: skip
+        page.goto(f"{base}/runs/charts")
+        for key in ("loss", "val/loss", "<b>x</b>", "ü/ß ?#"):
+            page.wait_for_selector(f'.chart[data-key="{key}"] .main-svg', timeout=30_000)
+            assert int(page.get_attribute(f'.chart[data-key="{key}"]', "data-points") or 0) == 40
+        error = page.wait_for_selector('.chart[data-key="a%2Fb"] .chart-error')
+        assert error is not None and "HTTP 502" in error.inner_text()
+        assert set(HOSTILE_METRICS) <= set(
+            page.eval_on_selector_all(".chart", "els => els.map(e => e.dataset.key)")
+        )

@@ -11,6 +11,10 @@ const h = (tag, attrs = {}, ...children) => {
 };
 const COLORS = ["#3157d5", "#d5533a", "#1f8a4c", "#9b3fc4", "#c99514", "#1796a8", "#b8336a", "#5f6b7a"];
 const fmt = (v) => v === null || v === undefined ? "-" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : Array.isArray(v) ? `(${v.map(fmt).join(", ")})` : String(v);
+// Plotly reads a subset of HTML in every string it draws (titles, legend, hover): names are
+// data, never markup, so each one is escaped before it reaches a chart.
+const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const enc = encodeURIComponent;
 const dur = (s) => s == null ? "-" : s < 60 ? `${Math.round(s)}s` : s < 3600 ? `${Math.floor(s / 60)}m ${String(Math.round(s % 60)).padStart(2, "0")}s` : `${Math.floor(s / 3600)}h ${String(Math.floor(s % 3600 / 60)).padStart(2, "0")}m`;
 
 async function api(path, options = {}) {
@@ -48,10 +52,10 @@ async function runsPage() {
   $("#main").replaceChildren(h("div", { class: "toolbar" }, filter, status),
     h("table", { id: "runs" }, h("thead", {}, h("tr", {}, ...["name", "id", "status", "step", "last metrics", "started", "duration"].map((c) => h("th", {}, c)))), body));
   const draw = async () => {
-    const runs = await api(`/api/runs${status.value ? `?status=${status.value}` : ""}`);
+    const runs = await api(`/api/runs${status.value ? `?status=${enc(status.value)}` : ""}`);
     const text = filter.value.toLowerCase();
     body.replaceChildren(...runs.filter((r) => r.name.toLowerCase().includes(text)).map((r) => h("tr", { "data-run": r.id },
-      h("td", {}, h("a", { href: `/runs/${r.id}` }, r.name)), h("td", {}, r.id),
+      h("td", {}, h("a", { href: `/runs/${enc(r.id)}` }, r.name)), h("td", {}, r.id),
       h("td", { class: `status-${r.status}` }, r.status), h("td", {}, r.step),
       h("td", {}, Object.entries(r.last_metrics).slice(0, 4).map(([k, v]) => `${k}=${fmt(v)}`).join("  ")),
       h("td", {}, new Date(r.created_at * 1000).toLocaleString()), h("td", {}, dur(r.duration)))));
@@ -74,43 +78,79 @@ function smooth(values) {
   return out;
 }
 
+// One chart per metric, each on its own: a failed fetch or bad data shows an error in that
+// chart's box and never stops the others from drawing.
 async function drawCharts() {
   const branches = state.compare.length === 2 ? state.compare : leaves(state.tree).map((n) => n.id);
   const container = $("#charts");
   const changes = state.tree.filter((n) => n.parent !== null);
-  const query = branches.map((b) => `node=${b}`).join("&");
-  const fetched = await Promise.all(state.keys.map((key) =>
-    api(`/api/runs/${state.run.id}/branches/${encodeURIComponent(key)}?${query}&max_points=2000`)));
-  for (const [k, key] of state.keys.entries()) {
-    let div = container.querySelector(`[data-key="${CSS.escape(key)}"]`);
+  await Promise.all(state.keys.map(async (key) => {
+    let div = [...container.children].find((el) => el.dataset.key === key);
     if (!div) { div = h("div", { class: "chart card", "data-key": key }); container.append(div); }
-    const traces = [];
-    for (const [i, branch] of branches.entries()) {
-      const s = fetched[k].branches[branch];
-      if (!s.steps.length) continue;
-      traces.push({ x: s.steps, y: state.smooth ? smooth(s.values) : s.values, name: branch, mode: "lines",
-        line: { color: COLORS[state.tree.findIndex((n) => n.id === branch) % COLORS.length], width: 1.6 } });
+    try {
+      const query = new URLSearchParams([["key", key], ...branches.map((b) => ["node", b]), ["max_points", "2000"]]);
+      const fetched = await api(`/api/runs/${enc(state.run.id)}/branches?${query}`);
+      drawChart(div, key, branches, fetched, changes);
+      div.removeAttribute("data-error");
+      div.querySelector(":scope > .chart-error")?.remove();
+    } catch (err) {
+      div.dataset.error = err.message;
+      if (window.Plotly) Plotly.purge(div);
+      div.replaceChildren(h("p", { class: "chart-error error", role: "alert" }, `${key}: ${err.message}`));
     }
-    div.dataset.points = String(traces.reduce((a, t) => a + t.x.length, 0));
-    const shapes = changes.map((n) => ({ type: "line", x0: n.start_step, x1: n.start_step, yref: "paper", y0: 0, y1: 1, line: { color: "#aab", width: 1, dash: "dot" } }));
-    Plotly.react(div, traces, { title: { text: key, font: { size: 13 } }, margin: { l: 45, r: 10, t: 30, b: 30 }, shapes,
-      yaxis: { type: state.log ? "log" : "linear" }, xaxis: { title: { text: "step" } }, legend: { orientation: "h" } },
-      { displaylogo: false, responsive: true });
-  }
+  }));
 }
+
+function drawChart(div, key, branches, fetched, changes) {
+  const traces = [];
+  for (const branch of branches) {
+    const s = fetched.branches?.[branch];
+    if (!s || !Array.isArray(s.steps) || !Array.isArray(s.values)) throw new Error(`no data for branch ${branch}`);
+    if (!s.steps.length) continue;
+    traces.push({ x: s.steps, y: state.smooth ? smooth(s.values) : s.values, name: esc(branch), mode: "lines",
+      line: { color: COLORS[state.tree.findIndex((n) => n.id === branch) % COLORS.length], width: 1.6 } });
+  }
+  div.querySelector(":scope > .chart-error")?.remove();
+  div.dataset.points = String(traces.reduce((a, t) => a + t.x.length, 0));
+  const shapes = changes.map((n) => ({ type: "line", x0: n.start_step, x1: n.start_step, yref: "paper", y0: 0, y1: 1, line: { color: "#aab", width: 1, dash: "dot" } }));
+  Plotly.react(div, traces, { title: { text: esc(key), font: { size: 13 } }, margin: { l: 45, r: 10, t: 30, b: 30 }, shapes,
+    yaxis: { type: state.log ? "log" : "linear" }, xaxis: { title: { text: "step" } }, legend: { orientation: "h" } },
+    { displaylogo: false, responsive: true });
+}
+
+// The control panel: one row per tunable (and param group). "live" is the value the run's record
+// holds (the trainer writes the optimizer's current values at each flush, so a scheduler's lr
+// shows as it moves); the input takes a new value and is never overwritten while you edit.
+const shown = (value) => Array.isArray(value) ? value.join(",") : fmt(value);
+const tunableValue = (t, group) => t.groups ? t.value?.[group] : t.value;
+const panelShape = (run) => JSON.stringify((run.tunables ?? []).map((t) => [t.name, t.groups]));
 
 function tunableRows(run) {
   const rows = [];
-  for (const t of run.tunables) {
+  for (const t of run.tunables ?? []) {
     const groups = t.groups ? t.groups.map((name, i) => [i, name]) : [[null, null]];
     for (const [i, name] of groups) {
-      const value = t.groups ? t.value[i] : t.value;
-      const input = h("input", { class: "value", type: "text", value: Array.isArray(value) ? value.join(",") : fmt(value), "data-name": t.name, "data-group": i ?? "" });
+      const input = h("input", { class: "value", type: "text", placeholder: "new value", "data-name": t.name, "data-group": i ?? "" });
       const quick = t.name === "lr" ? [0.1, 0.5, 2].map((f) => h("button", { "data-scale": f, onclick: () => send("scale", { factors: { lr: f }, group: i }) }, `×${f}`)) : [];
-      rows.push(h("tr", {}, h("td", {}, t.name), h("td", {}, i === null ? "-" : `${i}${name ? ` (${name})` : ""}`), h("td", {}, input), h("td", {}, ...quick)));
+      rows.push(h("tr", {}, h("td", {}, t.name), h("td", {}, i === null ? "-" : `${i}${name ? ` (${name})` : ""}`),
+        h("td", { class: "live", "data-name": t.name, "data-group": i ?? "" }, shown(tunableValue(t, i))), h("td", {}, input), h("td", {}, ...quick)));
     }
   }
   return rows;
+}
+
+function refreshTunables(run) {
+  const body = $("#tunables tbody");
+  if (!body) return;
+  if (body.dataset.shape !== panelShape(run)) {
+    body.replaceChildren(...tunableRows(run));
+    body.dataset.shape = panelShape(run);
+    return;
+  }
+  for (const cell of body.querySelectorAll("td.live")) {
+    const t = run.tunables.find((x) => x.name === cell.dataset.name);
+    cell.textContent = shown(tunableValue(t, cell.dataset.group === "" ? null : Number(cell.dataset.group)));
+  }
 }
 
 function parseValue(text) {
@@ -124,12 +164,12 @@ async function send(kind, payload = {}) {
   const status = $("#command-status");
   $("#error").textContent = "";
   try {
-    const cmd = await api(`/api/runs/${state.run.id}/commands`, { method: "POST", body: JSON.stringify({ kind, payload }) });
+    const cmd = await api(`/api/runs/${enc(state.run.id)}/commands`, { method: "POST", body: JSON.stringify({ kind, payload }) });
     const line = h("li", { class: "cmd-pending", "data-command": cmd.id }, `#${cmd.id} ${kind}: pending`);
     status.prepend(line);
     for (let i = 0; i < 600; i++) {
       await new Promise((r) => setTimeout(r, 250));
-      const now = await api(`/api/commands/${cmd.id}`);
+      const now = await api(`/api/commands/${enc(cmd.id)}`);
       if (now.status !== "pending") {
         line.className = `cmd-${now.status}`;
         line.textContent = now.status === "applied" ? `#${cmd.id} ${kind}: applied at step ${now.applied_step}` : `#${cmd.id} ${kind}: rejected: ${now.reason}`;
@@ -146,15 +186,13 @@ async function send(kind, payload = {}) {
 function applyEdits() {
   const byGroup = new Map();
   for (const input of document.querySelectorAll("#tunables input.value")) {
-    const t = state.run.tunables.find((x) => x.name === input.dataset.name);
+    if (input.value.trim() === "") continue;
     const group = input.dataset.group === "" ? null : Number(input.dataset.group);
-    const current = t.groups ? t.value[group] : t.value;
-    const shown = Array.isArray(current) ? current.join(",") : fmt(current);
-    if (input.value.trim() === shown) continue;
     if (!byGroup.has(group)) byGroup.set(group, {});
-    byGroup.get(group)[t.name] = parseValue(input.value.trim());
+    byGroup.get(group)[input.dataset.name] = parseValue(input.value.trim());
+    input.value = "";
   }
-  if (!byGroup.size) { $("#error").textContent = "nothing changed"; return; }
+  if (!byGroup.size) { $("#error").textContent = "nothing changed: type a new value first"; return; }
   for (const [group, values] of byGroup) send("set", { values, group });
 }
 
@@ -197,12 +235,12 @@ function selectNode(id, compare) {
 
 async function refreshRun() {
   const id = state.run.id;
-  const [run, tree, keys, commands] = await Promise.all([api(`/api/runs/${id}`), api(`/api/runs/${id}/tree`), api(`/api/runs/${id}/metrics`), api(`/api/runs/${id}/commands`)]);
-  const tunablesChanged = JSON.stringify(run.tunables) !== JSON.stringify(state.run.tunables);
+  const base = `/api/runs/${enc(id)}`;
+  const [run, tree, keys, commands] = await Promise.all([api(base), api(`${base}/tree`), api(`${base}/metrics`), api(`${base}/commands`)]);
   Object.assign(state, { run, tree: tree.nodes, keys });
   $("#run-status").textContent = `${run.status} · step ${run.step} · ${dur(run.duration)}`;
   $("#run-status").className = `status-${run.status}`;
-  if (!run.read_only && (tunablesChanged || !$("#tunables tbody").children.length)) $("#tunables tbody").replaceChildren(...tunableRows(run));
+  if (!run.read_only) refreshTunables(run);
   drawTree();
   $("#audit tbody").replaceChildren(...commands.slice().reverse().map((c) => h("tr", {},
     h("td", {}, c.id), h("td", {}, new Date(c.created_at * 1000).toLocaleTimeString()), h("td", {}, `${c.user ?? "?"} (${c.source})`),
@@ -211,10 +249,10 @@ async function refreshRun() {
 }
 
 async function runPage(id) {
-  state.run = await api(`/api/runs/${id}`);
+  state.run = await api(`/api/runs/${enc(id)}`);
   $("#crumb").textContent = `${state.run.name} (${state.run.id})`;
   const controls = state.run.read_only ? [h("p", { class: "muted" }, "read-only dashboard")] : [
-    h("table", { id: "tunables" }, h("thead", {}, h("tr", {}, ...["tunable", "group", "value", ""].map((c) => h("th", {}, c)))), h("tbody")),
+    h("table", { id: "tunables" }, h("thead", {}, h("tr", {}, ...["tunable", "group", "live", "new value", ""].map((c) => h("th", {}, c)))), h("tbody")),
     h("div", { class: "toolbar" }, h("button", { id: "apply", class: "primary", onclick: applyEdits }, "apply"),
       h("button", { id: "pause", onclick: () => send("pause") }, "pause"), h("button", { id: "resume", onclick: () => send("resume") }, "resume"),
       h("button", { id: "stop", onclick: () => send("stop") }, "stop"), h("button", { id: "checkpoint", onclick: () => send("checkpoint", {}) }, "checkpoint now")),
@@ -227,8 +265,8 @@ async function runPage(id) {
       h("div", { class: "card" }, h("h2", {}, "audit log"), h("table", { id: "audit" }, h("thead", {}, h("tr", {}, ...["#", "time", "who", "what", "outcome", "step"].map((c) => h("th", {}, c)))), h("tbody")))),
     h("aside", {}, h("div", { class: "card" }, h("h2", {}, "control"), ...controls),
       h("div", { class: "card tree" }, h("h2", {}, "tree"), h("div", { id: "tree" })), h("div", { class: "card", id: "node-detail" }))));
-  if (!state.run.read_only) $("#tunables tbody").replaceChildren(...tunableRows(state.run));
   state.run.tunables = state.run.tunables ?? [];
+  if (!state.run.read_only) refreshTunables(state.run);
   await refreshRun();
   live(throttle(refreshRun, 500));
 }
