@@ -125,3 +125,16 @@ def test_gc_counts_and_removes_partial_files(finished: str) -> None:
     assert (report["temporaries"], report["temporaries_bytes"], report["deleted"]) == (1, 100, 0)
     assert not partial.exists() and blob.exists()
     poll(lambda: retune.load("done", store=finished).status == "finished", "the run")
+
+
+def test_get_shows_the_live_value_a_scheduler_moved(live_run: tuple[str, str]) -> None:
+    name, store = live_run  # StepLR halves lr every 50 steps; nobody sends a command
+
+    def lr_moved() -> bool:
+        done = retune_cli("get", name, "--store", store, "--json")
+        return json.loads(done.stdout)["lr"][0] < 0.1
+
+    poll(lr_moved, "`retune get` to show the scheduler's lr", deadline=120)
+    table = retune_cli("get", name, "--store", store).stdout
+    (row,) = [line for line in table.splitlines() if line.startswith("lr ")]
+    assert float(row.split()[2]) < 0.1
