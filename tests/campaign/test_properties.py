@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import retune
@@ -182,7 +182,9 @@ values = st.one_of(
 groups = st.one_of(
     st.none(),
     st.integers(min_value=-2, max_value=3),
-    st.sampled_from(("body", "head", "tail", "0", "1", "2", "²", "٣", "01", " 1", True)),
+    st.sampled_from(
+        ("body", "head", "tail", "0", "1", "2", "\u00b2", "\u0663", "\u0661", "01", True)
+    ),
     st.text(max_size=4),
 )
 modes = st.sampled_from(("rescale", "constant", "linear", "", None))
@@ -230,6 +232,14 @@ def _groups(fixture: Fixture) -> list[dict[str, Any]]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 @given(command=commands())
+@example(command=("set", {"values": {"lr": 0.01}, "group": "\u00b2"}))  # int("²") raises
+@example(command=("set", {"values": {"lr": 0.01}, "group": "\u0661"}))  # Arabic-Indic 1
+@example(command=("set", {"values": {"lr": 10**400}}))
+@example(command=("set", {"values": {"lr": math.nan}}))
+@example(command=("set", {"values": {}}))
+@example(command=("scale", {"factors": {"weight_decay": 0}}))
+@example(command=("scale", {"factors": {"momentum": 2.0}}))  # 0.5 * 2 is out of bounds
+@example(command=("set", {"values": {"lr": 0.02, "momentum": 0.3}, "group": "head"}))
 def test_a_command_is_applied_iff_it_is_valid(live: Fixture, command: Any) -> None:
     kind, payload = command
     run = live.run
