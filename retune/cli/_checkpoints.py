@@ -10,7 +10,7 @@ import sys
 from retune._format import diff_text, draw_tree
 from retune.checkpoint import resolve_checkpoint
 from retune.cli._control import report
-from retune.cli._registry import Group, emit_json, run_arg, wait_args
+from retune.cli._registry import Group, emit_json, run_arg, seconds_arg, wait_args
 from retune.control import Controller, parse_assignments
 from retune.control._parse import parse_group
 from retune.errors import InvalidArgument
@@ -150,7 +150,7 @@ def _gc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     p.add_argument(
         "--grace",
-        type=float,
+        type=seconds_arg("--grace"),
         default=3600.0,
         metavar="SECONDS",
         help="never delete blobs or partial files younger than this (default 3600)",

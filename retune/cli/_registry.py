@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from retune import _json
-from retune.control._parse import parse_count, parse_int
+from retune.control._parse import parse_count, parse_int, parse_seconds
 from retune.errors import InvalidArgument
 from retune.store import RunRecord, Store, is_stale
 
@@ -28,9 +28,11 @@ __all__ = [
     "int_arg",
     "run_arg",
     "run_status",
+    "seconds_arg",
     "wait_args",
 ]
 
+T = TypeVar("T")
 Handler = Callable[[argparse.Namespace, Store], int]
 StoreUse = Literal["read", "create", "none"]
 
@@ -69,8 +71,8 @@ class Group:
         return register
 
 
-def _argparse_type(parse: Callable[[str, str], int], what: str) -> Callable[[str], int]:
-    def convert(text: str) -> int:
+def _argparse_type(parse: Callable[[str, str], T], what: str) -> Callable[[str], T]:
+    def convert(text: str) -> T:
         try:
             return parse(text, what)
         except InvalidArgument as e:  # argparse prints the message as a usage error (exit 2)
@@ -90,6 +92,11 @@ def count_arg(what: str) -> Callable[[str], int]:
     return _argparse_type(parse_count, what)
 
 
+def seconds_arg(what: str) -> Callable[[str], float]:
+    """An argparse ``type=``: finite seconds, 0 or more, in ASCII digits."""
+    return _argparse_type(parse_seconds, what)
+
+
 def run_arg(p: argparse.ArgumentParser) -> None:
     """The RUN positional every per-run command takes."""
     p.add_argument("run", help="run id, or name (the latest run with that name)")
@@ -99,7 +106,10 @@ def wait_args(p: argparse.ArgumentParser, timeout: float = 120.0) -> None:
     """--no-wait / --timeout for commands sent to a live run."""
     p.add_argument("--no-wait", action="store_true", help="queue the command and return at once")
     p.add_argument(
-        "--timeout", type=float, default=timeout, help=f"seconds to wait (default {timeout:g})"
+        "--timeout",
+        type=seconds_arg("--timeout"),
+        default=timeout,
+        help=f"seconds to wait (default {timeout:g})",
     )
 
 

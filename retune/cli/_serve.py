@@ -7,7 +7,7 @@ import errno
 import socket
 import sys
 
-from retune.cli._registry import Group, count_arg, int_arg
+from retune.cli._registry import Group, count_arg, int_arg, seconds_arg
 from retune.errors import InvalidArgument
 from retune.store import Store
 
@@ -45,6 +45,9 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=count_arg("--port"), default=8765, help="port (default 8765)")
     p.add_argument("--token", help="require this token (or 'auto'); needed off loopback")
     p.add_argument("--read-only", action="store_true", help="serve without any control")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer for this host name (repeatable; needs --token), e.g. the "
+                   "machine's LAN name when serving on 0.0.0.0")  # fmt: skip
 
 
 @COMMANDS.command("ui", "serve the dashboard (runs, live charts, control panel, tree, audit log)",
@@ -55,7 +58,8 @@ def _ui(args: argparse.Namespace, store: Store) -> int:
     from retune.server import serve
 
     check_port(args.host, args.port)
-    serve(store, host=args.host, port=args.port, token=args.token, read_only=args.read_only)
+    serve(store, host=args.host, port=args.port, token=args.token, read_only=args.read_only,
+          allowed_hosts=args.allowed_host)  # fmt: skip
     return 0
 
 
@@ -66,7 +70,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int_arg("--seed"), default=0)
     p.add_argument(
         "--step-delay",
-        type=float,
+        type=seconds_arg("--step-delay"),
         default=0.05,
         help="seconds to sleep per step, so a person can steer it (default 0.05; 0 = full speed)",
     )

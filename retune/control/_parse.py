@@ -8,6 +8,7 @@ to 64 bits so that every parsed value fits the store's columns and a float.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "parse_count",
     "parse_group",
     "parse_int",
+    "parse_seconds",
     "parse_value",
 ]
 
@@ -53,6 +55,19 @@ def parse_count(text: str, what: str = "number") -> int:
     value = parse_int(text, what)
     if value < 0:
         raise InvalidArgument(f"{what} must be 0 or more, got {value}")
+    return value
+
+
+def parse_seconds(text: str, what: str = "seconds") -> float:
+    """A finite, non-negative number of seconds in ASCII (``'0.5'``, ``'1e-3'``, ``'120'``).
+
+    Raises :class:`InvalidArgument` naming ``what`` otherwise (``'inf'``, ``'-1'``, ``'٣'``).
+    """
+    if not _FLOAT.fullmatch(text):
+        raise InvalidArgument(f"{what} must be a number in ASCII digits, got {text!r}")
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(f"{what} must be finite and 0 or more, got {text}")
     return value
 
 

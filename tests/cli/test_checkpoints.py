@@ -71,6 +71,17 @@ def test_set_and_scale_refuse_non_ascii_groups_and_huge_values(
     assert "ASCII digits" in done.stderr or "too large" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["set", "done", "lr=0.1", "--timeout", "inf"], ["pause", "done", "--timeout", "\u0663"],
+     ["gc", "--grace", "-1"], ["checkpoint", "done", "--timeout", "nan"]],
+)  # fmt: skip
+def test_seconds_are_finite_ascii_numbers(finished: str, args: list[str]) -> None:
+    done = retune_cli(*args, "--store", finished)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "must be" in done.stderr.splitlines()[-1]
+
+
 def test_restore_says_which_checkpoint_and_step_a_target_resolved_to(
     live_run: tuple[str, str],
 ) -> None:
