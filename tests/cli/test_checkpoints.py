@@ -143,7 +143,7 @@ def test_get_shows_the_live_value_a_scheduler_moved(live_run: tuple[str, str]) -
 
     def lr_moved() -> bool:
         done = retune_cli("get", name, "--store", store, "--json")
-        return json.loads(done.stdout)["lr"][0] < 0.1
+        return float(json.loads(done.stdout)["lr"][0]) < 0.1
 
     poll(lr_moved, "`retune get` to show the scheduler's lr", deadline=120)
     table = retune_cli("get", name, "--store", store).stdout
