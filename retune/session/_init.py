@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 import os
-import secrets
+import random
+import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retune import _json
-from retune.errors import InvalidArgument, RunNotFound
+from retune.checkpoint import resolve_checkpoint
+from retune.errors import CheckpointNotFound, InvalidArgument, RunNotFound
 from retune.session import _capture
 from retune.session._checkpointer import CheckpointPolicy
 from retune.session._restore import resume_from
 from retune.session._run import Run
 from retune.session._snapshot import RunSnapshot, read_snapshot
-from retune.store import Store, objects_url_for, open_store
+from retune.store import RunRecord, Store, objects_url_for, open_store, process_identity
+
+if TYPE_CHECKING:
+    from retune.control import LiveTunables
 
 __all__ = ["RESUME_FROM_ENV", "RESUME_RUN_ENV", "init", "load"]
 
 RESUME_RUN_ENV = "RETUNE_RESUME_RUN"
 RESUME_FROM_ENV = "RETUNE_RESUME_FROM"
+
+
+def _consume_resume_env() -> tuple[str | None, str | None]:
+    """The run and target ``retune resume`` asked for, read once: the variables are removed
+    so a later ``init`` in the same process (or a child process) does not resume again."""
+    return os.environ.pop(RESUME_RUN_ENV, None) or None, os.environ.pop(RESUME_FROM_ENV, None)
+
+
+def _default_data_seed(seeds: dict[str, Any]) -> int:
+    """The data-order seed when ``seed=`` is not given, as reproducible as plain PyTorch.
+
+    From torch's global generator when torch is imported (``torch.manual_seed(0)`` gives the
+    same data order on every run; nothing is drawn, so the script's random stream is left as
+    it was), else from Python's ``random`` (``random.seed(0)`` likewise). Records the source.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        seeds["data_seed_from"] = "torch.initial_seed()"
+        return int(torch.initial_seed()) % 2**62
+    seeds["data_seed_from"] = "random.getrandbits(62)"
+    return random.getrandbits(62)
 
 
 def _describe(model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
@@ -70,7 +96,17 @@ def init(
     ``resume="latest"`` (or a checkpoint ``c3``, a node ``n3``, ``n3@1200``) continues the
     latest run named ``name`` from that checkpoint on a new node: the model, optimizer,
     scheduler, RNG, loop position and ``run.state`` are loaded before this returns. With
-    ``"latest"`` and no such run yet, a new run starts. ``retune resume`` sets this for you.
+    ``"latest"`` and no such run yet, a new run starts. ``retune resume`` sets this for you
+    (through ``RETUNE_RESUME_RUN`` / ``RETUNE_RESUME_FROM``, which the first ``init`` of the
+    process consumes). A resume never touches the old run when it cannot happen: a run with
+    no such checkpoint raises ``CheckpointNotFound`` and keeps its status; a run whose process
+    is still alive (fresh heartbeat) raises ``RunInUse`` naming that process's host and pid;
+    of two processes resuming at once, one wins. Commands sent while the run had no live
+    process are rejected ("the run was not live ...") instead of being applied late.
+
+    Without ``seed=``, the data order's seed derives from torch's global generator
+    (``torch.initial_seed()``), so a script that calls ``torch.manual_seed(0)`` gets the same
+    order on every run, as plain PyTorch would; it is recorded in ``meta["seeds"]``.
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgument("retune.init needs a non-empty run name")
@@ -79,11 +115,12 @@ def init(
     if config is not None and not isinstance(config, dict):
         raise InvalidArgument(f"config must be a dict, got {type(config).__name__}")
     policy = CheckpointPolicy(checkpoint_every_n_steps, checkpoint_every_n_epochs, keep_last)
-    resume_run = os.environ.get(RESUME_RUN_ENV) if resume is None else None
+    env_run, env_from = _consume_resume_env()
+    resume_run = env_run if resume is None else None
     if resume_run:
-        resume = os.environ.get(RESUME_FROM_ENV) or "latest"
+        resume = env_from or "latest"
     seeds = _capture.seed_everything(seed)
-    data_seed = seed if seed is not None else secrets.randbits(62)
+    data_seed = seed if seed is not None else _default_data_seed(seeds)
     seeds["data_seed"] = data_seed
     meta = {
         **_describe(model, optimizer, scheduler),
@@ -98,24 +135,26 @@ def init(
     tunables = LiveTunables(optimizer, scheduler)
     owns_store = not isinstance(store, Store)
     opened = open_store(store) if not isinstance(store, Store) else store
-    existing = None
-    if resume is not None:
-        try:
-            existing = opened.get_run(resume_run or name)
-        except RunNotFound:
-            if resume != "latest":
-                raise
-    if existing is not None:
-        record = opened.reopen_run(existing.id)
-        opened.add_event(record.id, "resumed", {"from": resume, "meta": _json.jsonable(meta)})
-    else:
-        record = opened.create_run(
-            name, config=_json.jsonable(config or {}), meta=meta, tunables=tunables.records()
+    who = meta["invocation"]["user"]
+    try:
+        existing, record = _attach_or_create(
+            opened,
+            name=name,
+            resume_run=resume_run,
+            resume=resume,
+            meta=meta,
+            config=config,
+            tunables=tunables,
+            who=who,
         )
+    except BaseException:
+        if owns_store:
+            opened.close()
+        raise
     run = Run(
         opened,
         record,
-        0,
+        0 if existing is not None else 1,
         training={
             "model": model,
             "optimizer": optimizer,
@@ -130,27 +169,70 @@ def init(
         poll_interval=poll_interval,
         owns_store=owns_store,
     )
-    who = meta["invocation"]["user"]
     if existing is not None and resume is not None:
         try:
             resume_from(run, resume, who)
         except BaseException as e:
             run.finish("crashed", error=f"resume from {resume!r} failed: {e}")
             raise
-    else:
-        root = opened.create_node(
-            record.id,
-            parent=None,
-            start_step=0,
-            change_kind="start",
-            values=tunables.values(),
-            diff={},
-            created_by=who,
-        )
-        run._node = root.id
     if ui:  # the next free port if this one is taken; training goes on either way
         run.serve_dashboard(8765 if ui is True else int(ui))
     return run
+
+
+def _attach_or_create(
+    store: Store,
+    *,
+    name: str,
+    resume_run: str | None,
+    resume: str | None,
+    meta: dict[str, Any],
+    config: dict[str, Any] | None,
+    tunables: LiveTunables,
+    who: str | None,
+) -> tuple[RunRecord | None, RunRecord]:
+    """``(existing, record)``: the run attached for a resume, or a new run with its root.
+
+    Nothing is written to an existing run until the checkpoint to resume from is known to
+    exist and this process has won the atomic attach (a live run is refused, naming its
+    process); commands sent while no process was live are rejected then.
+    """
+    existing = None
+    if resume is not None:
+        try:
+            existing = store.get_run(resume_run or name)
+        except RunNotFound:
+            if resume != "latest" or resume_run:
+                raise
+    identity = process_identity()
+    if existing is None:
+        record = store.create_run(
+            name,
+            config=_json.jsonable(config or {}),
+            meta={**meta, "process": identity},
+            tunables=tunables.records(),
+            root_values=tunables.values(),
+            created_by=who,
+        )
+        return None, record
+    assert resume is not None
+    try:
+        resolve_checkpoint(store, existing.id, resume)
+    except CheckpointNotFound as e:
+        raise CheckpointNotFound(
+            f"cannot resume run {existing.name} ({existing.id}) from {resume!r}: {e};"
+            f" the run was left as it was ({existing.status})"
+        ) from e
+    record = store.attach_run(
+        existing.id,
+        owner=identity,
+        reason=(
+            "the run was not live when this command was sent; it was resumed later by"
+            f" process {identity['pid']} on host {identity['host']}"
+        ),
+    )
+    store.add_event(record.id, "resumed", {"from": resume, "meta": _json.jsonable(meta)})
+    return existing, record
 
 
 def load(run: str, *, store: str | Store | None = None) -> RunSnapshot:
