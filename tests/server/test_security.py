@@ -9,6 +9,7 @@ Debian Chromium.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,44 @@ def test_serving_under_other_names_needs_a_token() -> None:
     assert check_bind("0.0.0.0", "T", allowed_hosts=["box.lan"]) == "T"
     with pytest.raises(retune.InvalidArgument, match="not a host name"):
         check_bind("0.0.0.0", "T", allowed_hosts=["http://box.lan/"])
+
+
+def test_retune_ui_answers_for_its_allowed_hosts(tmp_path: Path) -> None:
+    """What a LAN client of ``retune ui --host 0.0.0.0 --token T --allowed-host box.lan`` sees
+    (bound to loopback here; a client reaching it as box.lan sends ``Host: box.lan:PORT``)."""
+    import subprocess
+    import sys
+
+    from tests.server._net import free_port
+
+    port = free_port()
+    store = str(tmp_path / "lan.db")
+    args = [sys.executable, "-m", "retune", "ui", "--store", store, "--port", str(port)]
+    refused = subprocess.run([*args, "--allowed-host", "box.lan"], capture_output=True,
+                             text=True, timeout=60, check=False)  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("retune: error: --allowed-host needs a token")
+    ui = subprocess.Popen([*args, "--token", "T", "--allowed-host", "box.lan", "--allowed-host",
+                           "10.0.0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/api/runs"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.get(url, headers={"Host": f"box.lan:{port}"}, timeout=2,
+                                     params={"token": "T"})  # fmt: skip
+                break
+            except httpx.TransportError:
+                assert ui.poll() is None and time.monotonic() < deadline, "retune ui did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200, response.text
+        ip = httpx.get(url, headers={"Host": f"10.0.0.5:{port}", "Authorization": "Bearer T"})
+        assert ip.status_code == 200
+        _error(httpx.get(url, headers={"Host": "evil.com", "Authorization": "Bearer T"}), 421,
+               "bad_host")  # fmt: skip
+    finally:
+        ui.kill()
+        ui.communicate()
 
 
 # ---- cross-site writes -----------------------------------------------------------------------
