@@ -132,27 +132,31 @@ class MetricWriter:
             buffer = self.buffer
             # one C call: every drained point is in _unwritten before any signal handler runs
             self._unwritten.extend(starmap(buffer.popleft, repeat((), len(buffer))))
-            if not self._unwritten and not self._held:
-                self._write([])  # the heartbeat and progress only
-                return 0
-            fresh = pack(self._unwritten)
-            held = [chunk for chunk, _ in self._held]
-            try:
-                self._write([*held, *fresh])
-            except StoreUnavailable:
-                self._held = [*self._held, *((chunk, 0) for chunk in fresh)]
-                self._unwritten = []
-                raise
-            except RetuneError:
-                written = self._isolate(fresh)
+            if self._unwritten or self._held:
+                written = self._write_points()
             else:
-                self._held = []
-                self._unwritten = []
-                written = sum(len(c.steps) for c in [*held, *fresh])
+                self._write([])  # the heartbeat and progress only
+                written = 0
             self._warned = False
         if self._after_flush is not None:
             self._after_flush()
         return written
+
+    def _write_points(self) -> int:
+        """Write ``_unwritten`` and the held chunks (lock held); returns points written."""
+        fresh = pack(self._unwritten)
+        held = [chunk for chunk, _ in self._held]
+        try:
+            self._write([*held, *fresh])
+        except StoreUnavailable:
+            self._held = [*self._held, *((chunk, 0) for chunk in fresh)]
+            self._unwritten = []
+            raise
+        except RetuneError:
+            return self._isolate(fresh)
+        self._held = []
+        self._unwritten = []
+        return sum(len(c.steps) for c in [*held, *fresh])
 
     def _write(self, chunks: list[MetricChunk]) -> None:
         try:

@@ -66,7 +66,10 @@ def test_finish_stops_the_dashboard_it_served(store_url: str) -> None:
     assert run.ui_server is None
 
 
-def test_the_stored_tunables_follow_the_lr_a_scheduler_moves(store_url: str) -> None:
+@pytest.mark.parametrize("metrics", [{"loss": 1.0}, {}], ids=["with-metrics", "no-metrics"])
+def test_the_stored_tunables_follow_the_lr_a_scheduler_moves(
+    store_url: str, metrics: dict[str, float]
+) -> None:
     """Issue 8 item 11: `retune get` and the control panel read the stored value."""
     param = torch.nn.Parameter(torch.ones(2))
     opt = torch.optim.SGD([param], lr=0.1)
@@ -77,7 +80,7 @@ def test_the_stored_tunables_follow_the_lr_a_scheduler_moves(store_url: str) -> 
         for _ in range(3):
             opt.step()
             scheduler.step()
-            run.step(loss=1.0)
+            run.step(metrics)
         run.flush()
         stored = open_store(store_url).get_run(run.id).tunables
         (lr,) = [t for t in stored if t["name"] == "lr"]
