@@ -13,7 +13,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,7 +33,7 @@ from starlette.exceptions import HTTPException
 
 from retune import _json
 from retune.control import current_user, submit
-from retune.errors import InvalidArgument, NodeNotFound, RetuneError
+from retune.errors import InvalidArgument, NodeNotFound, RetuneError, redact
 from retune.server._security import SecurityPolicy
 from retune.session._snapshot import MetricSeries, read_snapshot
 from retune.store import LIVE_STATUSES, RunRecord, Store
@@ -118,6 +119,20 @@ def _check_payload(value: Any, where: str = "payload", depth: int = 0) -> None:
             _check_payload(item, f"{where}[{index}]", depth + 1)
 
 
+async def _contain(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Anything that escapes the handlers is a bug: answer a JSON 500 that holds no details
+    (they may hold paths or secrets), log the traceback redacted, and keep the connection."""
+    try:
+        return await call_next(request)
+    except Exception as error:  # the one place every unexpected error ends
+        trace = "".join(traceback.format_exception(error))
+        _log.error("%s %s failed:\n%s", request.method, request.url.path, redact(trace))
+        return JSONResponse({"error": "internal_error", "message": "internal error (a bug in "
+                             "Retune; the server log has details)"}, status_code=500)  # fmt: skip
+
+
 def create_app(
     store: Store,
     *,
@@ -131,6 +146,7 @@ def create_app(
     )
     policy = SecurityPolicy(token=token, allowed_hosts=allowed_hosts or set())
     app.middleware("http")(policy)
+    app.middleware("http")(_contain)  # added last: the outermost layer
 
     @app.exception_handler(RetuneError)
     async def _retune_error(_request: Request, error: RetuneError) -> JSONResponse:
@@ -141,13 +157,6 @@ def create_app(
         code = _HTTP_CODES.get(error.status_code, f"http_{error.status_code}")
         return JSONResponse({"error": code, "message": str(error.detail)},
                             status_code=error.status_code, headers=error.headers)  # fmt: skip
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        # a bug: say so without details (they may hold paths or secrets); the log has them
-        _log.error("%s %s failed: %s", request.method, request.url.path, type(error).__name__)
-        return JSONResponse({"error": "internal_error", "message": "internal error (a bug in "
-                             "Retune; the server log has details)"}, status_code=500)  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -341,3 +342,44 @@ def test_malformed_bodies_are_400_with_a_reason(
     response = client.post("/api/runs/live/commands", content=body,
                            headers={**JSON, "Origin": ORIGIN})  # fmt: skip
     _error(response, 400, "invalid_argument")
+
+
+def test_a_bug_is_a_json_500_without_secrets_and_the_connection_stays(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What escapes every handler (a bug) is answered, not dropped: a JSON 500 holding no
+    details, and a log line with the traceback whose store URLs show no password."""
+    import httpx
+    import uvicorn
+
+    from tests.server._net import free_port
+
+    app = create_app(store)
+    secret_url = "postgresql+psycopg://mia:s3cret@db:5432/retune"
+
+    def bug() -> None:  # a route with a bug in it, added to the real app
+        raise RuntimeError(f"cannot reach {secret_url}")
+
+    app.add_api_route("/api/bug", bug)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
+                                           log_level="critical"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            deadline = time.monotonic() + 30
+            while not server.started:
+                assert thread.is_alive() and time.monotonic() < deadline
+                time.sleep(0.02)
+            with caplog.at_level("ERROR", logger="retune.server"):
+                response = http.get("/api/bug")
+            assert response.status_code == 500
+            assert response.json()["error"] == "internal_error"
+            assert "s3cret" not in response.text and "mia" not in response.text
+            assert http.get("/api/runs").status_code == 200  # the same connection still serves
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert "RuntimeError" in caplog.text and "mia:***@db" in caplog.text
+    assert "s3cret" not in caplog.text
