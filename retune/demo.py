@@ -146,7 +146,10 @@ def run_demo(
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True)
     model = build_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+    # eta_min > 0: lr stays a valid value (> 0) in every checkpoint, the last one included
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=epochs * len(loader), eta_min=lr / 100
+    )
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "data": "sklearn digits"}
     run = retune.init(
         name,
@@ -289,8 +292,9 @@ class _Director:
             self.say(f"retune demo: restore n1 with weight_decay=1e-3 at step {step}")
 
     def resume_in_new_process(self, epochs: int, step_delay: float) -> bool:
-        """Continue the run in a new process for two more epochs; False (nothing done) when
-        someone else steered it."""
+        """Continue the run in a new process for two more epochs; True when that process
+        trained and printed the tree, False when someone else steered the run (nothing done)
+        or the new process failed."""
         import subprocess
 
         if self._someone_else():
@@ -301,5 +305,5 @@ class _Director:
                    "--name", self.name]  # fmt: skip
         if self.store:
             command += ["--store", self.store]
-        subprocess.run(command, check=False)
-        return True
+        done = subprocess.run(command, check=False)
+        return done.returncode in (0, 1)  # 1: it trained, below the accuracy bar
