@@ -22,7 +22,6 @@ import hmac
 import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -132,7 +131,8 @@ class SecurityPolicy:
             return _refuse(403, "forbidden_origin", message)
         origin = request.headers.get("origin")
         own = request.headers.get("host", "").strip().lower()
-        if origin is not None and urlsplit(origin.strip()).netloc.lower() != own:
+        # an Origin is scheme://host[:port]; compared as text, so a malformed one is refused
+        if origin is not None and origin.strip().lower().partition("://")[2] != own:
             return _refuse(403, "forbidden_origin", f"requests from {origin} are refused")
         return None
 

@@ -155,6 +155,9 @@ def test_retune_ui_answers_for_its_allowed_hosts(tmp_path: Path) -> None:
         {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
         {"Origin": "null"},
         {"Origin": "http://testserver.evil.example"},
+        {"Origin": "http://["},  # urlsplit raises on these: must be a refusal, not a 500
+        {"Origin": "http://[::1"},
+        {"Origin": "http://testserver/path"},
     ],
 )
 def test_cross_site_writes_are_refused(store: Store, live: Any, headers: dict[str, str]) -> None:
