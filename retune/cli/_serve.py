@@ -55,8 +55,9 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
 def _ui(args: argparse.Namespace, store: Store) -> int:
     """Serve until Ctrl-C. A port already in use is one line on stderr and exit 2 (no
     "dashboard at" line first): the URL stays the one you asked for, never another port."""
-    from retune.server import serve
+    from retune.server import check_bind, serve
 
+    check_bind(args.host, args.token)  # the binding rules first: no token off loopback
     check_port(args.host, args.port)
     serve(store, host=args.host, port=args.port, token=args.token, read_only=args.read_only,
           allowed_hosts=args.allowed_host)  # fmt: skip
