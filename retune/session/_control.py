@@ -99,7 +99,9 @@ class Applier:
         except RetuneError as e:
             if not retry:
                 raise
-            log.warning("retune: cannot claim command %s yet, will retry: %s", command.id, e)
+            if not self._warned:
+                log.warning("retune: cannot claim command %s yet, will retry: %s", command.id, e)
+                self._warned = True
             return False
         if claimed is None:
             return True  # rejected at submission, resolved already, or claimed elsewhere
