@@ -186,3 +186,40 @@ def test_a_server_that_never_answers_times_out_with_a_clear_message() -> None:
         listener.close()
     assert done.returncode == 0, done.stderr
     assert "connect timeout" in done.stdout and ":pw@" not in done.stdout
+
+
+def test_a_postgres_database_without_a_store_is_not_created_by_reading() -> None:
+    from sqlalchemy import create_engine, inspect, text
+
+    from tests.store.conftest import postgres_url
+
+    url = postgres_url()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    with pytest.raises(StoreNotFound, match="holds no Retune store"):
+        open_store(url, create=False)
+    with engine.connect() as conn:
+        assert inspect(conn).get_table_names() == []
+    engine.dispose()
+
+
+def test_a_run_is_never_left_without_its_root_node(tmp_path: Path) -> None:
+    """The disk fills between the run row and its root node: nothing of the run remains."""
+    import sqlite3
+
+    import retune
+    from retune.errors import StoreError
+
+    path = tmp_path / "retune.db"
+    open_store(str(path)).close()
+    with sqlite3.connect(path) as db:  # the node insert fails as on a full disk
+        db.execute(
+            "CREATE TRIGGER full_disk BEFORE INSERT ON nodes "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    with pytest.raises(StoreError, match="disk is full"):
+        retune.init("starved", store=str(path))
+    with open_store(str(path), create=False) as store:
+        assert store.list_runs() == []
