@@ -35,6 +35,7 @@ __all__ = [
     "HOSTILE_METRICS",
     "FuzzReport",
     "fuzz",
+    "fuzz_headers",
     "live_dashboard",
     "live_trainer",
     "populate",
@@ -223,16 +224,57 @@ def _check(
     except requests.RequestException as e:
         report.failures.append(f"{where}: connection failed: {e!r}")
         return
-    status = response.status_code
+    _judge(where, response.status_code, response.text, report)
+
+
+HEADER_VALUES = (
+    b"http://[", b"http://[::1", "http://ü".encode(), b"\xff\xfe", b"http://127.0.0.1:99999",
+    b"null", b"", b"//", b"[", b"[::1", b"127.0.0.1:abc", "²".encode(), "٣".encode(),
+    b"cross-site", b"application/json; charset=\xff", b"Bearer \xff", b"retune_token=\xc3\xbc",
+)  # fmt: skip
+HEADER_NAMES = (b"Origin", b"Host", b"Sec-Fetch-Site", b"Content-Type", b"Authorization",
+                b"Cookie", b"Referer", b"Accept")  # fmt: skip
+
+
+def fuzz_headers(base_url: str, *, token: str | None = None, run: str = "done") -> FuzzReport:
+    """Every hostile value of :data:`HEADER_VALUES` in every header of :data:`HEADER_NAMES`,
+    on a read and on a write (a command to ``run``), over one real HTTP connection."""
+    import httpx
+
+    report = FuzzReport()
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        for name in HEADER_NAMES:
+            for value in HEADER_VALUES:
+                for method, path in (("GET", "/api/runs"), ("POST", f"/api/runs/{run}/commands")):
+                    headers = [(name, value)]
+                    if token is not None and name != b"Authorization":
+                        headers.append((b"Authorization", f"Bearer {token}".encode()))
+                    if name != b"Content-Type":
+                        headers.append((b"Content-Type", b"application/json"))
+                    where = f"{method} {path} {name.decode()}: {value!r}"
+                    report.requests += 1
+                    try:
+                        response = client.request(method, path, headers=headers,
+                                                  content=b'{"kind": "pause"}')  # fmt: skip
+                    except httpx.HTTPError as e:
+                        report.failures.append(f"{where}: connection failed: {e!r}")
+                        continue
+                    _judge(where, response.status_code, response.text, report)
+    return report
+
+
+def _judge(where: str, status: int, text: str, report: FuzzReport) -> None:
+    import json
+
     report.statuses[status] = report.statuses.get(status, 0) + 1
     if status >= 500:
-        report.failures.append(f"{where}: {status} {response.text[:300]}")
+        report.failures.append(f"{where}: {status} {text[:300]}")
     elif status >= 400:
         try:
-            body = response.json()
+            body = json.loads(text)
         except ValueError:
             body = None
         if not (
             isinstance(body, dict) and isinstance(body.get("error"), str) and body.get("message")
         ):
-            report.failures.append(f"{where}: {status} without a reason: {response.text[:300]}")
+            report.failures.append(f"{where}: {status} without a reason: {text[:300]}")

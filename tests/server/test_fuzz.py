@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.server._fuzz import HOSTILE_METRICS, fuzz, live_dashboard, live_trainer, populate
+from tests.server._fuzz import (
+    HOSTILE_METRICS,
+    fuzz,
+    fuzz_headers,
+    live_dashboard,
+    live_trainer,
+    populate,
+)
 
 pytest.importorskip("schemathesis")
 
@@ -35,3 +42,13 @@ def test_a_seeded_fuzz_of_the_live_api_finds_no_5xx(tmp_path: Path) -> None:
     assert report.requests >= 200
     assert report.failures == []
     assert sum(n for status, n in report.statuses.items() if status < 300) > 50
+
+
+@pytest.mark.parametrize("token", [None, "T"])
+def test_hostile_header_values_are_4xx_with_a_reason(tmp_path: Path, token: str | None) -> None:
+    url = f"sqlite:///{tmp_path / 'headers.db'}"
+    populate(url)
+    with live_dashboard(url, token=token) as base:
+        report = fuzz_headers(base, token=token)
+    assert report.requests == 2 * 17 * 8
+    assert report.failures == []
