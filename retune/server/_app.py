@@ -90,6 +90,17 @@ def _series(series: MetricSeries) -> dict[str, Any]:
     }
 
 
+def _redacted(value: Any) -> Any:
+    """``value`` with :func:`redact` applied to every string in it (keys too)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {_redacted(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def _node(ref: str) -> int:
     """A node reference from a URL (``n3`` or ``3``, ASCII digits only) -> 3."""
     match = _NODE.fullmatch(ref.strip())
@@ -183,8 +194,9 @@ def create_app(
         record = await blocking(store.get_run, run)
         last = (await blocking(store.last_metrics, [record.id]))[record.id]
         data = _run_summary(record, last, time.time())
-        data.update(config=record.config, meta=record.meta, tunables=record.tunables,
-                    error=record.error, read_only=read_only)  # fmt: skip
+        # the recorded command line may name a store URL: never show its password
+        data.update(config=_redacted(record.config), meta=_redacted(record.meta),
+                    tunables=record.tunables, error=record.error, read_only=read_only)  # fmt: skip
         return _json_response(data)
 
     @app.get("/api/runs/{run}/tree", summary="The tuning tree")

@@ -383,3 +383,18 @@ def test_a_bug_is_a_json_500_without_secrets_and_the_connection_stays(
         thread.join(timeout=30)
     assert "RuntimeError" in caplog.text and "mia:***@db" in caplog.text
     assert "s3cret" not in caplog.text
+
+
+def test_a_store_password_in_the_recorded_command_line_is_never_served(
+    client: TestClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "postgresql+psycopg://mia:s3cret@db:5432/retune"
+    monkeypatch.setattr("sys.argv", ["train.py", "--store", secret])
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with retune.init("argv", model=model, optimizer=opt, store=store, config={"db": secret}):
+        pass
+    detail = client.get("/api/runs/argv")
+    assert detail.status_code == 200
+    assert "s3cret" not in detail.text
+    assert detail.json()["config"]["db"] == "postgresql+psycopg://mia:***@db:5432/retune"
