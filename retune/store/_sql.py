@@ -244,7 +244,7 @@ class SqlStore(Store):
             raise StoreError(f"store {self.url} refused the write: {reason}") from e
         except DBAPIError as e:
             reason = str(e.orig if e.orig is not None else e).splitlines()[0]
-            if not self._is_sqlite and "timeout" in reason.lower():
+            if not self._is_sqlite and "timeout expired" in reason.lower():
                 reason += (
                     f" (no answer within the {CONNECT_TIMEOUT:g} s connect timeout; is the"
                     " server up? add ?connect_timeout=SECONDS to the URL to wait longer)"
