@@ -115,7 +115,7 @@ def _resume(args: argparse.Namespace, store: Store) -> int:
                 "(un-pause); `resume` now means continuing in a new process")  # fmt: skip
         print(note, file=sys.stderr)
         ctl = Controller(store, args.run, source="cli")
-        return report(args, ctl.resume(wait=not args.no_wait, timeout=args.timeout))
+        return report(args, ctl.continue_(wait=not args.no_wait, timeout=args.timeout))
     run = store.get_run(args.run)
     checkpoint = resolve_checkpoint(store, run.id, args.target)
     print(f"retune: resuming {run.name} ({run.id}) from {checkpoint.label} at step "

@@ -82,9 +82,8 @@ def _plain(kind: str, name: str, help: str) -> None:
 
 
 _plain("pause", "pause", "hold a live run at its next step boundary")
-# The command kind stays "resume" in the store (the audit and the API keep their word); on the
-# command line, `continue` un-pauses and `resume` continues a run in a new process.
-_plain("resume", "continue", "let a paused run continue")
+# `continue` un-pauses; `resume` continues a run in a new process (see _checkpoints.py).
+_plain("continue", "continue", "let a paused run continue")
 _plain("stop", "stop", "end a live run cleanly at its next step boundary")
 
 

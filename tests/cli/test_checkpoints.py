@@ -105,14 +105,14 @@ def test_continue_unpauses_and_resume_without_a_command_is_its_alias(
     name, store = live_run
     assert retune_cli("pause", name, "--store", store).returncode == 0
     done = retune_cli("continue", name, "--store", store)
-    assert done.returncode == 0 and done.stdout.startswith("applied resume at step"), done.stderr
+    assert done.returncode == 0 and done.stdout.startswith("applied continue at step"), done.stderr
     assert retune_cli("pause", name, "--store", store).returncode == 0
     alias = retune_cli("resume", name, "--store", store)
-    assert alias.returncode == 0 and alias.stdout.startswith("applied resume at step")
+    assert alias.returncode == 0 and alias.stdout.startswith("applied continue at step")
     assert "is `retune continue RUN`" in alias.stderr
     with open_store(store) as opened:
         kinds = [c.kind for c in opened.list_commands(opened.get_run(name).id)]
-    assert kinds == ["pause", "resume", "pause", "resume"]
+    assert kinds == ["pause", "continue", "pause", "continue"]
 
 
 def test_tree_draws_every_node(finished: str) -> None:
