@@ -19,7 +19,6 @@ as ``crashed`` with its traceback.
 
 from __future__ import annotations
 
-import _thread
 import atexit
 import signal
 import sys
@@ -110,7 +109,7 @@ def _on_signal(signum: int, _frame: object) -> None:
             file=sys.stderr,
             flush=True,
         )
-        timer = threading.Timer(GRACE_SECONDS, _thread.interrupt_main, (signum,))
+        timer = threading.Timer(GRACE_SECONDS, _signal_main_thread, (signum,))
         timer.daemon = True
         timer.start()
         _grace.append(timer)
@@ -119,6 +118,12 @@ def _on_signal(signum: int, _frame: object) -> None:
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
+
+
+def _signal_main_thread(signum: int) -> None:
+    """The grace period is over: deliver the signal again, to the main thread itself (so a
+    blocking call there, a sleep or a read, is interrupted and the handler runs at once)."""
+    signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
 
 def cancel_grace() -> None:

@@ -3,7 +3,8 @@
 ``python stop_trainer.py STORE NAME MODE``; MODE is ``plain`` (own loop, no ``with``),
 ``with`` (own loop inside ``with retune.init(...)``), ``iterators`` (``run.epochs`` /
 ``run.batches`` without ``with``; the script itself sends ``stop`` at step 30), ``thread``
-(trained in a thread that raises) or ``resume`` (``resume="latest"``, prints where it starts).
+(trained in a thread that raises), ``blocked`` (60 steps, then a sleep with no boundary) or
+``resume`` (``resume="latest"``, prints where it starts).
 The loops print ``ready`` after 50 steps; ``final STEP WEIGHTS`` is printed on the way out.
 """
 
@@ -54,6 +55,12 @@ if mode == "resume":
     run = retune.init(name, model=model, optimizer=opt, store=store, resume="latest")
     print("start", run.global_step, opt.param_groups[0]["lr"], weights(), flush=True)
     run.finish()
+elif mode == "blocked":  # steps, then blocks where no step boundary comes
+    run = retune.init(name, model=model, optimizer=opt, store=store)
+    for _ in range(60):
+        run.step(loss=train_step())
+    print("ready", flush=True)
+    time.sleep(600)
 elif mode == "plain":
     loop(retune.init(name, model=model, optimizer=opt, store=store, flush_interval=3600))
 elif mode == "with":

@@ -102,3 +102,23 @@ def test_sigterm_flushes_and_marks_the_run_stopped(tmp_path: Path) -> None:
     assert snap.status == "stopped" and snap.run.error == "terminated by SIGTERM"
     steps = snap.metric("loss").steps
     assert len(steps) > 500 and steps.tolist() == list(range(1, len(steps) + 1))
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [(0, "finished", None), (None, "finished", None), (3, "crashed", "exited with status 3")],
+)
+def test_sys_exit_inside_the_context_manager_is_what_its_code_says(
+    store_url: str, code: int | None, status: str, error: str | None
+) -> None:
+    """A script that calls ``sys.exit(0)`` inside ``with`` ended well (issue 8 item 3 made
+    ``SystemExit`` a recognized end instead of a crash with a traceback)."""
+    with pytest.raises(SystemExit), retune.init("exits", store=store_url) as run:
+        run.step(loss=1.0)
+        sys.exit(code)
+    snap = retune.load("exits", store=store_url)
+    assert snap.status == status
+    if error is None:
+        assert snap.run.error is None
+    else:
+        assert snap.run.error is not None and error in snap.run.error

@@ -162,3 +162,26 @@ def test_a_crash_in_a_training_thread_marks_the_run_crashed(tmp_path: Path) -> N
     assert snap.status == "crashed"
     assert snap.run.error is not None and "RuntimeError: worker exploded" in snap.run.error
     assert len(snap.metric("loss")) == 20
+
+
+def test_a_second_sigterm_interrupts_a_process_that_reaches_no_boundary(tmp_path: Path) -> None:
+    store = str(tmp_path / "blocked.db")
+    proc = _start(store, "blocked", "blocked")
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert "stopping at the next step boundary" in proc.stderr.readline()
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    snap = retune.load("blocked", store=store)
+    assert snap.status == "stopped" and len(snap.metric("loss")) == 60
+    assert open_store(store).list_checkpoints(snap.id) == []  # no boundary, no checkpoint
+
+
+def test_with_no_boundary_the_first_sigterm_interrupts_after_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    store = str(tmp_path / "grace.db")
+    code, _, err = _signal_after_ready(store, "graced", "blocked", signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err
+    assert retune.load("graced", store=store).status == "stopped"
