@@ -43,6 +43,7 @@ __all__ = ["create_app"]
 STATIC = Path(__file__).parent / "static"
 STALE_AFTER = 30.0
 INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1  # command ids are 32-bit on PostgreSQL
 _NODE = re.compile(r"n?([0-9]{1,18})", re.ASCII)
 _HTTP_CODES = {400: "invalid_argument", 404: "not_found", 405: "method_not_allowed"}
 _log = logging.getLogger("retune.server")
@@ -111,12 +112,15 @@ def _node(ref: str) -> int:
 
 def _check_payload(value: Any, where: str = "payload", depth: int = 0) -> None:
     """Refuse what no command can mean before it reaches validation: integers beyond 64 bits
-    (``10**400`` parses as JSON) and a ``group`` written with non-ASCII digits (``"²"``).
+    (``10**400`` parses as JSON), a ``group`` written with non-ASCII digits (``"²"``), and NUL
+    characters (PostgreSQL cannot store them).
     """
     if depth > 32:
         raise InvalidArgument(f"{where} is nested too deeply")
     if isinstance(value, bool):
         return
+    if isinstance(value, str) and "\x00" in value:
+        raise InvalidArgument(f"{where}: NUL characters are not allowed")
     if isinstance(value, int) and not -INT64_MAX <= value <= INT64_MAX:
         raise InvalidArgument(f"{where}: integers must fit in 64 bits")
     if isinstance(value, Mapping):
@@ -124,6 +128,7 @@ def _check_payload(value: Any, where: str = "payload", depth: int = 0) -> None:
         if isinstance(group, str) and group.isdigit() and not group.isascii():
             raise InvalidArgument(f"group must be an index (ASCII digits) or a name, got {group!r}")
         for key, item in value.items():
+            _check_payload(key, f"{where} (a name)", depth + 1)
             _check_payload(item, f"{where}.{key}", depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
@@ -135,6 +140,11 @@ async def _contain(
 ) -> Response:
     """Anything that escapes the handlers is a bug: answer a JSON 500 that holds no details
     (they may hold paths or secrets), log the traceback redacted, and keep the connection."""
+    if "\x00" in request.scope["path"] or any(
+        "\x00" in k or "\x00" in v for k, v in request.query_params.multi_items()
+    ):  # PostgreSQL refuses NUL in text: refuse it here, the same on every backend
+        message = "NUL characters are not allowed in a URL"
+        return JSONResponse({"error": "invalid_argument", "message": message}, status_code=400)
     try:
         return await call_next(request)
     except Exception as error:  # the one place every unexpected error ends
@@ -308,6 +318,7 @@ def create_app(
             )
         # who: the token holder off loopback, else the OS user the dashboard runs as
         user = "token" if token is not None else current_user()
+        _check_payload(command.kind, "kind")
         _check_payload(command.payload)
         record = await blocking(submit, store, run, command.kind, command.payload,
                                 source="ui", user=user)  # fmt: skip
@@ -315,7 +326,7 @@ def create_app(
 
     @app.get("/api/commands/{command_id}", summary="One command")
     async def command_detail(
-        command_id: Annotated[int, PathParam(ge=0, le=INT64_MAX)],
+        command_id: Annotated[int, PathParam(ge=0, le=INT32_MAX)],
     ) -> JSONResponse:
         return _json_response((await blocking(store.get_command, command_id)).__dict__)
 

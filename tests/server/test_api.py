@@ -398,3 +398,37 @@ def test_a_store_password_in_the_recorded_command_line_is_never_served(
     assert detail.status_code == 200
     assert "s3cret" not in detail.text
     assert detail.json()["config"]["db"] == "postgresql+psycopg://mia:***@db:5432/retune"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/runs?name=%00",
+        "/api/runs/%00",
+        "/api/runs/done/metric?key=a%00b",
+        "/api/runs/done/metrics/a%00b",
+        "/api/runs/done/branches?key=%00&node=n1",
+        f"/api/commands/{2**31}",  # command ids are 32-bit on PostgreSQL
+    ],
+)
+def test_what_postgresql_cannot_hold_is_refused_on_every_backend(
+    client: TestClient, runs: dict[str, Any], path: str
+) -> None:
+    """Found by the fuzz on PostgreSQL: NUL in text and ids beyond 32 bits were 503s."""
+    _error(client.get(path), 400, "invalid_argument")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        {"kind": "x\u0000"},
+        {"kind": "checkpoint", "payload": {"tag": "a\u0000b"}},
+        {"kind": "set", "payload": {"values": {"l\u0000r": 0.1}}},
+    ],
+)
+def test_nul_in_a_command_is_refused(
+    client: TestClient, runs: dict[str, Any], command: dict[str, Any]
+) -> None:
+    _error(client.post("/api/runs/live/commands", json=command, headers={"Origin": ORIGIN}), 400,
+           "invalid_argument")  # fmt: skip
+    assert client.get("/api/runs/live/commands").json() == []
