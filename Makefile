@@ -64,10 +64,10 @@ bench: $(VENV)/.installed-bench browser
 
 # The full reliability campaign (make test runs its short forms, marked `campaign`): 100 SIGKILLs,
 # 8 concurrent trainings on one SQLite store, >= 2,000 fuzzed requests to a live `retune ui`.
-# Prints the figures docs/reliability.md quotes (also written to soak.json); fails on any broken promise.
+# Prints the figures and writes them into docs/reliability.md; fails on any broken promise.
 .PHONY: soak
 soak: $(VENV)/.installed-dev
-	$(PY) scripts/soak.py --json soak.json
+	$(PY) scripts/soak.py --doc docs/reliability.md
 
 clean:
 	rm -rf $(VENV) .retune .pytest_cache .mypy_cache .ruff_cache

@@ -2,16 +2,21 @@
 
 usage: python scripts/soak.py [--kills 100] [--runs 8] [--steps 3000] [--examples 150]
                               [--seed 0] [--only kill,concurrency,fuzz] [--json PATH]
+                              [--doc docs/reliability.md]
 
 Runs the kill campaign, the concurrency campaign and the API fuzzing campaign in full (the
 short forms run in ``make test``), prints each one's figures and every broken promise, writes
-all the counts as JSON (``--json``), and exits 1 when any promise broke.
+all the counts as JSON (``--json``) and the figures into the doc between its
+``<!-- soak:begin -->`` and ``<!-- soak:end -->`` lines (``--doc``), and exits 1 when any
+promise broke.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +33,48 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _write_doc(
+    doc: Path, figures: dict[str, Any], summaries: list[str], failures: list[str]
+) -> None:
+    """Replace the text between the doc's soak markers with these figures."""
+    text = doc.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{doc} has no {BEGIN} ... {END} section to fill")
+    lines = [
+        BEGIN,
+        f"Written by `make soak` on {figures['started']} (commit {_commit()}, seed "
+        f"{figures['seed']}, {platform.system()} {platform.machine()}, Python "
+        f"{platform.python_version()}).",
+        "",
+        *[f"* {summary}" for summary in summaries],
+        "",
+        "Every promise held." if not failures else "**Broken promises:**",
+        *[f"* `{failure}`" for failure in failures[:30]],
+        END,
+    ]
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    doc.write_text(head + "\n".join(lines) + tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=100)
@@ -37,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="kill,concurrency,fuzz")
     parser.add_argument("--json", type=Path, help="write every count here")
+    parser.add_argument("--doc", type=Path, help="write the figures into this Markdown file")
     args = parser.parse_args(argv)
     wanted = set(args.only.split(","))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -76,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summary)
     for failure in failures:
         print("FAIL:", failure)
+    if args.doc:
+        _write_doc(args.doc, figures, summaries, failures)
     print("soak:", "FAILED" if failures else "every promise held")
     return 1 if failures else 0
 

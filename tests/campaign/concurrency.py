@@ -3,7 +3,7 @@
 usage: python -m tests.campaign.concurrency [--runs 8] [--steps 3000] [--seed 0] [--json]
 
 K trainer processes (the campaign's tiny real model, a point of ``s`` = step at every step)
-share one SQLite store with a process that keeps sending commands to all of them, a mix of
+share one SQLite store with a process whose threads keep sending commands to all of them, a mix of
 valid ``set``/``scale`` and invalid ones, and a process that keeps reading (runs list,
 metrics, last values, the audit log). At the end:
 
@@ -25,6 +25,7 @@ import math
 import random
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ from tests.campaign._proc import Child
 
 LOCKED = "database is locked"
 DEADLINE = 540.0  # seconds any worker may live
+PER_RUN_RATE = 8.0  # commands per second and live run: each applied one costs a checkpoint
 
 
 # -- workers ----------------------------------------------------------------------------------
@@ -82,10 +84,11 @@ def _random_command(rng: random.Random) -> tuple[str, dict[str, Any], bool]:
     return kind, payload, False
 
 
-def _command(store: str, names: list[str], seed: int, out: Path) -> int:
-    rng = random.Random(seed)
+def _command(store: str, names: list[str], seed: int, out: Path, threads: int = 4) -> int:
+    """Send random commands to every run until all of them ended (``threads`` senders)."""
     sent: list[dict[str, Any]] = []
     errors: list[str] = []
+    lock = threading.Lock()
     deadline = time.monotonic() + DEADLINE
     with open_store(store) as opened:
         ids: dict[str, str] = {}
@@ -96,23 +99,41 @@ def _command(store: str, names: list[str], seed: int, out: Path) -> int:
                 except retune.RunNotFound:
                     time.sleep(0.05)
         live = set(ids.values())
-        while live and time.monotonic() < deadline:
-            run_id = rng.choice(sorted(live))
-            kind, payload, valid = _random_command(rng)
-            entry: dict[str, Any] = {"run": run_id, "kind": kind, "valid": valid}
-            try:
-                record = retune.control.submit(opened, run_id, kind, payload, source="api")
-                entry.update(id=record.id, accepted=True)
-            except retune.RunNotLive:
-                live.discard(run_id)
-                continue
-            except retune.CommandRejected as e:
-                entry.update(id=e.command_id, accepted=False, reason=str(e))
-            except retune.RetuneError as e:
-                errors.append(f"{type(e).__name__}: {e}")
-                continue
-            sent.append(entry)
-            time.sleep(rng.uniform(0.0, 0.02))
+
+        def send(rng: random.Random) -> None:
+            while time.monotonic() < deadline:
+                with lock:
+                    if not live:
+                        return
+                    run_id = rng.choice(sorted(live))
+                kind, payload, valid = _random_command(rng)
+                entry: dict[str, Any] = {"run": run_id, "kind": kind, "valid": valid}
+                try:
+                    record = retune.control.submit(opened, run_id, kind, payload, source="api")
+                    entry.update(id=record.id, accepted=True)
+                except retune.RunNotLive:
+                    with lock:
+                        live.discard(run_id)
+                    continue
+                except retune.CommandRejected as e:
+                    entry.update(id=e.command_id, accepted=False, reason=str(e))
+                except retune.RetuneError as e:
+                    with lock:
+                        errors.append(f"{type(e).__name__}: {e}")
+                    continue
+                with lock:
+                    sent.append(entry)
+                    gap = threads / (PER_RUN_RATE * max(1, len(live)))
+                time.sleep(rng.uniform(0.0, 2 * gap))
+
+        senders = [
+            threading.Thread(target=send, args=(random.Random(seed * 100 + i),))
+            for i in range(threads)
+        ]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
     out.write_text(json.dumps({"sent": sent, "errors": errors}))
     print("DONE", len(sent), flush=True)
     return 0
