@@ -267,8 +267,8 @@ def test_a_command_is_applied_iff_it_is_valid(live: Fixture, command: Any) -> No
         assert live.state() == before_state, f"refused {kind} {payload!r} changed the optimizer"
         assert live.nodes() == before_nodes, f"refused {kind} {payload!r} opened a node"
         return
-    assert oracle, f"an invalid {kind} {payload!r} was accepted"
-    resolved = live.settle(record.id)
+    resolved = live.settle(record.id)  # first, so a failure here leaves nothing in flight
+    assert oracle, f"an invalid {kind} {payload!r} was accepted (then {resolved.status})"
     if resolved.status == "rejected":
         assert resolved.reason, "rejected at apply without a reason"
         assert live.state() == before_state, f"{kind} {payload!r} rejected at apply changed it"
