@@ -44,12 +44,13 @@ except ImportError:  # older layouts kept it private
     STALE_AFTER = 30.0
 from tests.campaign import _model
 from tests.campaign._proc import Child, ForkServer
+from tests.campaign.kill_trainer import INJECTION_POINTS
 
 NAME = "victim"
 EVERY = 8  # scheduled checkpoint every EVERY steps
 FLUSH_EVERY = 5  # the trainer flushes (and acknowledges) every FLUSH_EVERY steps
 ROUND_TIMEOUT = 60.0
-MODES = ("save", "save", "flush", "flush", "startup", "anywhere")
+MODES = ("save", "save", "flush", "flush", "startup", "anywhere", "inject", "inject", "inject")
 
 
 @dataclass
@@ -60,6 +61,7 @@ class KillReport:
     kills_in_checkpoint_write: int = 0
     kills_in_flush: int = 0
     kills_in_resume: int = 0
+    kills_injected: dict[str, int] = field(default_factory=dict)
     corrupt_stores: int = 0
     checkpoints_listed: int = 0
     checkpoints_verified: int = 0
@@ -93,10 +95,12 @@ class KillReport:
         return out
 
     def summary(self) -> str:
+        injected = ", ".join(f"{k} {v}" for k, v in sorted(self.kills_injected.items())) or "none"
         return (
             f"kill campaign: {self.kills} SIGKILLs ({self.kills_in_checkpoint_write} inside a "
             f"checkpoint write, {self.kills_in_flush} inside a metric flush, "
-            f"{self.kills_in_resume} inside a resume); {self.corrupt_stores} corrupt stores; "
+            f"{self.kills_in_resume} inside a resume; at injected points: {injected}); "
+            f"{self.corrupt_stores} corrupt stores; "
             f"{self.checkpoints_listed - self.unrestorable_checkpoints} of "
             f"{self.checkpoints_listed} listed checkpoints restorable; "
             f"{self.lost_acknowledged_points} of {self.acknowledged_points} acknowledged points "
@@ -217,10 +221,14 @@ class _Verifier:
         return len(records), (records[-1] if records else None)
 
 
-def _trainer(server: ForkServer, workdir: Path, url: str, index: int, steps: int = 0) -> Child:
+def _trainer(
+    server: ForkServer, workdir: Path, url: str, index: int, steps: int = 0, inject: str = ""
+) -> Child:
     args = [url, "--name", NAME, "--every", str(EVERY), "--flush-every", str(FLUSH_EVERY)]
     if steps:
         args += ["--steps", str(steps)]
+    if inject:
+        args += ["--inject", inject]
     return server.spawn("tests.campaign.kill_trainer", args, workdir / f"trainer-{index:03d}.log")
 
 
@@ -240,6 +248,12 @@ def _aim(child: Child, mode: str, rng: random.Random, has_checkpoint: bool) -> s
         if not child.wait_for("SAVED", deadline):
             return None
         mode = rng.choice(("save", "flush", "anywhere"))
+    if mode == "inject":  # the trainer kills itself; if it never gets there, kill it anyway
+        if child.wait_for("DIE", min(deadline, time.monotonic() + 15)):
+            return mode
+        if child.exited():
+            return None
+        return "anywhere"
     if mode == "startup":
         if not child.wait_for("INIT", deadline):
             return None
@@ -262,6 +276,9 @@ def _aim(child: Child, mode: str, rng: random.Random, has_checkpoint: bool) -> s
 
 def _where(lines: list[str]) -> str:
     """Where the trainer was when it died, from the last markers it printed."""
+    for line in lines:
+        if line.startswith("DIE "):
+            return "injected:" + line[4:]
     if not any(line.startswith("READY") for line in lines):
         return "resume" if "INIT" in lines else "import"
     for line in reversed(lines):
@@ -325,9 +342,17 @@ def _rounds(
 ) -> None:
     for index in range(kills + 1):
         last = index == kills
-        listed, latest = verifier.listed_checkpoints()
-        child = _trainer(server, workdir, url, index, steps=(latest.step if latest else 0) + 3 * EVERY
-                         if last else 0)  # fmt: skip
+        _, latest = verifier.listed_checkpoints()
+        mode = rng.choice(MODES)
+        inject = ""
+        if mode == "inject" and latest is not None:  # the first process must leave a checkpoint
+            point = rng.choice(sorted(INJECTION_POINTS))
+            nth = 1 if point == "resume-apply" else rng.randint(1, 4)
+            inject = f"{point}:{nth}"
+        elif mode == "inject":
+            mode = "anywhere"
+        steps = (latest.step if latest else 0) + 3 * EVERY if last else 0
+        child = _trainer(server, workdir, url, index, steps=steps, inject="" if last else inject)
         commander: _Commander | None = None
         if index > 0:
             with open_store(url) as probe:
@@ -343,8 +368,8 @@ def _rounds(
                     report.problems.append(f"the last trainer exited {code}: "
                                            f"{child.stderr()[-600:]}")  # fmt: skip
             else:
-                mode = _aim(child, rng.choice(MODES), rng, latest is not None)
-                if mode is None:
+                aimed = _aim(child, mode, rng, latest is not None)
+                if aimed is None:
                     code = child.finish(10)
                     report.problems.append(
                         f"trainer {index} ended before its kill (exit {code}): "
@@ -358,6 +383,9 @@ def _rounds(
                     report.kills_in_checkpoint_write += where == "checkpoint"
                     report.kills_in_flush += where == "flush"
                     report.kills_in_resume += where == "resume"
+                    if where.startswith("injected:"):
+                        point = where.split(":", 1)[1]
+                        report.kills_injected[point] = report.kills_injected.get(point, 0) + 1
         finally:
             if not child.exited():
                 child.kill()
@@ -375,7 +403,6 @@ def _rounds(
         report.checkpoints_listed = len(verifier.verified | verifier.bad)
         if log is not None and (last or index % 10 == 9 or report.problems):
             log(f"[{index + 1}/{kills + 1}] {report.summary()}")
-        del listed
 
 
 def main(argv: list[str] | None = None) -> int:
