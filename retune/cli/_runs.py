@@ -10,6 +10,7 @@ import sys
 from retune import _json
 from retune._format import diff_text, duration, number, table, timestamp
 from retune.cli._registry import Group, count_arg, emit_json, int_arg, run_arg, run_status
+from retune.control._parse import parse_node
 from retune.store import LIVE_STATUSES, RunRecord, Store
 
 __all__ = ["COMMANDS"]
@@ -155,7 +156,7 @@ def _metrics(args: argparse.Namespace, store: Store) -> int:
 
     snapshot = read_snapshot(store, args.run)
     if args.branch is not None:
-        snapshot = snapshot.branch(args.branch)
+        snapshot = snapshot.branch(parse_node(args.branch))
     series = snapshot.metric(args.key, args.start, args.end, args.max_points)
     rows = list(
         zip(

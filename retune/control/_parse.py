@@ -21,6 +21,7 @@ __all__ = [
     "parse_count",
     "parse_group",
     "parse_int",
+    "parse_node",
     "parse_seconds",
     "parse_value",
 ]
@@ -28,6 +29,7 @@ __all__ = [
 INT64_MAX = 2**63 - 1
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_NODE = re.compile(r"n?([0-9]+)", re.ASCII)
 _SPECIAL = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
 
 
@@ -69,6 +71,15 @@ def parse_seconds(text: str, what: str = "seconds") -> float:
     if not math.isfinite(value) or value < 0:
         raise InvalidArgument(f"{what} must be finite and 0 or more, got {text}")
     return value
+
+
+def parse_node(text: str) -> int:
+    """A node written ``n3`` or ``3`` (ASCII digits, 64 bits) -> 3; :class:`InvalidArgument`
+    otherwise (``'n²'``, ``'n٣'``, ``'x'``)."""
+    match = _NODE.fullmatch(text.strip())
+    if match is None:
+        raise InvalidArgument(f"{text!r} is not a node (nodes are written n1, n2, ...)")
+    return _checked_int(match.group(1), "node")
 
 
 def parse_group(text: str | None) -> int | str | None:

@@ -206,6 +206,10 @@ def test_metrics_csv_has_a_node_column_and_branch_gives_one_point_per_step(
     code, _, err = _run(capsys, "metrics", "branched", "loss", "--store", store_url,
                         "--branch", "n9")  # fmt: skip
     assert code == 2 and "n9" in err and err.count("\n") == 1
+    for bad in ("n²", "n\u0663", "x", "n1" + "0" * 400):
+        code, _, err = _run(capsys, "metrics", "branched", "loss", "--store", store_url,
+                            "--branch", bad)  # fmt: skip
+        assert code == 2 and err.startswith("retune: error: ") and err.count("\n") == 1, bad
 
 
 @pytest.mark.parametrize(

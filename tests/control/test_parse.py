@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retune.control import discover_optimizer, parse_assignments, parse_value, validate
-from retune.control._parse import parse_count, parse_group, parse_int
+from retune.control._parse import parse_count, parse_group, parse_int, parse_node
 from retune.errors import InvalidArgument
 
 
@@ -107,3 +107,10 @@ def test_groups_are_ascii_indices_or_names() -> None:
         parse_group("9" * 30)
     with pytest.raises(InvalidArgument, match="0 or more"):
         parse_count("-1", "--port")
+
+
+def test_nodes_are_written_n_and_ascii_digits() -> None:
+    assert parse_node("n3") == 3 and parse_node("3") == 3 and parse_node(" n12 ") == 12
+    for text in ("n²", "n\u0663", "x", "n", "n-1", "n1.5"):
+        with pytest.raises(InvalidArgument, match="is not a node"):
+            parse_node(text)
