@@ -33,6 +33,7 @@ from tests.server._net import free_port
 
 __all__ = [
     "HOSTILE_METRICS",
+    "KNOWN",
     "FuzzReport",
     "fuzz",
     "fuzz_headers",
@@ -44,6 +45,15 @@ __all__ = [
 
 TRAINER = Path(__file__).parents[1] / "control" / "trainer.py"
 HOSTILE_METRICS = ("val/loss", "<b>x</b>", "a%2Fb", "ü/ß ?#")
+# values that exist in a store made by populate() + live_trainer(), and near misses
+KNOWN: dict[str, list[Any]] = {
+    "run": ["done", "live"],
+    "key": ["loss", *HOSTILE_METRICS],
+    "node": ["n1", "n2", "n²", "n٣"],
+    "branch": ["n1", "n٣"],
+    "command_id": [1, 2, 2**31, 2**64],
+    "kind": ["set", "scale", "restore", "checkpoint", "pause"],
+}
 
 
 def populate(store_url: str, name: str = "done") -> str:
