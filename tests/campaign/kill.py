@@ -138,11 +138,15 @@ class _Commander(threading.Thread):
 
 
 def _integrity(db: Path) -> str:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    """``ok``, or what SQLite says is wrong (an unreadable file counts as corrupt too)."""
     try:
-        return "; ".join(str(row[0]) for row in con.execute("PRAGMA integrity_check"))
-    finally:
-        con.close()
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            return "; ".join(str(row[0]) for row in con.execute("PRAGMA integrity_check"))
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        return f"unreadable: {e}"
 
 
 def _verify_checkpoint(record: CheckpointRecord, default_objects: str) -> str | None:
