@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(cmd: Command, args: argparse.Namespace) -> int:
     if cmd.store == "none":
         return cmd.handler(args, _NO_STORE)
-    with open_store(args.store, create=cmd.store == "create") as store:
+    # `ui` may create the store it will show, but `ui --read-only` only ever reads one
+    create = cmd.store == "create" and not getattr(args, "read_only", False)
+    with open_store(args.store, create=create) as store:
         args.store_shown = redact(store.url)
         return cmd.handler(args, store)
 

@@ -24,3 +24,9 @@ def test_ports_are_checked_before_serving(tmp_path: Path) -> None:
     assert done.returncode == 2 and "port must be between 1 and 65535" in done.stderr
     done = retune_cli("ui", "--port", "٣", "--store", str(tmp_path / "ui.db"))
     assert done.returncode == 2 and "ASCII digits" in done.stderr
+
+
+def test_a_read_only_dashboard_creates_no_store(tmp_path: Path) -> None:
+    done = retune_cli("ui", "--read-only", "--store", str(tmp_path / "typo" / "retune.db"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert not (tmp_path / "typo").exists()
