@@ -5,8 +5,9 @@ usage: python -m tests.campaign.fuzz [--examples 120] [--seed 0] [--json]
 The store holds a finished run with checkpoints, two branches and hostile metric names, and a
 live training process (so commands reach a real run). ``retune ui`` serves it as the user
 starts it (a subprocess, real HTTP). Every operation of its OpenAPI schema is fuzzed with
-positive and negative cases, seeded (the same requests every time), writes carrying the
-page's own Origin and Fetch Metadata. Broken promises: any 5xx, a dropped connection, a 4xx
+positive and negative cases, seeded (the same requests every time), with the store's real
+names mixed in (runs, metric keys, nodes, command ids), writes carrying the page's own Origin
+and Fetch Metadata; then every hostile header value on a read and a write. Broken promises: any 5xx, a dropped connection, a 4xx
 without a JSON ``{"error": code, "message": ...}`` body.
 
 The generation and the checks are the server tests' own (``tests/server/_fuzz.py``); this
@@ -37,6 +38,7 @@ class FuzzCampaignReport:
     """What the campaign counted; :meth:`failures` lists every broken promise."""
 
     requests: int = 0
+    header_requests: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     server_errors: int = 0
     errors_without_reason: int = 0
@@ -50,7 +52,8 @@ class FuzzCampaignReport:
     def summary(self) -> str:
         shown = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
         return (
-            f"API fuzzing: {self.requests} requests to a live `retune ui` ({shown}); "
+            f"API fuzzing: {self.requests} requests to a live `retune ui` (schema-driven and "
+            f"{self.header_requests} with hostile headers; {shown}); "
             f"{self.server_errors} x 5xx, {self.errors_without_reason} x 4xx without a reason, "
             f"{self.dropped_connections} dropped connections"
         )
@@ -79,7 +82,14 @@ def run_campaign(
     ``examples`` is the number of generated cases per operation and per mode (positive,
     negative); the total number of requests is reported.
     """
-    from tests.server._fuzz import fuzz, live_trainer, populate, same_origin_headers
+    from tests.server._fuzz import (
+        KNOWN,
+        fuzz,
+        fuzz_headers,
+        live_trainer,
+        populate,
+        same_origin_headers,
+    )
 
     started = time.monotonic()
     db = workdir / "retune.db"
@@ -101,18 +111,23 @@ def run_campaign(
                 max_examples=examples,
                 seed=seed,
                 headers=same_origin_headers(base_url),
+                known=KNOWN,
             )
+            headers = fuzz_headers(base_url)
         finally:
             ui.proc.terminate()
             ui.finish(20)
-    report.requests = result.requests
-    report.statuses = dict(result.statuses)
-    report.server_errors = sum(n for status, n in result.statuses.items() if status >= 500)
-    report.errors_without_reason = sum("without a reason" in f for f in result.failures)
-    report.dropped_connections = sum("connection failed" in f for f in result.failures)
-    report.problems = [f[:400] for f in result.failures[:20]]
-    if len(result.failures) > 20:
-        report.problems.append(f"... and {len(result.failures) - 20} more")
+    report.requests = result.requests + headers.requests
+    report.header_requests = headers.requests
+    for status, count in [*result.statuses.items(), *headers.statuses.items()]:
+        report.statuses[status] = report.statuses.get(status, 0) + count
+    failures = [*result.failures, *headers.failures]
+    report.server_errors = sum(n for status, n in report.statuses.items() if status >= 500)
+    report.errors_without_reason = sum("without a reason" in f for f in failures)
+    report.dropped_connections = sum("connection failed" in f for f in failures)
+    report.problems = [f[:400] for f in failures[:20]]
+    if len(failures) > 20:
+        report.problems.append(f"... and {len(failures) - 20} more")
     report.seconds = round(time.monotonic() - started, 1)
     if log is not None:
         log(report.summary())

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.campaign
 
 
 def test_a_live_retune_ui_answers_every_fuzzed_request_with_a_reason(tmp_path: Path) -> None:
-    report = run_campaign(tmp_path, examples=12, seed=1)
+    report = run_campaign(tmp_path, examples=8, seed=1)
     print(report.summary())
-    assert report.requests >= 150
+    assert report.requests >= 300
     assert report.failures() == []
+    assert sum(n for status, n in report.statuses.items() if status < 300) > 30
