@@ -12,7 +12,8 @@ metrics, last values, the audit log). At the end:
 * no command is left ``pending`` once its run ended (else: lost commands),
 * every command refused at submission is ``rejected`` in the store, never applied,
 * every applied ``set``/``scale`` opened exactly one node: as many ``set``/``scale`` nodes as
-  applied commands, each command naming its own node (else: applied twice).
+  applied commands, each command naming its own node (else: applied twice), of its kind,
+  starting at the step the command says it was applied at (else: a mismatched audit entry).
 
 Also run as the worker processes: ``... concurrency train|command|read ARGS``.
 """
@@ -38,6 +39,7 @@ from tests.campaign._proc import Child
 
 LOCKED = "database is locked"
 DEADLINE = 540.0  # seconds any worker may live
+STEP_DELAY = 0.004
 PER_RUN_RATE = 8.0  # commands per second and live run: each applied one costs a checkpoint
 
 
@@ -56,6 +58,7 @@ def _train(store: str, name: str, steps: int) -> int:
             rows = (step * 37) % (x.shape[0] - 32)
             loss = _model.train_step(model, optimizer, x[rows : rows + 32], y[rows : rows + 32])
             run.step(loss=loss, s=float(step))
+            time.sleep(STEP_DELAY)  # a training step takes time; commands arrive meanwhile
     print("DONE", run.id, flush=True)
     return 0
 
@@ -177,6 +180,7 @@ class ConcurrencyReport:
     commands_lost: int = 0
     invalid_commands_applied: int = 0
     duplicate_applications: int = 0
+    mismatched_applications: int = 0
     reads: int = 0
     unfinished_runs: int = 0
     seconds: float = 0.0
@@ -191,6 +195,7 @@ class ConcurrencyReport:
             "commands_lost",
             "invalid_commands_applied",
             "duplicate_applications",
+            "mismatched_applications",
             "unfinished_runs",
         ):
             if getattr(self, name):
@@ -235,8 +240,16 @@ def _verify(url: str, names: list[str], steps: int, sent: list[dict[str, Any]],
             report.invalid_commands_applied += len(bad)
             if bad:
                 report.problems.append(f"{name}: refused commands {bad[:10]} were applied")
-            change_nodes = [n for n in store.list_nodes(run.id)
-                            if n.change_kind in ("set", "scale")]  # fmt: skip
+            nodes = {n.id: n for n in store.list_nodes(run.id)}
+            change_nodes = [n for n in nodes.values() if n.change_kind in ("set", "scale")]
+            for c in applied_changes:  # the audit entry names the node the change opened
+                node = nodes.get(c.node) if c.node is not None else None
+                if node is None or node.change_kind != c.kind or node.start_step != c.applied_step:
+                    report.mismatched_applications += 1
+                    report.problems.append(
+                        f"{name}: applied {c.kind} #{c.id} at step {c.applied_step} names "
+                        f"{node.label if node else c.node}, which is not the node it opened"
+                    )
             named = [c.node for c in applied_changes]
             twice = max(0, len(change_nodes) - len(applied_changes))
             twice += len(named) - len(set(named))
