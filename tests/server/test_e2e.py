@@ -208,3 +208,27 @@ def test_every_chart_draws_and_a_failed_one_shows_its_own_error(tmp_path: Path, 
         assert set(HOSTILE_METRICS) <= set(
             page.eval_on_selector_all(".chart", "els => els.map(e => e.dataset.key)")
         )
+
+
+def test_a_command_being_applied_shows_applying_then_its_outcome(
+    tmp_path: Path, page: Page
+) -> None:
+    """A trainer claims a command (pending -> applying) before it applies it; the panel must
+    keep following it until it is applied or rejected, not report it as rejected."""
+    from tests.server._fuzz import live_dashboard
+
+    url = f"sqlite:///{tmp_path / 'held.db'}"
+    store = open_store(url)
+    record = store.create_run("held", config={}, meta={}, tunables=[], root_values={})
+    with live_dashboard(url) as base:
+        page.goto(f"{base}/runs/{record.id}")
+        page.click("#checkpoint")
+        pending = page.wait_for_selector("#command-status li.cmd-pending")
+        assert pending is not None
+        command_id = int(pending.get_attribute("data-command") or 0)
+        assert store.claim_command(command_id) is not None  # as the training process does
+        page.wait_for_selector("#command-status li.cmd-applying >> text=applying")
+        store.resolve_command(command_id, status="applied", applied_step=0, node=1)
+        page.wait_for_selector("#command-status li.cmd-applied >> text=applied at step 0")
+        assert page.inner_text("#error") == ""
+    store.close()

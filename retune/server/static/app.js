@@ -170,7 +170,10 @@ async function send(kind, payload = {}) {
     for (let i = 0; i < 600; i++) {
       await new Promise((r) => setTimeout(r, 250));
       const now = await api(`/api/commands/${enc(cmd.id)}`);
-      if (now.status !== "pending") {
+      if (now.status === "applying" && line.className !== "cmd-applying") {
+        line.className = "cmd-applying"; line.textContent = `#${cmd.id} ${kind}: applying`;
+      }
+      if (now.status === "applied" || now.status === "rejected") {
         line.className = `cmd-${now.status}`;
         line.textContent = now.status === "applied" ? `#${cmd.id} ${kind}: applied at step ${now.applied_step}` : `#${cmd.id} ${kind}: rejected: ${now.reason}`;
         if (now.status === "rejected") $("#error").textContent = now.reason;
