@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -130,6 +130,10 @@ class Run:
         self.tunables = tunables
         self.state: dict[str, Any] = {}
         """User state saved in every checkpoint: tensors, numbers, strings, lists, dicts."""
+        self.state_parts: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
+        """Named extra state (see :meth:`add_state`), captured in every checkpoint."""
+        self.unclaimed_parts: dict[str, Any] = {}
+        """Parts of the last loaded checkpoint no :meth:`add_state` has claimed yet."""
         self.flags = SessionFlags()
         self.loop = LoopPosition(data_seed)
         self.loop.should_stop = lambda: self.flags.stop_requested
@@ -344,6 +348,28 @@ class Run:
     # the names the state capture (``_state``) calls
     _loop_state = loop_state
     _set_loop_state = set_loop_state
+
+    def add_state(self, name: str, capture: Callable[[], Any], load: Callable[[Any], None]) -> None:
+        """Checkpoint more state under ``name``: what a framework's loop or a callback keeps.
+
+        Every checkpoint calls ``capture()`` (training thread, at a step boundary); it must
+        return a state tree (tensors, arrays, numbers, strings, lists, dicts: no objects).
+        A restore or a resume calls ``load(value)`` after the model, optimizer, scheduler,
+        RNG and loop position are back, with the value captured then; a checkpoint taken
+        before ``name`` was added leaves it alone. If ``load`` raises, a restore puts back the
+        state from before it and is rejected with the reason. Integrations use this for their
+        loop progress and callback states.
+
+        A resume loads its checkpoint inside :func:`retune.init`, before parts can be added:
+        adding a part the resumed checkpoint holds calls ``load`` with it at once.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"a state part needs a non-empty name, got {name!r}")
+        if not callable(capture) or not callable(load):
+            raise InvalidArgument(f"state part {name!r} needs callable capture and load")
+        self.state_parts[name] = (capture, load)
+        if name in self.unclaimed_parts:
+            load(self.unclaimed_parts.pop(name))
 
     def load_state(self, state: Any) -> None:
         """Put a decoded checkpoint state into the live objects (training thread only)."""

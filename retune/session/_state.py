@@ -63,6 +63,8 @@ def capture_state(run: Run) -> dict[str, Any]:
         "retune": {"node": run.node, "tunables": run.tunables.state_dict()},
         "user": dict(run.state),
     }
+    if run.state_parts:
+        state["parts"] = {name: capture() for name, (capture, _) in run.state_parts.items()}
     for name in ("model", "optimizer", "scheduler", "scaler"):
         target = getattr(run, name)
         if target is not None:
@@ -86,6 +88,11 @@ def apply_state(run: Run, state: dict[str, Any]) -> None:
     run.state.update(state["user"])
     run._set_loop_state(state["loop"])
     _set_rng_state(state["rng"])
+    parts = dict(state.get("parts", {}))
+    for name, (_, load) in run.state_parts.items():
+        if name in parts:
+            load(parts.pop(name))
+    run.unclaimed_parts = parts
 
 
 # -- checking a decoded state against the live objects -------------------------------------
@@ -309,5 +316,7 @@ def check_state(run: Run, state: Any) -> None:
         _dict(state["user"], "the user state")
         _check_loop(state["loop"])
         _check_rng(state["rng"])
+        if "parts" in state:
+            _plain(_dict(state["parts"], "the extra state parts"), "the extra state parts")
     except _Bad as e:
         raise CheckpointCorrupt(f"the checkpoint does not fit this run: {e}") from None
