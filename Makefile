@@ -63,11 +63,13 @@ bench: $(VENV)/.installed-bench browser
 	$(PY) benchmarks/report.py
 
 # The full reliability campaign (make test runs its short forms, marked `campaign`): 100 SIGKILLs,
-# 8 concurrent trainings on one SQLite store, >= 2,000 fuzzed requests to a live `retune ui`.
+# 8 concurrent trainings on one SQLite store (and on PostgreSQL, as make test starts it),
+# >= 2,000 fuzzed requests to a live `retune ui`.
 # Prints the figures and writes them into docs/reliability.md; fails on any broken promise.
 .PHONY: soak
 soak: $(VENV)/.installed-dev
-	$(PY) scripts/soak.py --doc docs/reliability.md
+	$(PY) scripts/soak.py --doc docs/reliability.md \
+	  --postgres "$${RETUNE_TEST_POSTGRES_URL:-$$(bash scripts/postgres.sh)}"
 
 clean:
 	rm -rf $(VENV) .retune .pytest_cache .mypy_cache .ruff_cache

@@ -2,13 +2,13 @@
 
 usage: python scripts/soak.py [--kills 100] [--runs 8] [--steps 3000] [--examples 150]
                               [--seed 0] [--only kill,concurrency,fuzz] [--json PATH]
-                              [--doc docs/reliability.md]
+                              [--doc docs/reliability.md] [--postgres URL]
 
 Runs the kill campaign, the concurrency campaign and the API fuzzing campaign in full (the
 short forms run in ``make test``), prints each one's figures and every broken promise, writes
 all the counts as JSON (``--json``) and the figures into the doc between its
 ``<!-- soak:begin -->`` and ``<!-- soak:end -->`` lines (``--doc``), and exits 1 when any
-promise broke.
+promise broke. With ``--postgres URL`` the concurrency part also runs on that database.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=150, help="fuzz cases per operation/mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="kill,concurrency,fuzz")
+    parser.add_argument("--postgres", default="", help="also run the concurrency part here")
     parser.add_argument("--json", type=Path, help="write every count here")
     parser.add_argument("--doc", type=Path, help="write the figures into this Markdown file")
     args = parser.parse_args(argv)
@@ -109,6 +110,20 @@ def main(argv: list[str] | None = None) -> int:
             figures["concurrency"] = asdict(c)
             summaries.append(c.summary())
             failures += [f"concurrency: {f}" for f in c.failures()]
+            if args.postgres:
+                (root / "concurrency-postgres").mkdir()
+                print("== concurrency on PostgreSQL", flush=True)
+                p = concurrency.run_campaign(
+                    root / "concurrency-postgres",
+                    runs=args.runs,
+                    steps=args.steps,
+                    seed=args.seed,
+                    url=args.postgres,
+                    log=_say,
+                )
+                figures["concurrency_postgres"] = asdict(p)
+                summaries.append(p.summary())
+                failures += [f"concurrency (PostgreSQL): {f}" for f in p.failures()]
         if "fuzz" in wanted:
             (root / "fuzz").mkdir()
             print(f"== API fuzzing: {args.examples} cases per operation and mode", flush=True)

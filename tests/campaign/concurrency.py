@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import random
+import secrets
 import sys
 import tempfile
 import threading
@@ -167,6 +168,7 @@ def _read(store: str, stop: Path, out: Path) -> int:
 class ConcurrencyReport:
     """What the campaign counted; :meth:`failures` lists every broken promise."""
 
+    backend: str = "SQLite"
     runs: int = 0
     steps_per_run: int = 0
     expected_points: int = 0
@@ -204,7 +206,7 @@ class ConcurrencyReport:
 
     def summary(self) -> str:
         return (
-            f"concurrency: {self.runs} runs on one SQLite store lost {self.lost_points} of "
+            f"concurrency: {self.runs} runs on one {self.backend} store lost {self.lost_points} of "
             f"{self.expected_points} points ({self.duplicate_points} duplicated); "
             f"{self.locked_errors} 'database is locked'; {self.commands_sent} commands: "
             f"{self.commands_applied} applied, {self.commands_rejected} rejected, "
@@ -267,13 +269,21 @@ def run_campaign(
     runs: int,
     steps: int,
     seed: int = 0,
+    url: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ConcurrencyReport:
-    """Run the whole campaign in ``workdir``; returns the counts."""
+    """Run the whole campaign in ``workdir``; returns the counts.
+
+    The store is a SQLite file in ``workdir`` unless ``url`` names another (a PostgreSQL
+    database shared with others: the runs get a unique prefix).
+    """
     started = time.monotonic()
-    url = f"sqlite:///{workdir / 'retune.db'}"
+    scheme = "sqlite" if url is None else url.split(":", 1)[0].split("+", 1)[0]
+    backend = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}.get(scheme, scheme)
+    prefix = "crowd-" if url is None else f"crowd-{secrets.token_hex(3)}-"
+    url = url or f"sqlite:///{workdir / 'retune.db'}"
     open_store(url).close()  # the schema exists before the crowd arrives, as `retune db upgrade`
-    names = [f"crowd-{i}" for i in range(runs)]
+    names = [f"{prefix}{i}" for i in range(runs)]
     module = "tests.campaign.concurrency"
     stop = workdir / "stop-reading"
     trainers = [
@@ -290,7 +300,9 @@ def run_campaign(
         workdir,
         workdir / "reader.log",
     )
-    report = ConcurrencyReport(runs=runs, steps_per_run=steps, expected_points=runs * steps)
+    report = ConcurrencyReport(
+        backend=backend, runs=runs, steps_per_run=steps, expected_points=runs * steps
+    )
     children = [*trainers, commander, reader]
     try:
         deadline = time.monotonic() + DEADLINE
@@ -338,12 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", type=Path, help="keep the store here (default: a temp dir)")
+    parser.add_argument("--store", help="another store URL (e.g. postgresql+psycopg://...)")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     ns = parser.parse_args(args)
     with tempfile.TemporaryDirectory(prefix="retune-crowd-") as tmp:
         workdir = ns.dir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        report = run_campaign(workdir, runs=ns.runs, steps=ns.steps, seed=ns.seed)
+        report = run_campaign(workdir, runs=ns.runs, steps=ns.steps, seed=ns.seed, url=ns.store)
     print(json.dumps(asdict(report)) if ns.json else report.summary())
     for failure in report.failures():
         print("FAIL:", failure)
