@@ -187,6 +187,13 @@ def _check_model(model: Any, state: Any) -> None:
             _plain(value, f"the model's {key}")
 
 
+def _numeric(value: Any) -> bool:
+    """A hyperparameter a group cannot lose: a number, a tensor, or a tuple of numbers."""
+    if isinstance(value, tuple):
+        return bool(value) and all(_numeric(v) for v in value)
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or _is_tensor(value)
+
+
 def _check_optimizer(run: Run, optimizer: Any, state: Any) -> None:
     state = _dict(state, "the optimizer state")
     if set(state) != {"state", "param_groups"}:
@@ -194,7 +201,7 @@ def _check_optimizer(run: Run, optimizer: Any, state: Any) -> None:
     groups, live_groups = state["param_groups"], optimizer.param_groups
     if not isinstance(groups, list) or len(groups) != len(live_groups):
         raise _Bad(f"the optimizer state does not have the optimizer's {len(live_groups)} groups")
-    count = 0
+    ids: list[int] = []
     for index, (saved, live) in enumerate(zip(groups, live_groups, strict=True)):
         group = _dict(saved, f"param group {index}")
         params = group.get("params")
@@ -202,7 +209,12 @@ def _check_optimizer(run: Run, optimizer: Any, state: Any) -> None:
             raise _Bad(
                 f"param group {index} does not have the group's {len(live['params'])} params"
             )
-        count += len(params)
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in params):
+            raise _Bad(f"param group {index} names its params by something other than ints")
+        ids.extend(params)
+        missing = [key for key, value in live.items() if key not in group and _numeric(value)]
+        if missing:  # load_state_dict would drop them from the live group
+            raise _Bad(f"param group {index} lacks {', '.join(map(repr, sorted(missing)))}")
         for key, value in group.items():
             if key == "params":
                 continue
@@ -210,9 +222,12 @@ def _check_optimizer(run: Run, optimizer: Any, state: Any) -> None:
                 raise _Bad(f"param group {index} has the unknown entry {key!r}")
             _same_kind(live[key], value, f"param group {index}'s {key}")
             _in_bounds(run, key, value, f"param group {index}'s {key}")
+    if len(set(ids)) != len(ids):
+        raise _Bad("the optimizer state names one parameter twice")
     per_param = _dict(state["state"], "the optimizer's per-parameter state")
+    known = set(ids)
     for key, value in per_param.items():
-        if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key < count:
+        if not isinstance(key, int) or isinstance(key, bool) or key not in known:
             raise _Bad(f"the optimizer's per-parameter state names parameter {key!r}")
         for name, item in _dict(value, f"the optimizer state of parameter {key}").items():
             _plain(item, f"the optimizer state of parameter {key}: {name}")
