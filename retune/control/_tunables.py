@@ -33,7 +33,7 @@ _NOT_TUNABLE = {
 _SAFE_BOOLS = {"nesterov"}
 # (low, high, low_inclusive, high_inclusive) by key; everything numeric must also be finite.
 _BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "lr": (0.0, None, False, True),
+    "lr": (0.0, None, True, True),  # 0 is legitimate: warmup starts and schedules end there
     "max_lr": (0.0, None, False, True),
     "min_lr": (0.0, None, True, True),
     "momentum": (0.0, 1.0, True, False),
@@ -137,7 +137,7 @@ def discover_optimizer(optimizer: Any) -> list[TunableSpec]:
     only where flipping them mid-training is safe (``nesterov``; not ``amsgrad``, which changes
     the state's shape, nor implementation switches like ``foreach``). Integer entries are
     ``int`` unless the key is a known float hyperparameter. Every value must be finite; known
-    keys have bounds (lr > 0, momentum/betas in [0, 1), weight_decay >= 0, eps > 0, RMSprop's
+    keys have bounds (lr >= 0, momentum/betas in [0, 1), weight_decay >= 0, eps > 0, RMSprop's
     alpha in [0, 1), ...), unknown ones none. Groups are named by their ``name`` key when they
     have one.
     """

@@ -58,7 +58,7 @@ REJECTIONS: list[tuple[str, dict[str, Any], Any, str]] = [
     ("bool for a float", {"lr": True}, None, "lr expects a float, got True"),
     ("NaN", {"lr": math.nan}, None, "lr must be finite, got nan"),
     ("inf", {"lr": math.inf}, None, "lr must be finite, got inf"),
-    ("negative lr", {"lr": -0.1}, None, "lr must be > 0, got -0.1"),
+    ("negative lr", {"lr": -0.1}, None, "lr must be >= 0, got -0.1"),
     ("negative weight decay", {"weight_decay": -1.0}, None, "weight_decay must be >= 0"),
     ("group out of range", {"lr": 0.2}, 2, "group 2 does not exist; the groups are: 0 \\(body\\)"),
     ("unknown group name", {"lr": 0.2}, "tail", "no param group named 'tail'"),

@@ -127,7 +127,7 @@ REJECTIONS: list[tuple[dict[str, Any], int | None, str]] = [
     ({"lr": "abc"}, None, "lr expects a float, got 'abc'"),
     ({"lr": math.nan}, None, "lr must be finite"),
     ({"lr": math.inf}, None, "lr must be finite"),
-    ({"lr": -0.1}, None, "lr must be > 0, got -0.1"),
+    ({"lr": -0.1}, None, "lr must be >= 0, got -0.1"),
     ({"momentum": 1.0}, None, "momentum must be >= 0 and < 1, got 1"),
     ({"lr": 0.01}, 7, "group 7 does not exist; the groups are: 0 (body), 1"),
     ({"fragile": 2.0}, None, "setting fragile failed: ValueError: refusing to set fragile"),

@@ -109,7 +109,7 @@ def test_commands_are_validated_and_recorded(client: TestClient, runs: dict[str,
     assert sent.json()["source"] == "ui"
     message = _error(client.post("/api/runs/live/commands", json={"kind": "set", "payload": {"values": {"lr": -1}}}),
                      422, "command_rejected")  # fmt: skip
-    assert message == "lr must be > 0, got -1"
+    assert message == "lr must be >= 0, got -1"
     _error(
         client.post("/api/runs/live/commands", json={"kind": "explode"}), 422, "command_rejected"
     )

@@ -102,14 +102,14 @@ def _rng(state: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("edit", "reason"),
     [
-        (_set_lr, r"param group 0's lr: lr must be > 0, got -5"),
+        (_set_lr, r"param group 0's lr: lr must be >= 0, got -5"),
         (_set_momentum, r"momentum must be"),
         (_extra_group_key, r"unknown entry 'step_hook'"),
         (_get_lr, r"the scheduler state has the unknown entry 'get_lr'"),
         (_private, r"unknown entry '_optimizer'"),
-        (_base_lrs, r"the scheduler's base_lrs: lr must be > 0"),
+        (_base_lrs, r"the scheduler's base_lrs: lr must be >= 0"),
         (_kind, r"last_epoch is 'soon', where a int belongs"),
-        (_pin, r"the pin of group 0's lr: lr must be > 0"),
+        (_pin, r"the pin of group 0's lr: lr must be >= 0"),
         (_knob, r"knob dropout: dropout must be >= 0 and <= 1, got 7"),
         (_shape, r"weight is \(3, 3\), the model has \(2, 4\)"),
         (_loop, r"step is -1"),
@@ -182,7 +182,7 @@ def test_a_hand_edited_lr_of_minus_5_is_refused_and_the_trained_model_is_untouch
         weights = copy.deepcopy(model.state_dict())
         momentum = copy.deepcopy(opt.state_dict()["state"])
         lr, step, get_lr = opt.param_groups[0]["lr"], run.global_step, sched.get_lr
-        with pytest.raises(CommandRejected, match="lr must be > 0, got -5"):
+        with pytest.raises(CommandRejected, match="lr must be >= 0, got -5"):
             run.restore(record.label)
         assert run.global_step == step and opt.param_groups[0]["lr"] == lr
         assert sched.get_lr == get_lr
@@ -268,4 +268,22 @@ def test_fuzzed_states_are_applied_or_refused_as_corrupt(
     scheduler, optimizer = run.scheduler, run.optimizer
     assert scheduler is not None and optimizer is not None
     assert callable(scheduler.get_lr) and "get_lr" not in vars(scheduler)
-    assert all(g["lr"] > 0 for g in optimizer.param_groups)
+    assert all(g["lr"] >= 0 for g in optimizer.param_groups)
+
+
+def test_a_schedule_that_reaches_lr_0_leaves_restorable_checkpoints(tmp_path: Path) -> None:
+    """Cosine to eta_min=0 and linear warmup from 0 are common: lr 0 is a valid value."""
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3, eta_min=0.0)
+    with retune.init("zero", model=model, optimizer=opt, scheduler=sched,
+                     store=str(tmp_path / "z.db")) as run:  # fmt: skip
+        for _ in range(3):
+            opt.step()
+            sched.step()
+            run.step(loss=1.0)
+        assert opt.param_groups[0]["lr"] == 0.0
+        record = run.checkpoint()
+        run.step(loss=1.0)
+        run.restore(record.label)
+        assert opt.param_groups[0]["lr"] == 0.0
