@@ -1,0 +1,127 @@
+"""A tiny Hugging Face Trainer run with RetuneCallback, for the integration tests.
+
+Usage: ``python hf_train.py STORE NAME [--epochs N] [--hold-at STEP] [--kill-at STEP]
+[--every N] [--accumulation N] [--dir DIR]``.
+
+``--hold-at STEP`` (tests only): at that global step, before Retune applies commands, write
+``DIR/held`` and wait (bounded) until a command has reached the run, so that the test's command
+is applied at exactly that step. ``--kill-at STEP`` ends the process with ``os._exit(9)`` right
+after that step's Retune work (a crash, no clean end). Prints ``RESULT {json}`` at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from retune.integrations.transformers import RetuneCallback
+
+
+class Dataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, size: int = 64, length: int = 8) -> None:
+        g = torch.Generator().manual_seed(1234)
+        self.ids = torch.randint(1, 64, (size, length), generator=g)
+        self.labels = (self.ids.sum(dim=1) % 2).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+class Hold(TrainerCallback):  # type: ignore[misc]
+    """Tests only: hold at a step until a command reached the run, or end the process."""
+
+    def __init__(self, retune_cb: object, hold_at: int, kill_at: int, folder: Path) -> None:
+        self.cb, self.hold_at, self.kill_at, self.folder = retune_cb, hold_at, kill_at, folder
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        run = self.cb.run  # type: ignore[attr-defined]
+        if state.global_step == self.hold_at:
+            (self.folder / "held").write_text(str(state.global_step))
+            deadline = time.monotonic() + 60
+            while not run._inbox and time.monotonic() < deadline:
+                time.sleep(0.01)
+        if state.global_step == self.kill_at + 1:
+            os._exit(9)  # the step kill_at was checkpointed (every=kill_at) and written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("store")
+    parser.add_argument("name")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--hold-at", type=int, default=-1)
+    parser.add_argument("--kill-at", type=int, default=-10)
+    parser.add_argument("--every", type=int, default=None)
+    parser.add_argument("--accumulation", type=int, default=1)
+    parser.add_argument("--dir", default=".")
+    opts = parser.parse_args()
+    folder = Path(opts.dir)
+    torch.set_num_threads(1)
+    set_seed(0)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    model = BertForSequenceClassification(config)
+    args = TrainingArguments(
+        output_dir=str(folder / "hf_out"),
+        num_train_epochs=opts.epochs,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=opts.accumulation,
+        learning_rate=1e-3,
+        warmup_steps=3,
+        logging_steps=5,
+        seed=0,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    retune_cb = RetuneCallback(
+        opts.name, store=opts.store, checkpoint_every_n_steps=opts.every, flush_interval=0.2
+    )
+    callbacks = [Hold(retune_cb, opts.hold_at, opts.kill_at, folder), retune_cb]
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset(), callbacks=callbacks)
+    trainer.train()
+    opt = trainer.optimizer
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "global_step": trainer.state.global_step,
+                "lr": [g["lr"] for g in opt.param_groups],
+                "epoch": trainer.state.epoch,
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
