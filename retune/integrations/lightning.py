@@ -1,0 +1,372 @@
+"""Retune for Lightning: one callback, ``Trainer(callbacks=[RetuneCallback(name="mnist")])``.
+
+Imported only when used (``import retune`` never imports lightning). The callback adapts the
+edges only; the command path, validation, audit, nodes and checkpoints are Retune's core:
+
+* **config**: the module's ``hparams`` (``save_hyperparameters``), the trainer's settings
+  (precision, ``accumulate_grad_batches``, ``max_epochs``/``max_steps``, devices, ...) and every
+  optimizer and scheduler (class, param groups, interval, frequency).
+* **step boundary**: ``on_train_batch_end`` after a *real* optimizer step (``trainer.global_step``
+  advanced), so gradient accumulation does not multiply steps. There ``run.step()`` records what
+  the module logged with ``self.log(..., on_step=True)`` plus ``lr`` per param group, and applies
+  commands: ``set``/``scale`` through the core (the first optimizer's hyperparameters, with
+  scheduler-aware ``lr`` for the scheduler that ``configure_optimizers`` returned for it: Lightning
+  steps that same object), ``pause`` holds, ``stop`` sets ``trainer.should_stop`` so ``fit``
+  returns cleanly and the run ends ``stopped``.
+* **checkpoints**: Retune checkpoints (model, optimizer, scheduler, RNG) plus the part
+  ``lightning``: the fit loop's progress (``fit_loop.state_dict()``: plain counters), the other
+  callbacks' states (those that are plain data) and the state of every further optimizer and
+  scheduler. ``checkpoint_every_n_epochs`` saves at the end of each n-th training epoch.
+* **resume** (``retune resume RUN -- python train.py``): the first ``fit`` resumes inside
+  ``on_fit_start``, before Lightning's loop starts, and loads the fit loop's progress the way
+  Lightning's own ``ckpt_path=`` does. Bit-exact on CPU from a checkpoint taken at the end of an
+  epoch; from a mid-epoch checkpoint Lightning cannot skip the batches already seen of a
+  plain (non-stateful) ``DataLoader``: it replays the epoch from its first batch.
+* **restore** while ``fit`` runs: rewinds in place at the step boundary: model, optimizers,
+  schedulers, RNG and the global step (Lightning's optimizer-step counter, so ``max_steps``
+  and step-interval schedulers stay in line) are put back; the epoch counter and the position in
+  the current epoch's data are not rewound: training continues with the next batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L  # noqa: N812 (the name Lightning documents)
+import torch
+
+from retune import _json
+from retune.errors import InvalidArgument, StopTraining
+
+__all__ = ["RetuneCallback"]
+
+_LOOP_PART = "lightning"
+
+
+def _number(value: Any) -> float | None:
+    """A float for a one-element tensor or a real number, else None (not logged)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        return float(value.detach().cpu().item())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _is_data(value: Any) -> bool:
+    """Plain data a checkpoint may hold: numbers, strings, None, tensors, lists, dicts."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _is_data(v) for k, v in value.items())
+    return False
+
+
+def trainer_settings(trainer: L.Trainer) -> dict[str, Any]:
+    """The trainer's settings that shape training, as JSON-ready data."""
+    strategy = trainer.strategy
+    settings: dict[str, Any] = _json.jsonable(
+        {
+            "precision": str(trainer.precision),
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "max_epochs": trainer.max_epochs,
+            "min_epochs": trainer.min_epochs,
+            "max_steps": trainer.max_steps,
+            "min_steps": trainer.min_steps,
+            "devices": trainer.num_devices,
+            "num_nodes": trainer.num_nodes,
+            "accelerator": type(trainer.accelerator).__name__,
+            "strategy": type(strategy).__name__,
+            "gradient_clip_val": trainer.gradient_clip_val,
+            "gradient_clip_algorithm": trainer.gradient_clip_algorithm,
+            "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
+            "val_check_interval": trainer.val_check_interval,
+            "deterministic": bool(torch.are_deterministic_algorithms_enabled()),
+            "lightning_version": L.__version__,
+        }
+    )
+    return settings
+
+
+def optimizer_configs(trainer: L.Trainer) -> dict[str, Any]:
+    """Every optimizer and scheduler ``configure_optimizers`` returned, with its settings."""
+    from retune.integrations import pytorch
+
+    optimizers = [pytorch.optimizer_summary(o) for o in trainer.optimizers]
+    schedulers = []
+    for config in trainer.lr_scheduler_configs:
+        summary = pytorch.scheduler_summary(config.scheduler)
+        owner = next(
+            (i for i, o in enumerate(trainer.optimizers) if o is config.scheduler.optimizer), None
+        )
+        summary.update(
+            interval=config.interval,
+            frequency=config.frequency,
+            monitor=config.monitor,
+            strict=config.strict,
+            name=config.name,
+            optimizer=owner,
+        )
+        schedulers.append(summary)
+    configs: dict[str, Any] = _json.jsonable({"optimizers": optimizers, "schedulers": schedulers})
+    return configs
+
+
+class RetuneCallback(L.Callback):
+    """Record, control, checkpoint and resume a Lightning ``fit`` as a Retune run.
+
+    ``name`` and ``init_kwargs`` go to :func:`retune.init` (``store=``, ``seed=``,
+    ``checkpoint_every_n_steps=``, ``checkpoint_every_n_epochs=``, ``config=``, ...), which
+    runs at the first ``on_fit_start``, once the optimizers exist; ``model``, ``optimizer`` and
+    ``scheduler`` are the module, the first optimizer and its first scheduler, and may not be
+    given. The run is ``callback.run`` from then on; it ends when ``fit`` ends: ``finished``,
+    ``stopped`` (a ``stop`` command) or ``crashed`` (an exception, with its traceback).
+
+    Only the first optimizer's hyperparameters are tunable; further optimizers and schedulers
+    are recorded and checkpointed. Not supported: more than one device (the run would be
+    recorded once per process).
+    """
+
+    def __init__(self, name: str, **init_kwargs: Any) -> None:
+        taken = {"model", "optimizer", "scheduler"} & set(init_kwargs)
+        if taken:
+            raise InvalidArgument(
+                f"RetuneCallback takes the model, optimizer and scheduler from the trainer; "
+                f"remove {', '.join(sorted(taken))}"
+            )
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidArgument("RetuneCallback needs a non-empty run name")
+        self.name = name
+        self.init_kwargs = init_kwargs
+        self.run: Any = None
+        self._trainer: L.Trainer | None = None
+        self._last_step = 0  # trainer.global_step at the last run.step()
+        self._fitting = False  # inside fit's training loop: a restore rewinds in place
+        self._every_n_epochs = int(init_kwargs.get("checkpoint_every_n_epochs") or 0)
+        self.restores = 0  # in-place restores applied during this fit
+
+    @property
+    def state_key(self) -> str:
+        return f"RetuneCallback[{self.name}]"
+
+    # -- starting ----------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start (or resume) the run once the optimizers and schedulers exist."""
+        self._trainer = trainer
+        if self.run is not None and not self.run.ended:
+            return
+        import retune
+
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        scheduler = None
+        for scheduler_config in trainer.lr_scheduler_configs:
+            if optimizer is not None and scheduler_config.scheduler.optimizer is optimizer:
+                scheduler = scheduler_config.scheduler
+                break
+        self._primary = (optimizer, scheduler)
+        user_config = dict(self.init_kwargs.get("config") or {})
+        config = {
+            **user_config,
+            "hparams": _json.jsonable(dict(pl_module.hparams)),
+            "trainer": trainer_settings(trainer),
+            **optimizer_configs(trainer),
+        }
+        kwargs = {**self.init_kwargs, "config": config}
+        self.run = retune.init(
+            self.name, model=pl_module, optimizer=optimizer, scheduler=scheduler, **kwargs
+        )
+        # a resume loads the checkpoint inside init; this part's value comes back now, through
+        # _load, before Lightning's loop starts (as its own ckpt_path= restore would)
+        self.run.add_state(_LOOP_PART, self._capture, self._load)
+        self._last_step = trainer.global_step
+        self._sync_loop()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fitting = True
+        self._last_step = trainer.global_step
+
+    # -- the step boundary -------------------------------------------------------------------
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """After a real optimizer step: record the step's metrics and apply commands."""
+        run = self.run
+        if run is None or run.ended or trainer.global_step == self._last_step:
+            return  # an accumulating micro-batch (or no run): not a step boundary
+        self._sync_loop()
+        run.loop.batch = batch_idx + 1
+        metrics = self._step_metrics(trainer)
+        try:
+            run.step(metrics)
+        except StopTraining:
+            trainer.should_stop = True
+        self._last_step = trainer.global_step
+
+    def _step_metrics(self, trainer: L.Trainer) -> dict[str, float]:
+        """What the module logged for this step (``on_step=True``) and ``lr`` per group."""
+        metrics: dict[str, float] = {}
+        results = trainer._results
+        if results is not None:
+            for key, value in results.metrics(True)["callback"].items():
+                number = _number(value)
+                if number is not None:
+                    metrics[key.removesuffix("_step")] = number
+        for index, optimizer in enumerate(trainer.optimizers):
+            groups = optimizer.param_groups
+            for g, group in enumerate(groups):
+                lr = _number(group.get("lr"))
+                if lr is None:
+                    continue
+                suffix = "" if len(groups) == 1 else f"/{g}"
+                prefix = "lr" if index == 0 else f"lr-opt{index}"
+                metrics[f"{prefix}{suffix}"] = lr
+        return metrics
+
+    # -- epochs and validation ---------------------------------------------------------------
+    def _epoch_metrics(self, trainer: L.Trainer, *, prefix: str = "") -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, value in trainer.callback_metrics.items():
+            if key.endswith("_step") or not key.startswith(prefix):
+                continue
+            number = _number(value)
+            if number is not None:
+                out[key] = number
+        return out
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the epoch's metrics; the scheduled epoch checkpoint (a resume from it is exact)."""
+        run = self.run
+        if run is None or run.ended:
+            return
+        epoch_keys = {
+            k: v
+            for k, v in self._epoch_metrics(trainer).items()
+            if k.endswith("_epoch") or k not in self._step_keys(trainer)
+        }
+        if epoch_keys:
+            run.log(epoch_keys)
+        if run.flags.stop_requested or trainer.should_stop:
+            return
+        run.loop.epoch = trainer.current_epoch + 1
+        run.loop.batch = 0
+        if self._every_n_epochs and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
+            run.checkpointer.save("schedule")
+
+    def _step_keys(self, trainer: L.Trainer) -> set[str]:
+        results = trainer._results
+        if results is None:
+            return set()
+        return set(results.metrics(True)["callback"])
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        run = self.run
+        if run is None or run.ended or trainer.sanity_checking:
+            return
+        values = {
+            k: v
+            for k, v in self._epoch_metrics(trainer).items()
+            if k.startswith("val") or "/val" in k or k.startswith("valid")
+        }
+        if values:
+            run.log(values)
+
+    # -- state -------------------------------------------------------------------------------
+    def _sync_loop(self) -> None:
+        trainer = self._trainer
+        if self.run is not None and trainer is not None:
+            self.run.loop.epoch = trainer.current_epoch
+
+    def _capture(self) -> dict[str, Any]:
+        """The ``lightning`` part of a checkpoint: loop progress, callbacks, other optimizers."""
+        trainer = self._trainer
+        assert trainer is not None
+        callbacks: dict[str, Any] = {}
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if callback is self:
+                continue
+            state = callback.state_dict()
+            if state and _is_data(state):
+                callbacks[callback.state_key] = state
+        primary_opt, primary_sched = self._primary
+        return {
+            "fit_loop": trainer.fit_loop.state_dict(),
+            "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "callbacks": callbacks,
+            "optimizers": [o.state_dict() for o in trainer.optimizers if o is not primary_opt],
+            "schedulers": [
+                c.scheduler.state_dict()
+                for c in trainer.lr_scheduler_configs
+                if c.scheduler is not primary_sched
+            ],
+        }
+
+    def _load(self, value: Any) -> None:
+        """Put the ``lightning`` part back: before the loop starts (a resume) Lightning's fit
+        loop progress is loaded whole; while fit runs (a restore) the global step is rewound."""
+        trainer = self._trainer
+        assert trainer is not None
+        if not isinstance(value, Mapping) or not isinstance(value.get("fit_loop"), Mapping):
+            raise InvalidArgument("the checkpoint's Lightning state is not a dict")
+        primary_opt, primary_sched = self._primary
+        others = [o for o in trainer.optimizers if o is not primary_opt]
+        for optimizer, state in zip(others, value.get("optimizers", []), strict=False):
+            optimizer.load_state_dict(state)
+        configs = trainer.lr_scheduler_configs
+        scheds = [c.scheduler for c in configs if c.scheduler is not primary_sched]
+        for scheduler, state in zip(scheds, value.get("schedulers", []), strict=False):
+            scheduler.load_state_dict(state)
+        loop = value["fit_loop"]
+        if not self._fitting:
+            for callback in trainer.callbacks:  # type: ignore[attr-defined]
+                state = value.get("callbacks", {}).get(callback.state_key)
+                if state is not None and callback is not self:
+                    callback.load_state_dict(state)
+            trainer.fit_loop.load_state_dict(dict(loop))
+            return
+        self.restores += 1
+        epoch_loop = trainer.fit_loop.epoch_loop
+        key = "epoch_loop.automatic_optimization.optim_progress"
+        if trainer.lightning_module.automatic_optimization and key in loop:
+            epoch_loop.automatic_optimization.optim_progress.load_state_dict(loop[key])
+        manual = "epoch_loop.manual_optimization.optim_step_progress"
+        if not trainer.lightning_module.automatic_optimization and manual in loop:
+            epoch_loop.manual_optimization.optim_step_progress.load_state_dict(loop[manual])
+        stepped = loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
+        if isinstance(stepped, int):
+            epoch_loop._batches_that_stepped = stepped
+        self._last_step = trainer.global_step
+
+    # -- ending ------------------------------------------------------------------------------
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fitting = False
+        if self.run is not None and not self.run.ended:
+            self.run.finish()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._fitting = False
+        run = self.run
+        if run is None or run.ended:
+            return
+        if isinstance(exception, KeyboardInterrupt):
+            run.finish("stopped", error="interrupted (KeyboardInterrupt)")
+        else:
+            import traceback
+
+            run.finish("crashed", error="".join(traceback.format_exception(exception)))
+
+    def state_dict(self) -> dict[str, Any]:
+        """What Lightning's own checkpoints keep of this callback: the run it records."""
+        run = self.run
+        return {} if run is None else {"run_id": run.id, "step": run.global_step}

@@ -1,0 +1,105 @@
+"""A tiny Lightning trainer for the integration tests, run as a subprocess.
+
+``python lightning_train.py STORE NAME [--epochs N] [--accumulate K] [--scheduler step|epoch|none]
+[--crash-at-step S] [--delay SECONDS] [--every-n-epochs N]``; prints ``RUN <id>`` once the run
+exists and ``LR <step> <lr>`` for every optimizer step (what Lightning's optimizer holds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from retune.integrations.lightning import RetuneCallback
+
+
+class Tiny(L.LightningModule):
+    def __init__(self, lr: float = 0.05, scheduler: str = "none", delay: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(8, 1)
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("loss", loss, on_step=True, on_epoch=True)
+        if self.hparams["delay"]:
+            time.sleep(self.hparams["delay"])
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams["lr"], momentum=0.9)
+        kind = self.hparams["scheduler"]
+        if kind == "none":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": kind}}
+
+
+class Report(L.Callback):
+    """Prints what the tests check: the run id, the optimizer's lr at each step; crashes."""
+
+    def __init__(self, retune_cb: RetuneCallback, crash_at: int) -> None:
+        self.retune_cb = retune_cb
+        self.crash_at = crash_at
+        self.printed = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self.printed and self.retune_cb.run is not None:
+            print("RUN", self.retune_cb.run.id, flush=True)
+            self.printed = True
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        print("LR", trainer.global_step, repr(lr), flush=True)
+        if self.crash_at and trainer.global_step >= self.crash_at:
+            os._exit(3)  # a crash: no cleanup at all
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("store")
+    parser.add_argument("name")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--accumulate", type=int, default=1)
+    parser.add_argument("--scheduler", default="none")
+    parser.add_argument("--crash-at-step", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--every-n-epochs", type=int, default=1)
+    args = parser.parse_args(argv)
+    L.seed_everything(0, verbose=False)
+    x = torch.randn(64, 4)
+    y = x.sum(dim=1, keepdim=True)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, num_workers=0)
+    callback = RetuneCallback(
+        args.name,
+        store=args.store,
+        checkpoint_every_n_epochs=args.every_n_epochs,
+        flush_interval=0.05,
+        poll_interval=0.02,
+    )
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        accumulate_grad_batches=args.accumulate,
+        callbacks=[callback, Report(callback, args.crash_at_step)],
+        deterministic=True,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Tiny(scheduler=args.scheduler, delay=args.delay), loader)
+    print("FIT-RETURNED", trainer.global_step, flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
