@@ -26,10 +26,11 @@ class Knob:
         initial: Any = None,
         *,
         get: Callable[[], Any] | None = None,
-        set: Callable[[Any], None] | None = None,
+        set: Callable[..., None] | None = None,
         bounds: tuple[float | None, float | None] = (None, None),
         kind: str | None = None,
         doc: str = "",
+        modal: bool = False,
     ) -> None:
         if not name or not isinstance(name, str):
             raise InvalidArgument("a tunable needs a non-empty name")
@@ -40,6 +41,9 @@ class Knob:
         self._value = initial
         self._get = get
         self._set = set
+        self.modal = modal
+        """When True, ``set`` is called as ``set(value, mode)``: the command's mode
+        (``rescale``/``constant``), or None when a restore puts a checkpointed value back."""
         current = get() if get is not None else initial
         inferred = kind or _infer_kind(name, current)
         low, high = _check_bounds(name, bounds)
@@ -54,9 +58,13 @@ class Knob:
     def value(self) -> Any:
         return self._get() if self._get is not None else self._value
 
-    def assign(self, value: Any) -> None:
-        """Set the value (already validated). A wrapped setter's exception propagates."""
-        if self._set is not None:
+    def assign(self, value: Any, mode: str | None = None) -> None:
+        """Set the value (already validated). A wrapped setter's exception propagates.
+
+        A ``modal`` knob's setter also gets ``mode`` (None when a restore puts a value back)."""
+        if self._set is not None and self.modal:
+            self._set(value, mode)
+        elif self._set is not None:
             self._set(value)
         else:
             self._value = value

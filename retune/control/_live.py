@@ -157,12 +157,12 @@ class LiveTunables:
         done: list[_Change] = []
         try:
             for change in changes:
-                self._write(change, change.new)
+                self._write(change, change.new, mode)
                 done.append(change)
         except Exception as e:
             failed = change.spec.name
             for applied in reversed(done):
-                self._write(applied, applied.old)
+                self._write(applied, applied.old, mode)
             raise CommandRejected(f"setting {failed} failed: {e}") from e
         if self.scheduler is not None:
             for key, (new_values, factors) in by_key.items():
@@ -182,9 +182,9 @@ class LiveTunables:
                 factors[change.group] = change.new / change.old if change.old else float("inf")
         return plan
 
-    def _write(self, change: _Change, value: Any) -> None:
+    def _write(self, change: _Change, value: Any, mode: str | None = None) -> None:
         if change.group is None:
-            self.knobs[change.spec.name].assign(value)
+            self.knobs[change.spec.name].assign(value, mode)
         else:
             group = self.optimizer.param_groups[change.group]
             stored = tuple(value) if isinstance(value, (list, tuple)) else value

@@ -82,6 +82,7 @@ def init(
     flush_interval: float = 1.0,
     poll_interval: float = 0.05,
     ui: bool | int = False,
+    meta: dict[str, Any] | None = None,
 ) -> Run:
     """Start recording a training run (or resume one) and return its handle.
 
@@ -104,6 +105,9 @@ def init(
     of two processes resuming at once, one wins. Commands sent while the run had no live
     process are rejected ("the run was not live ...") instead of being applied late.
 
+    ``meta`` adds descriptions to the run's recorded meta (an integration records its
+    framework's model and optimizer summaries here, as ``model``/``optimizer`` are for torch).
+
     Without ``seed=``, the data order's seed derives from torch's global generator
     (``torch.initial_seed()``), so a script that calls ``torch.manual_seed(0)`` gets the same
     order on every run, as plain PyTorch would; it is recorded in ``meta["seeds"]``.
@@ -124,6 +128,7 @@ def init(
     seeds["data_seed"] = data_seed
     meta = {
         **_describe(model, optimizer, scheduler),
+        **(meta or {}),
         "seeds": seeds,
         "environment": _capture.environment(),
         "git": _capture.git_info(),

@@ -1,0 +1,92 @@
+"""A tiny Keras fit under RetuneCallback, driven by the Keras integration tests.
+
+python keras_train.py STORE NAME [--epochs N] [--schedule] [--sgd] [--kill-after-epoch E]
+    [--every-steps N] [--every-epochs N] [--lr-zero] [--no-shuffle]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+import keras  # type: ignore[import-untyped]
+import numpy as np
+
+from retune.integrations.keras import RetuneCallback
+
+
+class KillAfterEpoch(keras.callbacks.Callback):  # type: ignore[misc]
+    """SIGKILL this process at the end of an epoch (after Retune's epoch checkpoint)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: object = None) -> None:
+        if epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("store")
+    p.add_argument("name")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--schedule", action="store_true")
+    p.add_argument("--sgd", action="store_true")
+    p.add_argument("--lr-zero", action="store_true")
+    p.add_argument("--no-shuffle", action="store_true")
+    p.add_argument("--kill-after-epoch", type=int)
+    p.add_argument("--every-steps", type=int)
+    p.add_argument("--every-epochs", type=int)
+    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--batch", type=int, default=16)
+    args = p.parse_args()
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.samples, 8)).astype("float32")
+    y = (x @ rng.normal(size=(8, 1)) + 0.1 * rng.normal(size=(args.samples, 1))).astype("float32")
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(1),
+        ]
+    )
+    lr: float | keras.optimizers.schedules.LearningRateSchedule = 0.0 if args.lr_zero else 0.01
+    if args.schedule:
+        lr = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=10, decay_rate=0.9)
+    optimizer = keras.optimizers.SGD(lr, momentum=0.9) if args.sgd else keras.optimizers.Adam(lr)
+    model.compile(optimizer=optimizer, loss="mse", metrics=["mae"])
+    cb = RetuneCallback(
+        args.name,
+        model=model,
+        store=args.store,
+        checkpoint_every_n_steps=args.every_steps,
+        checkpoint_every_n_epochs=args.every_epochs,
+        flush_interval=0.2,
+    )
+    callbacks: list[keras.callbacks.Callback] = [cb]
+    if args.kill_after_epoch is not None:
+        callbacks.append(KillAfterEpoch(args.kill_after_epoch))
+    print(f"initial_epoch={cb.initial_epoch}", flush=True)
+    model.fit(
+        x,
+        y,
+        batch_size=args.batch,
+        epochs=args.epochs,
+        initial_epoch=cb.initial_epoch,
+        shuffle=not args.no_shuffle,
+        validation_data=(x[:16], y[:16]),
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+if __name__ == "__main__":
+    main()
