@@ -187,7 +187,7 @@ def resolve_groups(spec: TunableSpec, group: int | str | None) -> list[int]:
         if 0 <= group < count:
             return [group]
         raise InvalidArgument(f"group {group} does not exist; the groups are: {labels}")
-    if group.isdigit() and int(group) < count:
+    if group.isascii() and group.isdigit() and int(group) < count:
         return [int(group)]
     if group in spec.groups:
         return [spec.groups.index(group)]

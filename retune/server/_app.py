@@ -36,12 +36,11 @@ from retune.control import current_user, submit
 from retune.errors import InvalidArgument, NodeNotFound, RetuneError, redact
 from retune.server._security import SecurityPolicy
 from retune.session._snapshot import MetricSeries, read_snapshot
-from retune.store import LIVE_STATUSES, RunRecord, Store
+from retune.store import LIVE_STATUSES, RunRecord, Store, is_stale
 
 __all__ = ["create_app"]
 
 STATIC = Path(__file__).parent / "static"
-STALE_AFTER = 30.0
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1  # command ids are 32-bit on PostgreSQL
 _NODE = re.compile(r"n?([0-9]{1,18})", re.ASCII)
@@ -62,10 +61,7 @@ def _json_response(data: Any, status: int = 200) -> JSONResponse:
 
 
 def _live_status(run: RunRecord, now: float) -> str:
-    heartbeat = run.heartbeat_at
-    if run.status in LIVE_STATUSES and heartbeat is not None and now - heartbeat > STALE_AFTER:
-        return "stale"
-    return run.status
+    return "stale" if run.heartbeat_at is not None and is_stale(run, now) else run.status
 
 
 def _run_summary(run: RunRecord, last: dict[str, tuple[int, float]], now: float) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import platform
 import socket
@@ -11,6 +10,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from retune.errors import redact
+from retune.store import current_user
 
 __all__ = ["environment", "git_info", "invocation", "seed_everything"]
 
@@ -63,17 +65,13 @@ def environment() -> dict[str, Any]:
 
 
 def invocation() -> dict[str, Any]:
-    """Command line, working directory, host, OS user and process id."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = None
+    """Command line (store passwords redacted), working directory, host, OS user and pid."""
     return {
-        "argv": list(sys.argv),
+        "argv": [redact(arg) for arg in sys.argv],
         "executable": sys.executable,
         "cwd": os.getcwd(),
         "host": socket.gethostname(),
-        "user": user,
+        "user": current_user(),
         "pid": os.getpid(),
     }
 

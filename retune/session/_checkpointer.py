@@ -26,7 +26,7 @@ from retune.session._state import capture_state
 from retune.store import CheckpointRecord, objects_url_for
 
 if TYPE_CHECKING:
-    from retune.session._run import Run
+    from retune.session._protocols import StatefulRun
 
 __all__ = ["CheckpointPolicy", "Checkpointer"]
 
@@ -60,7 +60,7 @@ class CheckpointPolicy:
 class Checkpointer:
     """Writes the run's full state as blobs + manifest; the manifest row goes last."""
 
-    def __init__(self, run: Run, objects_url: str, policy: CheckpointPolicy) -> None:
+    def __init__(self, run: StatefulRun, objects_url: str, policy: CheckpointPolicy) -> None:
         self._run = run
         self._objects_url = objects_url
         self._objects: ObjectStore | None = None
@@ -155,7 +155,7 @@ def _test_hook_block(step: int) -> None:
     if not spec:
         return
     at, _, path = spec.partition(":")
-    if not at.isdigit() or step < int(at) or not path:
+    if not (at.isascii() and at.isdigit()) or step < int(at) or not path:
         return
     flag = Path(path)
     if flag.with_suffix(".released").exists():

@@ -17,19 +17,17 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from retune.errors import CommandRejected, RetuneError
+from retune.session._protocols import TrainingSession
 from retune.store import CommandRecord
-
-if TYPE_CHECKING:
-    from retune.session._run import Run
 
 __all__ = ["Applier"]
 
 log = logging.getLogger("retune")
 
-Handler = Callable[["Run", CommandRecord], dict[str, Any]]
+Handler = Callable[[TrainingSession, CommandRecord], dict[str, Any]]
 
 
 class Applier:
@@ -47,7 +45,7 @@ class Applier:
         self._queued: set[int] = set()  # ids of the last poll's pending commands
         self._warned = False
 
-    def poll(self, run: Run) -> None:
+    def poll(self, run: TrainingSession) -> None:
         """Fetch pending commands not queued yet into the inbox (writer thread; never raises)."""
         try:
             fresh = run.store.pending_commands(run.id)
@@ -68,7 +66,7 @@ class Applier:
         if added:
             self.wake.set()
 
-    def apply_pending(self, run: Run) -> None:
+    def apply_pending(self, run: TrainingSession) -> None:
         """Apply every command in the inbox, oldest first (training thread only)."""
         while self.inbox:
             command = self.inbox.popleft()
@@ -76,7 +74,7 @@ class Applier:
                 self.inbox.appendleft(command)  # the store is unreachable: retry next step
                 return
 
-    def apply_now(self, run: Run, command: CommandRecord) -> CommandRecord:
+    def apply_now(self, run: TrainingSession, command: CommandRecord) -> CommandRecord:
         """Apply one command at once (training thread); raise ``CommandRejected`` if rejected."""
         self._apply(run, command, retry=False)
         resolved = run.store.get_command(command.id)
@@ -91,7 +89,7 @@ class Applier:
             handler = self._handlers.get(alias) if alias else None
         return handler
 
-    def _apply(self, run: Run, command: CommandRecord, *, retry: bool = True) -> bool:
+    def _apply(self, run: TrainingSession, command: CommandRecord, *, retry: bool = True) -> bool:
         """Claim, then apply and resolve; ``False`` when the claim could not reach the store
         (only when ``retry``; otherwise that error is raised)."""
         try:
@@ -122,7 +120,7 @@ class Applier:
 
     @staticmethod
     def _resolve(
-        run: Run,
+        run: TrainingSession,
         command: CommandRecord,
         status: str,
         *,
@@ -146,7 +144,7 @@ class Applier:
                 step=run.global_step,
             )
 
-    def reject_remaining(self, run: Run, reason: str) -> None:
+    def reject_remaining(self, run: TrainingSession, reason: str) -> None:
         """Reject whatever is still queued (in memory or in the store) when the run ends."""
         self.poll(run)
         while self.inbox:

@@ -13,70 +13,15 @@ stays an alias), ``stop``, ``checkpoint``, ``restore``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from retune.checkpoint import resolve_checkpoint
 from retune.control import validate
 from retune.errors import CommandRejected, InvalidArgument, RetuneError
-from retune.store import CheckpointRecord, CommandRecord, Store
-
-if TYPE_CHECKING:
-    from retune.control import LiveTunables
-    from retune.session._checkpointer import Checkpointer
+from retune.session._protocols import SessionFlags, TrainingSession
+from retune.store import CheckpointRecord, CommandRecord
 
 __all__ = ["HANDLERS", "SessionFlags", "TrainingSession"]
-
-
-@dataclass
-class SessionFlags:
-    """What the commands asked of the loop: hold (``paused``) or end (``stop_requested``)."""
-
-    paused: bool = False
-    stop_requested: bool = False
-
-
-class TrainingSession(Protocol):
-    """What a command handler may see and do of a live run (the run handle implements it)."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def node(self) -> int: ...
-
-    @property
-    def global_step(self) -> int: ...
-
-    @property
-    def store(self) -> Store: ...
-
-    @property
-    def tunables(self) -> LiveTunables: ...
-
-    @property
-    def checkpointer(self) -> Checkpointer: ...
-
-    @property
-    def flags(self) -> SessionFlags: ...
-
-    def flush(self) -> None:
-        """Write every buffered metric point now."""
-
-    def start_node(
-        self, kind: str, diff: dict[str, Any], who: str | None, *, parent: int | None = None
-    ) -> None:
-        """Close the current node at the current step and train on a new child of ``parent``
-        (default: the current node) from here, with the current values."""
-
-    def loop_state(self) -> dict[str, int]:
-        """Epoch, batch, data seed and global step, as a checkpoint stores them."""
-
-    def set_loop_state(self, state: dict[str, int]) -> None:
-        """Move the loop position (and the global step) to ``state``."""
-
-    def load_state(self, state: Any) -> None:
-        """Put a decoded checkpoint state into the live model, optimizer, RNG and loop."""
 
 
 Handler = Callable[[TrainingSession, CommandRecord], dict[str, Any]]

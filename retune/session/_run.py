@@ -23,8 +23,9 @@ from retune.errors import InvalidArgument, RetuneError, StopTraining, StoreError
 from retune.session import _lifecycle
 from retune.session._checkpointer import Checkpointer, CheckpointPolicy
 from retune.session._control import Applier
-from retune.session._handlers import HANDLERS, SessionFlags
+from retune.session._handlers import HANDLERS
 from retune.session._loop import LoopPosition
+from retune.session._protocols import SessionFlags
 from retune.session._snapshot import RunSnapshot, read_snapshot
 from retune.session._state import apply_state
 from retune.session._tree import TreeNode

@@ -24,7 +24,7 @@ from retune.control import validate
 from retune.errors import CheckpointCorrupt, InvalidArgument
 
 if TYPE_CHECKING:
-    from retune.session._run import Run
+    from retune.session._protocols import StatefulRun
 
 __all__ = ["apply_state", "capture_state", "check_state"]
 
@@ -55,11 +55,11 @@ def _as_tuples(value: Any) -> Any:
     return value
 
 
-def capture_state(run: Run) -> dict[str, Any]:
+def capture_state(run: StatefulRun) -> dict[str, Any]:
     """The state tree of ``run`` now (tensors are referenced, not copied)."""
     state: dict[str, Any] = {
         "rng": _rng_state(),
-        "loop": run._loop_state(),
+        "loop": run.loop_state(),
         "retune": {"node": run.node, "tunables": run.tunables.state_dict()},
         "user": dict(run.state),
     }
@@ -72,7 +72,7 @@ def capture_state(run: Run) -> dict[str, Any]:
     return state
 
 
-def apply_state(run: Run, state: dict[str, Any]) -> None:
+def apply_state(run: StatefulRun, state: dict[str, Any]) -> None:
     """Put a captured state back into the live objects of ``run`` (training thread only).
 
     :func:`check_state` runs first: a state that does not fit raises
@@ -86,7 +86,7 @@ def apply_state(run: Run, state: dict[str, Any]) -> None:
     run.tunables.load_state_dict(state["retune"]["tunables"])
     run.state.clear()
     run.state.update(state["user"])
-    run._set_loop_state(state["loop"])
+    run.set_loop_state(state["loop"])
     _set_rng_state(state["rng"])
     parts = dict(state.get("parts", {}))
     for name, (_, load) in run.state_parts.items():
@@ -155,7 +155,7 @@ def _number(value: Any) -> Any:
     return value
 
 
-def _in_bounds(run: Run, name: str, value: Any, where: str) -> None:
+def _in_bounds(run: StatefulRun, name: str, value: Any, where: str) -> None:
     """Validate ``value`` of tunable ``name`` (when it is one) against its declared bounds."""
     specs = run.tunables.specs
     if not any(spec.name == name for spec in specs):
@@ -194,7 +194,7 @@ def _numeric(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) or _is_tensor(value)
 
 
-def _check_optimizer(run: Run, optimizer: Any, state: Any) -> None:
+def _check_optimizer(run: StatefulRun, optimizer: Any, state: Any) -> None:
     state = _dict(state, "the optimizer state")
     if set(state) != {"state", "param_groups"}:
         raise _Bad(f"the optimizer state has keys {sorted(map(str, state))}")
@@ -233,7 +233,7 @@ def _check_optimizer(run: Run, optimizer: Any, state: Any) -> None:
             _plain(item, f"the optimizer state of parameter {key}: {name}")
 
 
-def _check_scheduler(run: Run, scheduler: Any, state: Any) -> None:
+def _check_scheduler(run: StatefulRun, scheduler: Any, state: Any) -> None:
     state = _dict(state, "the scheduler state")
     live = scheduler.state_dict()
     for key, value in state.items():
@@ -259,7 +259,7 @@ def _check_scaler(scaler: Any, state: Any) -> None:
             raise _Bad(f"the grad scaler's {key} is {number}")
 
 
-def _check_retune(run: Run, state: Any) -> None:
+def _check_retune(run: StatefulRun, state: Any) -> None:
     tunables = _dict(_dict(state, "Retune's state").get("tunables"), "the tunables' state")
     knobs = _dict(tunables.get("knobs", {}), "the knob values")
     for name, value in knobs.items():
@@ -304,7 +304,7 @@ def _check_rng(state: Any) -> None:
         raise _Bad(f"the RNG state is not valid ({type(e).__name__}: {e})") from e
 
 
-def check_state(run: Run, state: Any) -> None:
+def check_state(run: StatefulRun, state: Any) -> None:
     """Raise :class:`CheckpointCorrupt` unless ``state`` fits the live objects of ``run``.
 
     Checked, before anything is changed: the structure; model keys and tensor shapes; the

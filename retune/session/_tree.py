@@ -114,7 +114,7 @@ def parse_node(ref: int | str) -> int:
     if isinstance(ref, int):
         return ref
     text = ref.strip().removeprefix("n")
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # int() also takes "²"-like digits: refuse
         raise NodeNotFound(f"{ref!r} is not a node (nodes are written n1, n2, ...)")
     return int(text)
 

@@ -59,7 +59,7 @@ def test_scale_result_is_validated() -> None:
         ({"lr": "abc"}, None, "expects a float"),
         ({"lr": math.nan}, None, "finite"),
         ({"lr": math.inf}, None, "finite"),
-        ({"lr": -1.0}, None, "must be > 0"),
+        ({"lr": -1.0}, None, "lr must be >= 0"),
         ({"lr": 0.2}, 5, "group 5 does not exist"),
         ({"lr": 0.2, "momentum": 1.5}, None, "momentum must be"),
     ],

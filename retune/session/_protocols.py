@@ -1,0 +1,95 @@
+"""The small interfaces the session's parts see of a run, so that none imports the run handle.
+
+:class:`~retune.session.Run` implements all of them. The command applier sees a
+:class:`RunIdentity`; checkpoint capture and restore see a :class:`StatefulRun`; command
+handlers see a :class:`TrainingSession`, which adds what a change needs (a checkpoint saver,
+the loop flags, opening a node).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from retune.store import CheckpointRecord, Store
+
+if TYPE_CHECKING:
+    from retune.control import LiveTunables
+
+__all__ = ["CheckpointSaver", "RunIdentity", "SessionFlags", "StatefulRun", "TrainingSession"]
+
+
+@dataclass
+class SessionFlags:
+    """What the commands asked of the loop: hold (``paused``) or end (``stop_requested``)."""
+
+    paused: bool = False
+    stop_requested: bool = False
+
+
+class RunIdentity(Protocol):
+    """Which run, where it is stored, and where its training is now."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def node(self) -> int: ...
+
+    @property
+    def global_step(self) -> int: ...
+
+    @property
+    def store(self) -> Store: ...
+
+
+class StatefulRun(RunIdentity, Protocol):
+    """What a checkpoint captures and a restore puts back (training objects may be None)."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    state: dict[str, Any]
+    state_parts: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]
+    unclaimed_parts: dict[str, Any]
+
+    @property
+    def tunables(self) -> LiveTunables: ...
+
+    def loop_state(self) -> dict[str, int]:
+        """Epoch, batch, data seed and global step, as a checkpoint stores them."""
+
+    def set_loop_state(self, state: dict[str, int]) -> None:
+        """Move the loop position (and the global step) to ``state``."""
+
+
+class CheckpointSaver(Protocol):
+    """Saves the run's state now and loads a saved one (verified)."""
+
+    def save(self, reason: str, tag: str | None = None) -> CheckpointRecord: ...
+
+    def load(self, record: CheckpointRecord) -> Any: ...
+
+
+class TrainingSession(StatefulRun, Protocol):
+    """What a command handler may see and do of a live run."""
+
+    @property
+    def checkpointer(self) -> CheckpointSaver: ...
+
+    @property
+    def flags(self) -> SessionFlags: ...
+
+    def flush(self) -> None:
+        """Write every buffered metric point now."""
+
+    def start_node(
+        self, kind: str, diff: dict[str, Any], who: str | None, *, parent: int | None = None
+    ) -> None:
+        """Close the current node at the current step and train on a new child of ``parent``
+        (default: the current node) from here, with the current values."""
+
+    def load_state(self, state: Any) -> None:
+        """Put a decoded checkpoint state into the live model, optimizer, RNG and loop."""
