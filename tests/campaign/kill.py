@@ -5,7 +5,9 @@ usage: python -m tests.campaign.kill [--kills 100] [--seed 0] [--dir DIR] [--jso
 One run (``victim``) on one SQLite store is trained by a chain of processes, each resuming
 ``latest`` and each SIGKILLed at a moment drawn from a seeded generator, aimed at the risky
 places: inside a scheduled checkpoint write, inside a metric flush, during the resume itself,
-or anywhere. A controller thread keeps sending ``set lr`` and ``checkpoint`` commands, so
+or anywhere; a third kill themselves at an injected point instead (a blob's fsync or rename,
+before or after the manifest row, after a metric commit, halfway through a resume; see
+``kill_trainer.INJECTION_POINTS``). A controller thread keeps sending ``set lr`` and ``checkpoint`` commands, so
 change checkpoints and new nodes are written too. After every kill:
 
 * ``PRAGMA integrity_check`` of the store says ``ok`` (else: a corrupt store),
@@ -36,12 +38,7 @@ from pathlib import Path
 
 import retune
 from retune.checkpoint import ObjectStore, decode_state
-from retune.store import CheckpointRecord, Store, objects_url_for, open_store
-
-try:
-    from retune.store import STALE_AFTER
-except ImportError:  # older layouts kept it private
-    STALE_AFTER = 30.0
+from retune.store import STALE_AFTER, CheckpointRecord, Store, objects_url_for, open_store
 from tests.campaign import _model
 from tests.campaign._proc import Child, ForkServer
 from tests.campaign.kill_trainer import INJECTION_POINTS
