@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import (
     ArgumentError,
+    DataError,
     DBAPIError,
     IntegrityError,
     NoSuchModuleError,
@@ -60,6 +61,8 @@ from retune.store._records import (
 from retune.store._schema import checkpoints, commands, events, metric_chunks, nodes, runs
 
 __all__ = ["SqlStore"]
+
+_ID_MIN, _ID_MAX = -(2**31), 2**31 - 1  # command ids are 32-bit integer columns
 
 _BUSY_TIMEOUT_MS = 60_000
 CONNECT_TIMEOUT = 5.0
@@ -242,6 +245,9 @@ class SqlStore(Store):
             if run_id is not None and "foreign key" in reason.lower():
                 raise self._missing(run_id) from e
             raise StoreError(f"store {self.url} refused the write: {reason}") from e
+        except DataError as e:  # a value the database cannot hold: NUL in text, int range
+            reason = str(e.orig if e.orig is not None else e).splitlines()[0]
+            raise InvalidArgument(f"store {self.url} cannot hold a value given: {reason}") from e
         except DBAPIError as e:
             reason = str(e.orig if e.orig is not None else e).splitlines()[0]
             if not self._is_sqlite and "timeout expired" in reason.lower():
@@ -774,6 +780,8 @@ class SqlStore(Store):
         return self._command(row)
 
     def get_command(self, command_id: int) -> CommandRecord:
+        if not _ID_MIN <= command_id <= _ID_MAX:  # beyond the id column: no such command
+            raise InvalidArgument(f"no command with id {command_id}")
         with self._tx(write=False) as conn:
             row = conn.execute(select(commands).where(commands.c.id == command_id)).first()
         if row is None:

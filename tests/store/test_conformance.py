@@ -399,3 +399,18 @@ def test_concurrent_attaches_have_exactly_one_winner(store: Store) -> None:
     winners = [o for o in outcomes if o.startswith("won")]
     assert len(winners) == 1 and outcomes.count("refused") == 3
     assert store.get_run(run_id).meta["process"] == {"pid": int(winners[0].split()[1])}
+
+
+def test_values_a_database_cannot_hold_are_the_callers_mistake(store: Store) -> None:
+    """An id beyond the 32-bit column, or NUL in text: a clear error, never 'unavailable'."""
+    run_id = _run_with_root(store)
+    for command_id in (2**31, 2**63, -(2**40)):
+        with pytest.raises(InvalidArgument, match="no command with id"):
+            store.get_command(command_id)
+    with pytest.raises((InvalidArgument, RunNotFound)):
+        store.get_run("bad\x00name")
+    try:  # SQLite keeps NUL in text; PostgreSQL cannot: then it is the caller's mistake
+        store.add_event(run_id, "note\x00", {})
+    except InvalidArgument as e:
+        assert "cannot hold a value" in str(e)
+    assert store.get_run(run_id).id == run_id  # the store is still usable
