@@ -30,7 +30,7 @@ from itertools import repeat, starmap
 import numpy as np
 
 from retune.errors import RetuneError, StoreError, StoreUnavailable
-from retune.store import MetricChunk, Store
+from retune.store import STALE_AFTER, MetricChunk, Store
 
 __all__ = ["MAX_STRIKES", "MetricWriter", "Point"]
 
@@ -107,13 +107,16 @@ class MetricWriter:
         self._thread.start()
 
     def _loop(self) -> None:
-        next_flush = time.monotonic() + self._flush_interval
+        # the heartbeat rides on the flush: never let it age past a third of STALE_AFTER,
+        # or a long flush_interval makes a live run look dead (and resumable elsewhere)
+        interval = min(self._flush_interval, STALE_AFTER / 3)
+        next_flush = time.monotonic() + interval
         while not self._stop.wait(self._poll_interval):
             if self._tick is not None:
                 self._tick()
             now = time.monotonic()
             if now >= next_flush or len(self.buffer) >= self._max_buffer:
-                next_flush = now + self._flush_interval
+                next_flush = now + interval
                 try:
                     self.flush()
                 except RetuneError as e:

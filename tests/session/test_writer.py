@@ -172,3 +172,21 @@ def test_a_full_disk_at_finish_ends_the_run_crashed_not_running(tiny_disk: Path)
     assert snap.status == "crashed"
     assert snap.run.error is not None and "could not be written" in snap.run.error
     assert len(snap.metric("loss")) == 3100  # the held points were written once space allowed
+
+
+def test_a_long_flush_interval_still_keeps_the_heartbeat_fresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live run must never look stale (and so resumable by another process)."""
+    import time
+
+    from retune.session import _writer
+
+    monkeypatch.setattr(_writer, "STALE_AFTER", 0.3)  # heartbeats at least every 0.1 s
+    store = str(tmp_path / "h.db")
+    with retune.init("beat", store=store, flush_interval=1000.0) as run:
+        first = open_store(store).get_run(run.id).heartbeat_at
+        deadline = time.monotonic() + 20
+        while open_store(store).get_run(run.id).heartbeat_at == first:
+            assert time.monotonic() < deadline, "no heartbeat while flush_interval is long"
+            time.sleep(0.05)
