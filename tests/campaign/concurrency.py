@@ -313,9 +313,12 @@ def run_campaign(
         commander.wait_for("DONE", deadline)
         stop.touch()
         reader.wait_for("DONE", deadline)
-    finally:
-        for child in children:
-            child.finish(30)
+    except BaseException:
+        for child in children:  # interrupted (a test timeout, Ctrl-C): leave nothing behind
+            child.kill()
+        raise
+    for child in children:
+        child.finish(30)
     for child in children:
         report.locked_errors += child.stderr().count(LOCKED)
     sent: list[dict[str, Any]] = []
