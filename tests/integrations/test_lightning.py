@@ -1,0 +1,249 @@
+"""Lightning's RetuneCallback with a real tiny model trained by ``lightning_train.py`` in a
+subprocess: config, metrics per real optimizer step, live commands from another process,
+stop, in-process restore, and ``retune resume`` of a killed run, bit for bit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("lightning")
+
+import retune
+from retune.errors import CommandRejected
+from retune.store import STALE_AFTER, open_store
+
+SCRIPT = Path(__file__).with_name("lightning_train.py")
+TIMEOUT = 120.0
+
+
+class Trainer:
+    """A ``lightning_train.py`` process; collects its ``LR step value`` lines as they come."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def lrs(self) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for line in list(self.lines):
+            if line.startswith("LR "):
+                _, step, value = line.split()
+                out[int(step)] = float(value)
+        return out
+
+    def wait_step(self, step: int) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while max(self.lrs(), default=0) < step:
+            assert self.proc.poll() is None, "\n".join(self.lines[-30:])
+            assert time.monotonic() < deadline, f"the trainer did not reach step {step}"
+            time.sleep(0.05)
+
+    def finish(self) -> int:
+        try:
+            code = self.proc.wait(TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(10)
+        return code
+
+    def output(self) -> str:
+        return "\n".join(self.lines[-40:])
+
+
+def _run(trainer: Trainer, store_url: str, name: str) -> Any:
+    trainer.wait_step(1)
+    return retune.load(name, store=store_url)
+
+
+def test_import_retune_does_not_import_lightning() -> None:
+    code = "import sys, retune, retune.integrations; print('lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_callback_refuses_what_it_takes_from_the_trainer() -> None:
+    from retune.errors import InvalidArgument
+    from retune.integrations.lightning import RetuneCallback
+
+    with pytest.raises(InvalidArgument, match="remove optimizer"):
+        RetuneCallback("x", optimizer=object())
+    with pytest.raises(InvalidArgument, match="non-empty run name"):
+        RetuneCallback(" ")
+
+
+@pytest.mark.slow
+def test_live_commands_from_another_process(store_url: str) -> None:
+    """set lr (scheduler-aware), a bad value, pause/continue and stop, on a running fit."""
+    name = "live"
+    trainer = Trainer(store_url, name, "--epochs", "60", "--scheduler", "step", "--delay", "0.02")
+    try:
+        run = _run(trainer, store_url, name)
+        config = run.config
+        assert config["hparams"] == {"lr": 0.05, "scheduler": "step", "delay": 0.02}
+        assert config["trainer"]["max_epochs"] == 60
+        assert config["trainer"]["accumulate_grad_batches"] == 1
+        assert config["trainer"]["precision"] == "32-true"
+        assert config["schedulers"][0]["interval"] == "step"
+        assert config["optimizers"][0]["class"] == "torch.optim.sgd.SGD"
+        with retune.connect(run.id, store=store_url) as ctl:
+            applied = ctl.set(lr=0.01, wait=True)
+            assert applied.status == "applied", applied.reason
+            step = applied.applied_step
+            assert step is not None
+            trainer.wait_step(step + 7)  # two StepLR steps (step_size=3) later
+            lrs = trainer.lrs()
+            assert lrs[step] == 0.01  # Lightning's optimizer holds the value at the step
+            later = [lrs[s] for s in range(step + 1, step + 8)]
+            assert all(0.0072 < v <= 0.01 for v in later), later  # rescaled, not undone
+            assert later[-1] < 0.01  # and the schedule keeps its shape from the new value
+
+            with pytest.raises(CommandRejected, match="lr must be >= 0") as caught:
+                ctl.set(lr=-1.0, wait=True)
+            bad = [c for c in ctl.history() if c.id == caught.value.command_id]
+            assert bad and bad[0].status == "rejected"
+            after_bad = max(trainer.lrs())
+            trainer.wait_step(after_bad + 2)  # it keeps training
+            assert trainer.lrs()[after_bad + 1] <= 0.01
+
+            assert ctl.pause(wait=True).status == "applied"
+            assert retune.load(run.id, store=store_url).status == "paused"
+            held = max(trainer.lrs())
+            assert ctl.continue_(wait=True).status == "applied"
+            trainer.wait_step(held + 2)
+
+            assert ctl.stop(wait=True).status == "applied"
+        assert trainer.finish() == 0, trainer.output()
+    finally:
+        if trainer.proc.poll() is None:
+            trainer.proc.kill()
+    out = trainer.output()
+    assert "FIT-RETURNED" in out  # fit returned cleanly
+    final = retune.load(run.id, store=store_url)
+    assert final.status == "stopped"
+    stopped_at = int(out.split("FIT-RETURNED")[1].split()[0])
+    assert final.run.step == stopped_at
+    assert any(c.reason == "stop" for c in final.checkpoints)
+
+
+def test_accumulation_records_one_step_per_optimizer_step(store_url: str) -> None:
+    trainer = Trainer(store_url, "acc", "--epochs", "2", "--accumulate", "4")
+    assert trainer.finish() == 0, trainer.output()
+    run = retune.load("acc", store=store_url)
+    loss = run.metric("loss")
+    # 64 samples / batch 8 = 8 batches per epoch, 2 optimizer steps per epoch
+    assert list(loss.steps) == [1, 2, 3, 4]
+    assert list(run.metric("loss_epoch").steps) == [2, 4]
+    assert run.run.step == 4 and run.status == "finished"
+    assert max(trainer.lrs()) == 4
+
+
+def test_restore_while_fit_runs_opens_a_branch_with_the_new_lr(store_url: str) -> None:
+    name = "restore"
+    trainer = Trainer(store_url, name, "--epochs", "40", "--delay", "0.02")
+    try:
+        run = _run(trainer, store_url, name)
+        trainer.wait_step(17)  # the epoch checkpoints at steps 8 and 16 exist
+        with retune.connect(run.id, store=store_url) as ctl:
+            restored = ctl.restore("n1@8", set={"lr": 0.02}, wait=True)
+            assert restored.status == "applied", restored.reason
+            assert restored.applied_step == 8  # the step counter went back to 8
+            deadline = time.monotonic() + TIMEOUT
+            while not any(
+                line == "LR 10 0.02" for line in trainer.lines[-200:]
+            ):  # the rewound trainer reaches step 10 again, with the new lr
+                assert time.monotonic() < deadline, trainer.output()
+                assert trainer.proc.poll() is None, trainer.output()
+                time.sleep(0.05)
+            assert ctl.stop(wait=True).status == "applied"
+        assert trainer.finish() == 0, trainer.output()
+    finally:
+        if trainer.proc.poll() is None:
+            trainer.proc.kill()
+    snap = retune.load(run.id, store=store_url)
+    nodes = {n.id: n for n in snap.tree()}
+    branch = [n for n in nodes.values() if n.change_kind == "restore"]
+    assert len(branch) == 1
+    node = branch[0]
+    assert node.parent == 1 and node.start_step == 8
+    end = nodes[1].end_step
+    assert end is not None and end >= 17  # the branch left behind keeps its steps
+    lrs = snap.branch(node.id).metric("lr")
+    assert list(lrs.values[lrs.steps > 9]) and set(lrs.values[lrs.steps > 9]) == {0.02}
+    assert snap.status == "stopped"
+
+
+def _age(store_url: str, run_id: str) -> None:
+    """The killed process's last heartbeat is older than STALE_AFTER (time passes)."""
+    with open_store(store_url) as store:
+        store.update_run(run_id, heartbeat_at=time.time() - STALE_AFTER - 60)
+
+
+@pytest.mark.slow
+def test_resume_of_a_killed_run_is_bit_exact(store_url: str) -> None:
+    """Killed mid-epoch 3, resumed by ``retune resume`` from the epoch-2 checkpoint in a new
+    process: the branch's losses, epoch losses and lrs equal an uninterrupted run's, bit for
+    bit (CPU, fixed seed, an epoch-interval scheduler)."""
+    args = ["--epochs", "3", "--scheduler", "epoch"]
+    full = Trainer(store_url, "full", *args)
+    assert full.finish() == 0, full.output()
+    cut = Trainer(store_url, "cut", *args, "--crash-at-step", "20")
+    assert cut.finish() == 3, cut.output()
+    killed = retune.load("cut", store=store_url)
+    assert killed.status == "running" and killed.run.step >= 16
+    _age(store_url, killed.id)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "retune",
+            "resume",
+            killed.id,
+            "--store",
+            store_url,
+            "--",
+            sys.executable,
+            str(SCRIPT),
+            store_url,
+            "cut",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "LR 17 " in resumed.stdout and "LR 16 " not in resumed.stdout  # from the epoch end
+    a = retune.load("full", store=store_url)
+    b = retune.load("cut", store=store_url)
+    assert b.status == "finished"
+    nodes = b.tree()
+    assert [(n.change_kind, n.start_step) for n in nodes] == [("start", 0), ("resume", 16)]
+    branch = b.branch(nodes[-1].id)
+    for key in ("loss", "loss_epoch", "lr"):
+        want, got = a.metric(key), branch.metric(key)
+        assert list(got.steps) == list(want.steps), key
+        assert got.values.tobytes() == want.values.tobytes(), key
+    assert list(a.metric("loss").steps) == list(range(1, 25))
