@@ -4,7 +4,7 @@ Usage: ``python hf_train.py STORE NAME [--epochs N] [--hold-at STEP] [--kill-at 
 [--every N] [--accumulation N] [--dir DIR]``.
 
 ``--hold-at STEP`` (tests only): at that global step, before Retune applies commands, write
-``DIR/held`` and wait (bounded) until a command has reached the run, so that the test's command
+``DIR/held<STEP>`` and wait (bounded) until a command has reached the run, so that the test's command
 is applied at exactly that step. ``--kill-at STEP`` ends the process with ``os._exit(9)`` right
 after that step's Retune work (a crash, no clean end). Prints ``RESULT {json}`` at the end.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -50,13 +49,13 @@ class Dataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
 class Hold(TrainerCallback):  # type: ignore[misc]
     """Tests only: hold at a step until a command reached the run, or end the process."""
 
-    def __init__(self, retune_cb: object, hold_at: int, kill_at: int, folder: Path) -> None:
+    def __init__(self, retune_cb: object, hold_at: set[int], kill_at: int, folder: Path) -> None:
         self.cb, self.hold_at, self.kill_at, self.folder = retune_cb, hold_at, kill_at, folder
 
     def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
         run = self.cb.run  # type: ignore[attr-defined]
-        if state.global_step == self.hold_at:
-            (self.folder / "held").write_text(str(state.global_step))
+        if state.global_step in self.hold_at:
+            (self.folder / f"held{state.global_step}").write_text(str(state.global_step))
             deadline = time.monotonic() + 60
             while not run._inbox and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -69,7 +68,7 @@ def main() -> None:
     parser.add_argument("store")
     parser.add_argument("name")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--hold-at", type=int, default=-1)
+    parser.add_argument("--hold-at", default="", help="comma-separated steps")
     parser.add_argument("--kill-at", type=int, default=-10)
     parser.add_argument("--every", type=int, default=None)
     parser.add_argument("--accumulation", type=int, default=1)
@@ -85,7 +84,7 @@ def main() -> None:
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=16,
-        num_labels=2,
+        num_labels=2,  # type: ignore[call-arg]
     )
     model = BertForSequenceClassification(config)
     args = TrainingArguments(
@@ -106,10 +105,14 @@ def main() -> None:
     retune_cb = RetuneCallback(
         opts.name, store=opts.store, checkpoint_every_n_steps=opts.every, flush_interval=0.2
     )
-    callbacks = [Hold(retune_cb, opts.hold_at, opts.kill_at, folder), retune_cb]
+    callbacks = [
+        Hold(retune_cb, {int(x) for x in opts.hold_at.split(",") if x}, opts.kill_at, folder),
+        retune_cb,
+    ]
     trainer = Trainer(model=model, args=args, train_dataset=Dataset(), callbacks=callbacks)
     trainer.train()
     opt = trainer.optimizer
+    assert opt is not None
     print(
         "RESULT "
         + json.dumps(
@@ -124,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
