@@ -219,14 +219,13 @@ def create_app(
         data = store.read_metric(record.id, key, start=start, end=end)
         if not len(data.steps) and key not in store.metric_keys(record.id):
             raise InvalidArgument(f"run {record.name} has no metric {key!r}")
-        series = MetricSeries(key, data.steps, data.values, data.times, data.nodes)
+        series = data
         if branch is not None:
             path = path_to(tuple(store.list_nodes(record.id)), _node(branch))
             mask = branch_mask(path, series.nodes, series.steps)
             index = mask.nonzero()[0]
             index = index[series.steps[index].argsort(kind="stable")]
-            series = MetricSeries(key, series.steps[index], series.values[index],
-                                  series.times[index], series.nodes[index])  # fmt: skip
+            series = series.take(index)
         total = len(series)
         picked = series.select(max_points=max_points)
         return {"key": key, "total": total, **_series(picked)}
@@ -242,8 +241,7 @@ def create_app(
             path = path_to(nodes, _node(ref))
             index = branch_mask(path, data.nodes, data.steps).nonzero()[0]
             index = index[data.steps[index].argsort(kind="stable")]
-            series = MetricSeries(key, data.steps[index], data.values[index],
-                                  data.times[index], data.nodes[index])  # fmt: skip
+            series = data.take(index)
             out[ref] = {"total": len(series), **_series(series.select(max_points=max_points))}
         return {"key": key, "branches": out}
 

@@ -7,85 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retune._downsample import minmax_indices
 from retune.errors import InvalidArgument
 from retune.session._tree import TreeNode, branch_mask, build_tree, parse_node, path_to
-from retune.store import CheckpointRecord, NodeRecord, RunRecord, Store
+from retune.store import CheckpointRecord, MetricSeries, NodeRecord, RunRecord, Store
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["MetricSeries", "RunSnapshot", "read_snapshot"]
-
-
-@dataclass(frozen=True)
-class MetricSeries:
-    """Points of one metric: equally long read-only arrays, ordered by step within each node.
-
-    ``nonfinite`` flags NaN and +/-inf points, which are kept, never dropped.
-    """
-
-    key: str
-    steps: np.ndarray
-    values: np.ndarray
-    times: np.ndarray
-    nodes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    @property
-    def nonfinite(self) -> np.ndarray:
-        mask: np.ndarray = ~np.isfinite(self.values)
-        return mask
-
-    @property
-    def has_nonfinite(self) -> bool:
-        return bool(self.nonfinite.any())
-
-    def last(self) -> float | None:
-        return float(self.values[-1]) if len(self.values) else None
-
-    def select(
-        self, start: int | None = None, end: int | None = None, max_points: int | None = None
-    ) -> MetricSeries:
-        """Points with ``start <= step <= end``, downsampled by min/max buckets to ``max_points``.
-
-        Downsampling keeps each bucket's minimum, maximum and first NaN, so no spike is lost.
-        """
-        mask = np.ones(len(self.steps), dtype=bool)
-        if start is not None:
-            mask &= self.steps >= start
-        if end is not None:
-            mask &= self.steps <= end
-        index = np.flatnonzero(mask)
-        if max_points is not None:
-            if max_points < 3:
-                raise InvalidArgument(f"max_points must be at least 3, got {max_points}")
-            index = index[minmax_indices(self.values[index], max_points)]
-        return MetricSeries(
-            self.key,
-            _frozen(self.steps[index]),
-            _frozen(self.values[index]),
-            _frozen(self.times[index]),
-            _frozen(self.nodes[index]),
-        )
-
-    def to_pandas(self) -> pd.DataFrame:
-        """A DataFrame with columns step, value, time, node (needs pandas)."""
-        try:
-            import pandas as pd
-        except ImportError as e:
-            raise ImportError("to_pandas() needs pandas: pip install pandas") from e
-        return pd.DataFrame(
-            {"step": self.steps, "value": self.values, "time": self.times, "node": self.nodes}
-        )
-
-
-def _frozen(array: np.ndarray) -> np.ndarray:
-    array = np.array(array, copy=True)
-    array.flags.writeable = False
-    return array
 
 
 @dataclass(frozen=True)
@@ -149,13 +78,7 @@ class RunSnapshot:
             mask = branch_mask(path, data.nodes, data.steps)
             index = np.flatnonzero(mask)
             index = index[np.argsort(data.steps[index], kind="stable")]
-            series[key] = MetricSeries(
-                key,
-                _frozen(data.steps[index]),
-                _frozen(data.values[index]),
-                _frozen(data.times[index]),
-                _frozen(data.nodes[index]),
-            )
+            series[key] = data.take(index)
         return RunSnapshot(self.run, tuple(path), series, self.checkpoints)
 
     def to_pandas(self) -> pd.DataFrame:
@@ -174,6 +97,5 @@ def read_snapshot(store: Store, ref: str) -> RunSnapshot:
     nodes = tuple(store.list_nodes(run.id))
     series = {}
     for key in store.metric_keys(run.id):
-        data = store.read_metric(run.id, key)
-        series[key] = MetricSeries(key, data.steps, data.values, data.times, data.nodes)
+        series[key] = store.read_metric(run.id, key)
     return RunSnapshot(run, nodes, series, tuple(store.list_checkpoints(run.id)))

@@ -24,7 +24,7 @@ from retune.store._records import (
     CommandRecord,
     EventRecord,
     MetricChunk,
-    MetricSeriesData,
+    MetricSeries,
     NodeRecord,
     RunRecord,
 )
@@ -39,7 +39,7 @@ __all__ = [
     "CommandRecord",
     "EventRecord",
     "MetricChunk",
-    "MetricSeriesData",
+    "MetricSeries",
     "NodeRecord",
     "RunRecord",
     "Store",

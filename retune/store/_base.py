@@ -11,7 +11,7 @@ from retune.store._records import (
     CommandRecord,
     EventRecord,
     MetricChunk,
-    MetricSeriesData,
+    MetricSeries,
     NodeRecord,
     RunRecord,
 )
@@ -162,7 +162,7 @@ class Store(ABC):
         nodes: Sequence[int] | None = None,
         start: int | None = None,
         end: int | None = None,
-    ) -> MetricSeriesData:
+    ) -> MetricSeries:
         """Every stored point of ``key`` with ``start <= step <= end`` (bounds optional)."""
 
     @abstractmethod

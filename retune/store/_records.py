@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from retune._downsample import minmax_indices
+from retune.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CHANGE_KINDS",
@@ -17,7 +23,7 @@ __all__ = [
     "CommandRecord",
     "EventRecord",
     "MetricChunk",
-    "MetricSeriesData",
+    "MetricSeries",
     "NodeRecord",
     "RunRecord",
 ]
@@ -171,11 +177,74 @@ class MetricChunk:
 
 
 @dataclass(frozen=True)
-class MetricSeriesData:
-    """Points of one metric read back, ordered by (node, step); arrays are read-only copies."""
+class MetricSeries:
+    """Points of one metric: equally long read-only arrays, ordered by step within each node.
+
+    ``nonfinite`` flags NaN and +/-inf points, which are kept, never dropped.
+    """
 
     key: str
-    nodes: np.ndarray
     steps: np.ndarray
     values: np.ndarray
     times: np.ndarray
+    nodes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def nonfinite(self) -> np.ndarray:
+        mask: np.ndarray = ~np.isfinite(self.values)
+        return mask
+
+    @property
+    def has_nonfinite(self) -> bool:
+        return bool(self.nonfinite.any())
+
+    def last(self) -> float | None:
+        return float(self.values[-1]) if len(self.values) else None
+
+    def select(
+        self, start: int | None = None, end: int | None = None, max_points: int | None = None
+    ) -> MetricSeries:
+        """Points with ``start <= step <= end``, downsampled by min/max buckets to ``max_points``.
+
+        Downsampling keeps each bucket's minimum, maximum and first NaN, so no spike is lost.
+        """
+        mask = np.ones(len(self.steps), dtype=bool)
+        if start is not None:
+            mask &= self.steps >= start
+        if end is not None:
+            mask &= self.steps <= end
+        index = np.flatnonzero(mask)
+        if max_points is not None:
+            if max_points < 3:
+                raise InvalidArgument(f"max_points must be at least 3, got {max_points}")
+            index = index[minmax_indices(self.values[index], max_points)]
+        return self.take(index)
+
+    def take(self, index: np.ndarray) -> MetricSeries:
+        """The points at ``index`` (positions, in that order), as read-only copies."""
+        return MetricSeries(
+            self.key,
+            _frozen(self.steps[index]),
+            _frozen(self.values[index]),
+            _frozen(self.times[index]),
+            _frozen(self.nodes[index]),
+        )
+
+    def to_pandas(self) -> pd.DataFrame:
+        """A DataFrame with columns step, value, time, node (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise ImportError("to_pandas() needs pandas: pip install pandas") from e
+        return pd.DataFrame(
+            {"step": self.steps, "value": self.values, "time": self.times, "node": self.nodes}
+        )
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array = np.array(array, copy=True)
+    array.flags.writeable = False
+    return array

@@ -54,7 +54,7 @@ from retune.store._records import (
     CommandRecord,
     EventRecord,
     MetricChunk,
-    MetricSeriesData,
+    MetricSeries,
     NodeRecord,
     RunRecord,
 )
@@ -595,7 +595,7 @@ class SqlStore(Store):
         nodes: Sequence[int] | None = None,
         start: int | None = None,
         end: int | None = None,
-    ) -> MetricSeriesData:
+    ) -> MetricSeries:
         c = metric_chunks.c
         query = (
             select(c.node, c.steps, c["values"], c.times)
@@ -618,7 +618,7 @@ class SqlStore(Store):
                 time_parts.append(np.frombuffer(times_b, dtype="<f8"))
         if not step_parts:
             empty_i, empty_f = np.empty(0, np.int64), np.empty(0, np.float64)
-            return MetricSeriesData(key, empty_i, empty_i.copy(), empty_f, empty_f.copy())
+            return MetricSeries(key, empty_i, empty_f, empty_f.copy(), empty_i.copy())
         node_arr = np.concatenate(node_parts)
         step_arr = np.concatenate(step_parts).astype(np.int64)
         value_arr = np.concatenate(value_parts).astype(np.float64)
@@ -630,12 +630,12 @@ class SqlStore(Store):
         if end is not None:
             mask &= step_arr <= end
         keep = order[mask[order]]
-        return MetricSeriesData(
+        return MetricSeries(
             key,
-            _readonly(node_arr[keep]),
-            _readonly(step_arr[keep]),
-            _readonly(value_arr[keep]),
-            _readonly(time_arr[keep]),
+            steps=_readonly(step_arr[keep]),
+            values=_readonly(value_arr[keep]),
+            times=_readonly(time_arr[keep]),
+            nodes=_readonly(node_arr[keep]),
         )
 
     def metric_keys(self, run_id: str) -> list[str]:
