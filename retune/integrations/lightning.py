@@ -213,13 +213,10 @@ class RetuneCallback(L.Callback):
 
     def _step_metrics(self, trainer: L.Trainer) -> dict[str, float]:
         """What the module logged for this step (``on_step=True``) and ``lr`` per group."""
-        metrics: dict[str, float] = {}
-        results = trainer._results
-        if results is not None:
-            for key, value in results.metrics(True)["callback"].items():
-                number = _number(value)
-                if number is not None:
-                    metrics[key.removesuffix("_step")] = number
+        metrics = {
+            key.removesuffix("_step"): value
+            for key, value in self._loop_metrics(trainer, on_step=True).items()
+        }
         for index, optimizer in enumerate(trainer.optimizers):
             groups = optimizer.param_groups
             for g, group in enumerate(groups):
@@ -232,11 +229,14 @@ class RetuneCallback(L.Callback):
         return metrics
 
     # -- epochs and validation ---------------------------------------------------------------
-    def _epoch_metrics(self, trainer: L.Trainer, *, prefix: str = "") -> dict[str, float]:
+    @staticmethod
+    def _loop_metrics(trainer: L.Trainer, *, on_step: bool) -> dict[str, float]:
+        """What the active loop (training or validation) logged, step or epoch level."""
+        results = trainer._results
+        if results is None:
+            return {}
         out: dict[str, float] = {}
-        for key, value in trainer.callback_metrics.items():
-            if key.endswith("_step") or not key.startswith(prefix):
-                continue
+        for key, value in results.metrics(on_step)["callback"].items():
             number = _number(value)
             if number is not None:
                 out[key] = number
@@ -247,13 +247,10 @@ class RetuneCallback(L.Callback):
         run = self.run
         if run is None or run.ended:
             return
-        epoch_keys = {
-            k: v
-            for k, v in self._epoch_metrics(trainer).items()
-            if k.endswith("_epoch") or k not in self._step_keys(trainer)
-        }
-        if epoch_keys:
-            run.log(epoch_keys)
+        values = self._loop_metrics(trainer, on_step=False)
+        values = {k: v for k, v in values.items() if f"{k}_epoch" not in values}  # forked: once
+        if values:
+            run.log(values)
         if run.flags.stop_requested or trainer.should_stop:
             return
         run.loop.epoch = trainer.current_epoch + 1
@@ -261,21 +258,13 @@ class RetuneCallback(L.Callback):
         if self._every_n_epochs and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
             run.checkpointer.save("schedule")
 
-    def _step_keys(self, trainer: L.Trainer) -> set[str]:
-        results = trainer._results
-        if results is None:
-            return set()
-        return set(results.metrics(True)["callback"])
-
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log what validation logged (epoch level, module hooks included) at the current
+        step; not the sanity check."""
         run = self.run
-        if run is None or run.ended or trainer.sanity_checking:
+        if run is None or run.ended or trainer.sanity_checking or not self._fitting:
             return
-        values = {
-            k: v
-            for k, v in self._epoch_metrics(trainer).items()
-            if k.startswith("val") or "/val" in k or k.startswith("valid")
-        }
+        values = self._loop_metrics(trainer, on_step=False)
         if values:
             run.log(values)
 
