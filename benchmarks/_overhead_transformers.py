@@ -42,11 +42,11 @@ def _fit(with_retune: bool, folder: Path, index: int) -> float:
 
     marks: dict[str, float] = {}
 
-    class Start(TrainerCallback):  # type: ignore[misc]
+    class Start(TrainerCallback):
         def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
             marks["start"] = time.perf_counter()
 
-    class End(TrainerCallback):  # type: ignore[misc]
+    class End(TrainerCallback):
         def on_train_end(self, *args: Any, **kwargs: Any) -> None:
             marks["end"] = time.perf_counter()
 
@@ -79,7 +79,7 @@ def _fit(with_retune: bool, folder: Path, index: int) -> float:
         store = f"sqlite:///{folder}/retune-{index}.db"
         callbacks.append(RetuneCallback(f"bench-{index}", store=store))
     callbacks.append(Start())
-    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)  # type: ignore[arg-type]
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
     trainer.train()
     assert trainer.state.global_step == STEPS
     return (marks["end"] - marks["start"]) / STEPS
