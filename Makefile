@@ -64,7 +64,7 @@ bench: $(VENV)/.installed-bench browser
 
 # The full reliability campaign (make test runs its short forms, marked `campaign`): 100 SIGKILLs,
 # 8 concurrent trainings on one SQLite store (and on PostgreSQL, as make test starts it),
-# >= 2,000 fuzzed requests to a live `retune ui`.
+# >= 2,000 fuzzed requests to a live `retune ui`, 1,000 new random commands for the property test.
 # Prints the figures and writes them into docs/reliability.md; fails on any broken promise.
 .PHONY: soak
 soak: $(VENV)/.installed-dev

@@ -1,20 +1,23 @@
 """``make soak``: the full reliability campaign, with the figures docs/reliability.md quotes.
 
 usage: python scripts/soak.py [--kills 100] [--runs 8] [--steps 3000] [--examples 150]
-                              [--seed 0] [--only kill,concurrency,fuzz] [--json PATH]
+                              [--seed 0] [--only kill,concurrency,fuzz,properties] [--json PATH]
                               [--doc docs/reliability.md] [--postgres URL]
+                              [--property-examples 1000]
 
-Runs the kill campaign, the concurrency campaign and the API fuzzing campaign in full (the
-short forms run in ``make test``), prints each one's figures and every broken promise, writes
-all the counts as JSON (``--json``) and the figures into the doc between its
-``<!-- soak:begin -->`` and ``<!-- soak:end -->`` lines (``--doc``), and exits 1 when any
-promise broke. With ``--postgres URL`` the concurrency part also runs on that database.
+Runs the kill campaign, the concurrency campaign, the API fuzzing campaign and the property
+tests (new random examples) in full (the short forms run in ``make test``), prints each one's
+figures and every broken promise, writes all the counts as JSON (``--json``) and the figures
+into the doc between its ``<!-- soak:begin -->`` and ``<!-- soak:end -->`` lines (``--doc``),
+and exits 1 when any promise broke. With ``--postgres URL`` the concurrency part also runs on
+that database.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -31,6 +34,32 @@ from tests.campaign import concurrency, fuzz, kill
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+def _properties(examples: int) -> tuple[str, bool, str]:
+    """Run tests/campaign/test_properties.py drawing ``examples`` new commands (the
+    ``explore`` profile); (summary, passed, the failure's last lines)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "explore"}
+    env["RETUNE_PROPERTY_EXAMPLES"] = str(examples)
+    test = "tests/campaign/test_properties.py"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+    try:
+        out = subprocess.run(
+            command, cwd=root, env=env, capture_output=True, text=True, timeout=1800, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return "property tests: timed out", False, "timed out after 1800 s"
+    passed = out.returncode == 0
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    failed = [line.split(" - ", 1)[-1] for line in lines if line.startswith("FAILED ")]
+    tail = "; ".join(failed[:3]) or (lines[-1] if lines else "no output")  # pytest's -ra lines
+    verdict = "a command was applied iff valid" if passed else "FAILED"
+    return (
+        f"property tests: {examples} random set/scale commands to a live run: {verdict}",
+        passed,
+        tail[:400],
+    )
 
 
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
@@ -82,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--examples", type=int, default=150, help="fuzz cases per operation/mode")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default="kill,concurrency,fuzz")
+    parser.add_argument("--only", default="kill,concurrency,fuzz,properties")
+    parser.add_argument("--property-examples", type=int, default=1000)
     parser.add_argument("--postgres", default="", help="also run the concurrency part here")
     parser.add_argument("--json", type=Path, help="write every count here")
     parser.add_argument("--doc", type=Path, help="write the figures into this Markdown file")
@@ -131,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
             figures["fuzz"] = asdict(f)
             summaries.append(f.summary())
             failures += [f"fuzz: {x}" for x in f.failures()]
+    if "properties" in wanted:
+        print(f"== property tests: {args.property_examples} new random commands", flush=True)
+        summary, passed, tail = _properties(args.property_examples)
+        figures["properties"] = {"examples": args.property_examples, "passed": passed}
+        summaries.append(summary)
+        print(summary, flush=True)
+        if not passed:
+            failures.append(f"properties: {tail}")
     figures["failures"] = failures
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
