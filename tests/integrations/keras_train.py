@@ -30,6 +30,20 @@ class KillAfterEpoch(keras.callbacks.Callback):  # type: ignore[misc]
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class PrintHyperparameters(keras.callbacks.Callback):  # type: ignore[misc]
+    """Print ``HP step learning_rate beta_1`` as the optimizer itself holds them, per step."""
+
+    def __init__(self, retune_cb: RetuneCallback) -> None:
+        super().__init__()
+        self.retune_cb = retune_cb
+
+    def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+        opt = self.model.optimizer
+        lr = float(keras.ops.convert_to_numpy(opt.learning_rate))
+        beta = getattr(opt, "beta_1", getattr(opt, "momentum", 0.0))
+        print(f"HP {self.retune_cb.run.global_step} {lr!r} {float(beta)!r}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("store")
@@ -42,6 +56,9 @@ def main() -> None:
     p.add_argument("--kill-after-epoch", type=int)
     p.add_argument("--every-steps", type=int)
     p.add_argument("--every-epochs", type=int)
+    p.add_argument("--no-dropout", action="store_true")
+    p.add_argument("--schedule-zero", action="store_true", help="a schedule that starts at 0")
+    p.add_argument("--dump", help="write x, y and the untrained predictions to this .npz")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
     args = p.parse_args()
@@ -54,13 +71,17 @@ def main() -> None:
         [
             keras.Input((8,)),
             keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dropout(0.2),
+            *([] if args.no_dropout else [keras.layers.Dropout(0.2)]),
             keras.layers.Dense(1),
         ]
     )
+    if args.dump:
+        np.savez(args.dump, x=x, y=y, pred=model.predict(x, verbose=0))
     lr: float | keras.optimizers.schedules.LearningRateSchedule = 0.0 if args.lr_zero else 0.01
     if args.schedule:
         lr = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=10, decay_rate=0.9)
+    if args.schedule_zero:
+        lr = keras.optimizers.schedules.PolynomialDecay(0.0, decay_steps=10, end_learning_rate=0.0)
     optimizer = keras.optimizers.SGD(lr, momentum=0.9) if args.sgd else keras.optimizers.Adam(lr)
     model.compile(optimizer=optimizer, loss="mse", metrics=["mae"])
     cb = RetuneCallback(
@@ -71,7 +92,7 @@ def main() -> None:
         checkpoint_every_n_epochs=args.every_epochs,
         flush_interval=0.2,
     )
-    callbacks: list[keras.callbacks.Callback] = [cb]
+    callbacks: list[keras.callbacks.Callback] = [cb, PrintHyperparameters(cb)]
     if args.kill_after_epoch is not None:
         callbacks.append(KillAfterEpoch(args.kill_after_epoch))
     print(f"initial_epoch={cb.initial_epoch}", flush=True)
