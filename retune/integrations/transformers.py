@@ -30,6 +30,7 @@ What the callback does, event by event:
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -40,6 +41,8 @@ from retune.errors import InvalidArgument, StopTraining
 __all__ = ["RetuneCallback", "training_config"]
 
 _STATE_PART = "transformers"
+
+log = logging.getLogger("retune")
 
 
 def _trainer_callback_base() -> type:
@@ -113,6 +116,7 @@ def _make_callback_class() -> type:
             self._loader: Any = None
             self._hook: Any = None
             self._losses: list[Any] = []
+            self._summed = False  # the model's losses are parts of the step's (sum them)
             self._steps_in_epoch = 0  # batches per epoch (a micro-batch each)
             self._accumulation = 1
             self._data_epoch = 0  # the data epoch the Trainer is in now
@@ -150,13 +154,15 @@ def _make_callback_class() -> type:
                 **extra,
             )
             self.run.add_state(_STATE_PART, self._capture, self._load)
-            self._hook = model.register_forward_hook(self._keep_loss)
+            self._hook = model.register_forward_hook(self._keep_loss, with_kwargs=True)
 
-        def _keep_loss(self, module: Any, inputs: Any, output: Any) -> None:
+        def _keep_loss(self, module: Any, inputs: Any, kwargs: Any, output: Any) -> None:
             if module.training:
                 loss = _loss_of(output)
                 if loss is not None:
                     self._losses.append(loss.detach())
+                    # a loss normalised by the items of the whole step: the step's is the sum
+                    self._summed = kwargs.get("num_items_in_batch") is not None
 
         def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self._hf_epoch += 1
@@ -179,6 +185,14 @@ def _make_callback_class() -> type:
                 )
             if hasattr(loader, "skip_batches"):
                 loader.skip_batches = self._skipped
+            if self._skipped and self._steps_in_epoch % self._accumulation:
+                log.warning(
+                    "retune: %d batches per epoch is not a multiple of gradient_accumulation_steps"
+                    " (%d): the Trainer's last accumulation of this resumed epoch may not match "
+                    "the uninterrupted run",
+                    self._steps_in_epoch,
+                    self._accumulation,
+                )
             sampler = _seedable_sampler(loader)
             if sampler is not None and not getattr(sampler, "_retune_wrapped", False):
                 original = sampler.set_epoch
@@ -212,7 +226,8 @@ def _make_callback_class() -> type:
             metrics: dict[str, float] = {}
             losses, self._losses = self._losses, []
             if losses:
-                metrics["loss"] = float(sum(float(x) for x in losses) / len(losses))
+                total = sum(float(x) for x in losses)
+                metrics["loss"] = total if self._summed else total / len(losses)
             groups = run.optimizer.param_groups if run.optimizer is not None else []
             for index, group in enumerate(groups):
                 metrics["lr" if index == 0 else f"lr/{index}"] = float(group["lr"])

@@ -60,7 +60,8 @@ class Hold(TrainerCallback):  # type: ignore[misc]
             while not run._inbox and time.monotonic() < deadline:
                 time.sleep(0.01)
         if state.global_step == self.kill_at + 1:
-            os._exit(9)  # the step kill_at was checkpointed (every=kill_at) and written
+            run.flush()  # the points up to kill_at are written (a crash loses unwritten ones)
+            os._exit(9)  # the step kill_at was checkpointed (every=kill_at)
 
 
 def main() -> None:
