@@ -188,6 +188,12 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
     checkpoint) continues at the start of the next epoch with the checkpointed variables: Keras
     cannot start ``fit`` in the middle of an epoch, so the rest of that epoch is skipped.
 
+    A restore while ``fit`` runs (a ``restore`` command, applied at the next batch boundary)
+    assigns every variable from the checkpoint (weights, optimizer slots and iterations, metric
+    totals, seed-generator states), the schedule's factor/constant and the global step; Keras'
+    own loop cannot be rewound from a callback, so it goes on from where it is: the next batch
+    of the current epoch, then the remaining epochs (epoch numbers are not moved back).
+
     ``own_shuffle`` (default True): at every epoch start torch's global generator is seeded
     from the run's data seed and the epoch, so Keras' shuffled order of epoch ``e`` is the same
     in a resumed process as in an uninterrupted one.
@@ -399,11 +405,13 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
             schedule.factor = float(saved["factor"])
             constant = saved["constant"]
             schedule.constant = None if constant is None else float(constant)
-        self._epoch = int(state["epoch"])
-        self._batch = int(state["batch"])
         self._iterations = int(state["iterations"])
         self._before = {k: (float(t), float(c)) for k, (t, c) in state["before"].items()}
-        self.initial_epoch = self._epoch + (1 if self._batch > 0 else 0)
+        if not started:  # a resume: fit has not started; it starts at initial_epoch
+            self._epoch = int(state["epoch"])
+            self._batch = int(state["batch"])
+            self.initial_epoch = self._epoch + (1 if self._batch > 0 else 0)
+        # an in-process restore: Keras' loop goes on from where it is (see the class doc)
         self._sync_loop()
 
     def _sync_loop(self) -> None:
