@@ -422,13 +422,11 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
     def _mean_state(self) -> dict[str, tuple[float, float]]:
         out = {}
         for metric in self._means:
-            total = float(keras.ops.convert_to_numpy(metric.total))
-            count = float(keras.ops.convert_to_numpy(metric.count))
-            out[metric.name] = (total, count)
+            out[metric.name] = (float(metric.total.value), float(metric.count.value))
         return out
 
     def _current_lr(self) -> float:
-        return float(keras.ops.convert_to_numpy(self._optimizer.learning_rate))
+        return float(self._optimizer.learning_rate)
 
     # -- the Keras hooks ----------------------------------------------------------------------
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
@@ -457,7 +455,7 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._batch += 1
         self._sync_loop()
-        iterations = int(keras.ops.convert_to_numpy(self._optimizer.iterations))
+        iterations = int(self._optimizer.iterations)
         after = self._mean_state()
         if iterations == self._iterations:
             return  # gradient accumulation: no optimizer step yet (the means keep counting)
