@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,13 +64,29 @@ def _losses(store: str, name: str, node: int | None = None) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[int, float]]]:
-    """One uninterrupted run: its store and its loss at every step."""
+def references(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[str, dict[int, float]]]:
+    """Uninterrupted runs by gradient-accumulation steps, made on first use: (store, losses)."""
     folder = tmp_path_factory.mktemp("hf_reference")
-    store = str(folder / "retune.db")
-    result = _finish(_start(store, "whole", folder))
-    assert result["global_step"] == 24
-    yield store, _losses(store, "whole")
+    made: dict[int, tuple[str, dict[int, float]]] = {}
+
+    class Lazy(dict):  # type: ignore[type-arg]
+        def __missing__(self, accumulation: int) -> tuple[str, dict[int, float]]:
+            store = str(folder / f"retune-{accumulation}.db")
+            name = f"whole{accumulation}"
+            result = _finish(_start(store, name, folder, "--accumulation", str(accumulation)))
+            assert result["global_step"] == 24 // accumulation
+            made[accumulation] = (store, _losses(store, name))
+            return made[accumulation]
+
+    return Lazy()
+
+
+@pytest.fixture(scope="module")
+def reference(
+    references: dict[int, tuple[str, dict[int, float]]],
+) -> tuple[str, dict[int, float]]:
+    """The uninterrupted run without gradient accumulation (24 steps)."""
+    return references[1]
 
 
 def test_import_retune_imports_no_transformers() -> None:
@@ -88,7 +103,7 @@ def test_every_optimizer_step_is_logged_with_the_config(
 ) -> None:
     store, losses = reference
     assert sorted(losses) == list(range(1, 25))  # every step, not every logging_steps (5)
-    snapshot = retune.load("whole", store=store)
+    snapshot = retune.load("whole1", store=store)
     assert snapshot.status == "finished"
     arguments = snapshot.config["training_arguments"]
     assert arguments["per_device_train_batch_size"] == 8
@@ -145,16 +160,19 @@ def _age_heartbeat(store: str, name: str) -> None:
 
 @pytest.mark.slow
 def test_a_killed_run_resumed_mid_epoch_logs_the_same_losses_bit_for_bit(
-    tmp_path: Path, reference: tuple[str, dict[int, float]]
+    tmp_path: Path, references: dict[int, tuple[str, dict[int, float]]]
 ) -> None:
-    _, whole = reference
+    """With 2 gradient-accumulation steps: 4 optimizer steps of 2 batches per epoch."""
+    _, whole = references[2]
     store = str(tmp_path / "retune.db")
-    # step 10 is batch 2 of epoch 2: the resume skips 2 batches of the second epoch
-    _finish(_start(store, "killed", tmp_path, "--kill-at", "10", "--every", "10"), code=9)
+    # step 5 is the first step of epoch 2: the resume skips that epoch's first 2 batches
+    options = ["--accumulation", "2"]
+    killed = _start(store, "killed", tmp_path, "--kill-at", "5", "--every", "5", *options)
+    _finish(killed, code=9)
     _age_heartbeat(store, "killed")
     command = [*RETUNE, "resume", "killed", "--store", store, "--", sys.executable, str(HELPER)]
     done = subprocess.run(
-        [*command, store, "killed", "--dir", str(tmp_path)],
+        [*command, store, "killed", "--dir", str(tmp_path), *options],
         check=False,
         cwd=tmp_path,
         env=ENV,
@@ -166,10 +184,10 @@ def test_a_killed_run_resumed_mid_epoch_logs_the_same_losses_bit_for_bit(
     tree = retune.load("killed", store=store).tree()
     assert [(n.change_kind, n.parent, n.start_step) for n in tree] == [
         ("start", None, 0),
-        ("resume", 1, 10),
+        ("resume", 1, 5),
     ]
     resumed = _losses(store, "killed")
-    assert sorted(resumed) == list(range(1, 25))
+    assert sorted(resumed) == list(range(1, 13))
     assert resumed == whole  # every loss, bit for bit (floats compared exactly)
 
 
