@@ -149,6 +149,33 @@ def test_set_lr_survives_the_lambda_schedule_reject_pause_and_stop(tmp_path: Pat
     assert [by_step[s] for s in (9, 10, 11, 12)] == [2e-4] * 4  # constant: not undone
     kinds = [n.change_kind for n in snapshot.tree()]
     assert kinds == ["start", "set", "set"]
+    # the stop checkpointed step 12: the same script continues from there, lr still pinned
+    resumed = _resume(store, "ctl", tmp_path)
+    assert resumed["global_step"] == 24 and resumed["lr"] == [2e-4, 2e-4]
+    snapshot = retune.load("ctl", store=store)
+    assert (snapshot.status, snapshot.tree()[-1].change_kind) == ("finished", "resume")
+    lr = snapshot.branch(snapshot.tree()[-1].id).metric("lr")
+    assert {float(v) for s, v in zip(lr.steps, lr.values, strict=True) if s > 12} == {2e-4}
+
+
+def _resume(store: str, name: str, folder: Path, *options: str) -> dict[str, object]:
+    """``retune resume NAME -- python hf_train.py ...``: the same script, a new process."""
+    command = [*RETUNE, "resume", name, "--store", store, "--", sys.executable, str(HELPER)]
+    done = subprocess.run(
+        [*command, store, name, "--dir", str(folder), *options],
+        check=False,
+        cwd=folder,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, object] = json.loads(line[len("RESULT ") :])
+            return result
+    raise AssertionError(f"no RESULT line: {done.stdout[-2000:]}")
 
 
 def _age_heartbeat(store: str, name: str) -> None:
@@ -170,17 +197,7 @@ def test_a_killed_run_resumed_mid_epoch_logs_the_same_losses_bit_for_bit(
     killed = _start(store, "killed", tmp_path, "--kill-at", "5", "--every", "5", *options)
     _finish(killed, code=9)
     _age_heartbeat(store, "killed")
-    command = [*RETUNE, "resume", "killed", "--store", store, "--", sys.executable, str(HELPER)]
-    done = subprocess.run(
-        [*command, store, "killed", "--dir", str(tmp_path), *options],
-        check=False,
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    _resume(store, "killed", tmp_path, *options)
     tree = retune.load("killed", store=store).tree()
     assert [(n.change_kind, n.parent, n.start_step) for n in tree] == [
         ("start", None, 0),
