@@ -38,6 +38,7 @@ import torch
 
 from retune import _json
 from retune.errors import InvalidArgument, StopTraining
+from retune.session._state import _rng_state, _set_rng_state
 
 __all__ = ["RetuneCallback"]
 
@@ -148,6 +149,11 @@ class RetuneCallback(L.Callback):
         self._fitting = False  # inside fit's training loop: a restore rewinds in place
         self._every_n_epochs = int(init_kwargs.get("checkpoint_every_n_epochs") or 0)
         self.restores = 0  # in-place restores applied during this fit
+        # the RNG states just before this epoch's data iterator drew its order, and what a
+        # mid-epoch resume still has to do once Lightning has built that iterator
+        self._epoch_rng: dict[str, Any] | None = None
+        self._skip_batches = 0
+        self._step_rng: dict[str, Any] | None = None
 
     @property
     def state_key(self) -> str:
@@ -184,10 +190,29 @@ class RetuneCallback(L.Callback):
         self.run.add_state(_LOOP_PART, self._capture, self._load)
         self._last_step = trainer.global_step
         self._sync_loop()
+        if self._epoch_rng is None:  # the first epoch's order is drawn in fit's setup_data
+            self._epoch_rng = _rng_state()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A mid-epoch resume: skip the batches of the epoch already trained (the iterator
+        drew the epoch's order from the epoch's RNG state), then the step's RNG state."""
         self._fitting = True
         self._last_step = trainer.global_step
+        if self._step_rng is not None:
+            fetcher = trainer.fit_loop._data_fetcher
+            if fetcher is not None and self._skip_batches:
+                for _ in range(self._skip_batches):
+                    next(fetcher)
+                fetcher.fetched -= self._skip_batches  # Lightning adds the restored count
+            _set_rng_state(self._step_rng)
+            self._step_rng, self._skip_batches = None, 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep the RNG states this epoch's data order is drawn from (Lightning creates the
+        epoch's iterator right after this hook, under exactly this condition)."""
+        loop = trainer.fit_loop
+        if trainer.current_epoch > 0 and not loop.is_resuming and not loop.epoch_loop.restarting:
+            self._epoch_rng = _rng_state()
 
     # -- the step boundary -------------------------------------------------------------------
     def on_train_batch_end(
@@ -247,11 +272,17 @@ class RetuneCallback(L.Callback):
         run = self.run
         if run is None or run.ended:
             return
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        whole = batches >= trainer.num_training_batches
         values = self._loop_metrics(trainer, on_step=False)
         values = {k: v for k, v in values.items() if f"{k}_epoch" not in values}  # forked: once
-        if values:
-            run.log(values)
+        if values and (whole or not run.flags.stop_requested):
+            run.log(values)  # not the partial means of an epoch a stop cut short
         if run.flags.stop_requested or trainer.should_stop:
+            # stopped at the epoch's last batch: this epoch-end state resumes exactly (the
+            # stop's own checkpoint, inside the epoch, would make Lightning skip the epoch end)
+            if run.flags.stop_requested and whole:
+                run.checkpointer.save("stop")
             return
         run.loop.epoch = trainer.current_epoch + 1
         run.loop.batch = 0
@@ -290,6 +321,9 @@ class RetuneCallback(L.Callback):
             "fit_loop": trainer.fit_loop.state_dict(),
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,
+            "epoch_batches": trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+            "epoch_total": _json.jsonable(trainer.num_training_batches),
+            "epoch_rng": self._epoch_rng,
             "callbacks": callbacks,
             "optimizers": [o.state_dict() for o in trainer.optimizers if o is not primary_opt],
             "schedulers": [
@@ -321,6 +355,7 @@ class RetuneCallback(L.Callback):
                 if state is not None and callback is not self:
                     callback.load_state_dict(state)
             trainer.fit_loop.load_state_dict(dict(loop))
+            self._resume_data_position(trainer, value)
             return
         self.restores += 1
         epoch_loop = trainer.fit_loop.epoch_loop
@@ -334,6 +369,26 @@ class RetuneCallback(L.Callback):
         if isinstance(stepped, int):
             epoch_loop._batches_that_stepped = stepped
         self._last_step = trainer.global_step
+
+    def _resume_data_position(self, trainer: L.Trainer, value: Mapping[str, Any]) -> None:
+        """Before fit builds the data iterator: a checkpoint taken inside an epoch puts the
+        epoch's RNG states in place (so the iterator draws the same order) and skips the
+        batches already trained in :meth:`on_train_start`. A checkpoint at an epoch's end
+        (``on_train_epoch_end``: the epoch is processed, not yet completed) or after its last
+        batch needs nothing: the next epoch's order is drawn from the restored RNG."""
+        epoch_rng, done = value.get("epoch_rng"), value.get("epoch_batches")
+        total = value.get("epoch_total")
+        progress = value["fit_loop"].get("epoch_progress", {}).get("current", {})
+        if not isinstance(progress, Mapping) or not isinstance(epoch_rng, Mapping):
+            return
+        if progress.get("processed", 0) > progress.get("completed", 0):
+            return  # captured in on_train_epoch_end
+        if type(done) is not int or done <= 0 or (isinstance(total, int) and done >= total):
+            return
+        self._step_rng = _rng_state()
+        self._skip_batches = done
+        self._epoch_rng = dict(epoch_rng)
+        _set_rng_state(self._epoch_rng)
 
     # -- ending ------------------------------------------------------------------------------
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

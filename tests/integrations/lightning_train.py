@@ -1,7 +1,7 @@
 """A tiny Lightning trainer for the integration tests, run as a subprocess.
 
 ``python lightning_train.py STORE NAME [--epochs N] [--accumulate K] [--scheduler step|epoch|none]
-[--crash-at-step S] [--delay SECONDS] [--every-n-epochs N]``; prints ``RUN <id>`` once the run
+[--crash-at-step S] [--stop-at-step S] [--delay SECONDS] [--every-n-epochs N]``; prints ``RUN <id>`` once the run
 exists and ``LR <step> <lr>`` for every optimizer step (what Lightning's optimizer holds).
 """
 
@@ -48,10 +48,27 @@ class Tiny(L.LightningModule):
 class Report(L.Callback):
     """Prints what the tests check: the run id, the optimizer's lr at each step; crashes."""
 
-    def __init__(self, retune_cb: RetuneCallback, crash_at: int) -> None:
+    def __init__(self, retune_cb: RetuneCallback, crash_at: int, stop_at: int) -> None:
         self.retune_cb = retune_cb
         self.crash_at = crash_at
+        self.stop_at = stop_at
         self.printed = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        """``--stop-at-step S``: a real ``stop`` command, sent through the store before step
+        S and waited for until the run's poller has queued it, so it applies at step S."""
+        run = self.retune_cb.run
+        if not self.stop_at or trainer.global_step != self.stop_at - 1 or run is None:
+            return
+        import retune
+
+        with retune.connect(run.id, store=run.store) as ctl:
+            ctl.stop()
+        deadline = time.monotonic() + 60
+        while not run._applier.inbox:  # the poller thread fetches it from the store
+            if time.monotonic() > deadline:
+                raise RuntimeError("the stop command never reached the run")
+            time.sleep(0.01)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if not self.printed and self.retune_cb.run is not None:
@@ -71,6 +88,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--accumulate", type=int, default=1)
     parser.add_argument("--scheduler", default="none")
     parser.add_argument("--crash-at-step", type=int, default=0)
+    parser.add_argument("--stop-at-step", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--every-n-epochs", type=int, default=1)
     args = parser.parse_args(argv)
@@ -88,7 +106,7 @@ def main(argv: list[str]) -> None:
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accumulate_grad_batches=args.accumulate,
-        callbacks=[callback, Report(callback, args.crash_at_step)],
+        callbacks=[callback, Report(callback, args.crash_at_step, args.stop_at_step)],
         deterministic=True,
         accelerator="cpu",
         devices=1,
