@@ -379,16 +379,16 @@ def test_a_stopped_run_resumes_at_the_next_epoch(store_url: str) -> None:
             trainer.proc.kill()
             trainer.proc.wait()
     at = stopped.applied_step or 0
+    nxt = (at - 1) // 4 + 1  # the epoch after the one step `at` belongs to (4 steps an epoch)
     assert retune.load("halt", store=store_url).status == "stopped"
     resumed = subprocess.run(
         [sys.executable, "-m", "retune", "resume", "halt", "--store", store_url, "--",
-         sys.executable, str(SCRIPT), store_url, "halt", "--epochs", str(at // 4 + 2)],
+         sys.executable, str(SCRIPT), store_url, "halt", "--epochs", str(nxt + 1)],
         check=False, capture_output=True, text=True, env=_env(), timeout=TIMEOUT,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    # a mid-epoch stop continues at the next epoch's start (Keras starts epochs whole)
-    expected = at // 4 + 1
-    assert f"initial_epoch={expected}" in resumed.stdout
+    # a stop continues at the next epoch's start (mid-epoch: Keras starts epochs whole)
+    assert f"initial_epoch={nxt}" in resumed.stdout
     snap = retune.load("halt", store=store_url)
     assert snap.status == "finished"
     resume_node = next(n for n in snap.tree() if n.change_kind == "resume")
