@@ -59,6 +59,7 @@ def main() -> None:
     p.add_argument("--no-dropout", action="store_true")
     p.add_argument("--schedule-zero", action="store_true", help="a schedule that starts at 0")
     p.add_argument("--dump", help="write x, y and the untrained predictions to this .npz")
+    p.add_argument("--accumulate", type=int, help="gradient_accumulation_steps")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
     args = p.parse_args()
@@ -82,7 +83,12 @@ def main() -> None:
         lr = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=10, decay_rate=0.9)
     if args.schedule_zero:
         lr = keras.optimizers.schedules.PolynomialDecay(0.0, decay_steps=10, end_learning_rate=0.0)
-    optimizer = keras.optimizers.SGD(lr, momentum=0.9) if args.sgd else keras.optimizers.Adam(lr)
+    extra = {"gradient_accumulation_steps": args.accumulate} if args.accumulate else {}
+    optimizer = (
+        keras.optimizers.SGD(lr, momentum=0.9, **extra)
+        if args.sgd
+        else keras.optimizers.Adam(lr, **extra)
+    )
     model.compile(optimizer=optimizer, loss="mse", metrics=["mae"])
     cb = RetuneCallback(
         args.name,

@@ -212,6 +212,15 @@ def test_logged_losses_are_per_batch_values_not_running_means(
     assert meta["framework"]["name"] == "keras"
 
 
+def test_gradient_accumulation_records_one_step_per_optimizer_step(store_url: str) -> None:
+    done = _train(store_url, "accum", "--accumulate", "2", "--epochs", "2", "--no-shuffle")
+    assert done.returncode == 0, done.stdout + done.stderr
+    snap = retune.load("accum", store=store_url)
+    # 2 epochs of 4 batches, 2 batches an optimizer step: 4 steps, not 8
+    assert snap.metric("loss").steps.tolist() == [1, 2, 3, 4]
+    assert snap.status == "finished"
+
+
 # -- live control from another process --------------------------------------------------------
 @pytest.mark.slow
 def test_live_commands_from_another_process(store_url: str) -> None:
