@@ -139,10 +139,9 @@ def _make_callback_class() -> type:
             self._state, self._control = state, control
             self._accumulation = max(1, int(args.gradient_accumulation_steps))
             self._steps_in_epoch = len(self._loader) if self._loader is not None else 0
-            self._hf_epoch = -1
-            self._offset = 0
-            self._batch = 0
-            self._skip_next = 0
+            self._hf_epoch, self._data_epoch, self._offset = -1, 0, 0
+            self._batch, self._skip_next, self._skipped = 0, 0, 0
+            self._losses, self._rng_at_step, self._rewound = [], None, False
             extra = dict(self.init_kwargs)
             config = {**training_config(args, model), **(extra.pop("config", None) or {})}
             self.run = retune.init(

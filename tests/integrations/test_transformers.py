@@ -98,6 +98,20 @@ def test_import_retune_imports_no_transformers() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_bad_arguments_are_one_line_errors() -> None:
+    from retune.integrations.transformers import RetuneCallback
+
+    with pytest.raises(retune.InvalidArgument, match="non-empty run name"):
+        RetuneCallback("  ")
+    with pytest.raises(retune.InvalidArgument, match="takes optimizer from the Trainer"):
+        RetuneCallback("run", optimizer=object())
+    callback = RetuneCallback("run", store="sqlite:///unused.db")
+    from transformers import TrainerCallback
+
+    assert callback.run is None  # the run starts with train()
+    assert isinstance(callback, TrainerCallback)
+
+
 def test_every_optimizer_step_is_logged_with_the_config(
     reference: tuple[str, dict[int, float]],
 ) -> None:
@@ -113,6 +127,7 @@ def test_every_optimizer_step_is_logged_with_the_config(
     assert len(lr) == 24 and float(lr.values[2]) == pytest.approx(1e-3)
 
 
+@pytest.mark.slow
 def test_set_lr_survives_the_lambda_schedule_reject_pause_and_stop(tmp_path: Path) -> None:
     store = str(tmp_path / "retune.db")
     trainer = _start(store, "ctl", tmp_path, "--hold-at", "4,8,12")
