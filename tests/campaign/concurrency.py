@@ -42,6 +42,7 @@ LOCKED = "database is locked"
 DEADLINE = 540.0  # seconds any worker may live
 STEP_DELAY = 0.004
 PER_RUN_RATE = 8.0  # commands per second and live run: each applied one costs a checkpoint
+STEPS_PER_COMMAND = 4  # and no more than one per 4 steps a run made, however slow it trains
 
 
 # -- workers ----------------------------------------------------------------------------------
@@ -103,6 +104,7 @@ def _command(store: str, names: list[str], seed: int, out: Path, threads: int = 
                 except retune.RunNotFound:
                     time.sleep(0.05)
         live = set(ids.values())
+        per_run: dict[str, int] = dict.fromkeys(live, 0)
 
         def send(rng: random.Random) -> None:
             while time.monotonic() < deadline:
@@ -110,6 +112,21 @@ def _command(store: str, names: list[str], seed: int, out: Path, threads: int = 
                     if not live:
                         return
                     run_id = rng.choice(sorted(live))
+                try:  # at most one command per STEPS_PER_COMMAND steps the run has made
+                    progress = opened.get_run(run_id).step
+                except retune.RetuneError as e:
+                    with lock:
+                        errors.append(f"{type(e).__name__}: {e}")
+                    continue
+                with lock:
+                    if per_run[run_id] > progress // STEPS_PER_COMMAND:
+                        busy = True
+                    else:
+                        busy = False
+                        per_run[run_id] += 1
+                if busy:
+                    time.sleep(0.02)
+                    continue
                 kind, payload, valid = _random_command(rng)
                 entry: dict[str, Any] = {"run": run_id, "kind": kind, "valid": valid}
                 try:
