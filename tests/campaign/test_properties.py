@@ -236,6 +236,7 @@ def _groups(fixture: Fixture) -> list[dict[str, Any]]:
 @example(command=("set", {"values": {"lr": 0.01}, "group": "\u00b2"}))  # int("²") raises
 @example(command=("set", {"values": {"lr": 0.01}, "group": "\u0661"}))  # Arabic-Indic 1
 @example(command=("set", {"values": {"lr": 10**400}}))
+@example(command=("scale", {"factors": {"lr": 10**400}}))  # math.isfinite overflowed
 @example(command=("set", {"values": {"lr": math.nan}}))
 @example(command=("set", {"values": {}}))
 @example(command=("scale", {"factors": {"weight_decay": 0}}))
