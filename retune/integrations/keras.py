@@ -227,6 +227,12 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
         current = optimizer._learning_rate
+        schedule_type = keras.optimizers.schedules.LearningRateSchedule
+        if not isinstance(current, (keras.Variable, schedule_type)):
+            raise InvalidArgument(
+                "the optimizer's learning_rate is a plain callable; use a float or a "
+                "keras LearningRateSchedule so Retune can change it"
+            )
         if isinstance(current, keras.optimizers.schedules.LearningRateSchedule) and not isinstance(
             current, RetuneSchedule
         ):

@@ -15,7 +15,7 @@ import pytest
 
 import retune
 from retune.control import Knob, LiveTunables
-from retune.errors import CommandRejected
+from retune.errors import CommandRejected, RunNotFound
 from retune.store import STALE_AFTER, open_store
 
 SCRIPT = Path(__file__).with_name("keras_train.py")
@@ -180,6 +180,28 @@ def test_batch_values_by_hand() -> None:
     assert got == [2.0, 4.0, 1.0]
     # the running means Keras reports would be 2.0, 3.0, 2.6
     assert batch_values({"loss": (1.0, 1.0)}, {"loss": (1.0, 1.0)}) == {}
+
+
+def test_setup_mistakes_are_refused_with_the_reason(store_url: str) -> None:
+    import keras  # type: ignore[import-untyped]  # torch backend: tests/integrations/conftest.py
+
+    from retune.errors import InvalidArgument
+    from retune.integrations.keras import RetuneCallback
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    with pytest.raises(InvalidArgument, match="compile the model"):
+        RetuneCallback("setup", model=model, store=store_url)
+    with pytest.raises(InvalidArgument, match="takes the Keras model, not optimizer="):
+        RetuneCallback("setup", model=model, optimizer=object(), store=store_url)
+
+    def constant_lr() -> float:
+        return 0.01
+
+    model.compile(optimizer=keras.optimizers.SGD(constant_lr), loss="mse")
+    with pytest.raises(InvalidArgument, match="plain callable"):
+        RetuneCallback("setup", model=model, store=store_url)
+    with pytest.raises(RunNotFound):  # refused before any run was started
+        retune.load("setup", store=store_url)
 
 
 def test_logged_losses_are_per_batch_values_not_running_means(
