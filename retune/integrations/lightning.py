@@ -35,6 +35,7 @@ from typing import Any
 
 import lightning as L  # noqa: N812 (the name Lightning documents)
 import torch
+from lightning.pytorch.loops.loop import _Loop
 
 from retune import _json
 from retune.errors import InvalidArgument, StopTraining
@@ -154,6 +155,7 @@ class RetuneCallback(L.Callback):
         self._epoch_rng: dict[str, Any] | None = None
         self._skip_batches = 0
         self._step_rng: dict[str, Any] | None = None
+        self._epoch_end_done = False  # a restore to an epoch's end: that end was recorded
 
     @property
     def state_key(self) -> str:
@@ -272,6 +274,10 @@ class RetuneCallback(L.Callback):
         run = self.run
         if run is None or run.ended:
             return
+        if self._epoch_end_done:  # restored to this epoch's end: logged and saved back then
+            self._epoch_end_done = False
+            run.loop.epoch, run.loop.batch = trainer.current_epoch + 1, 0
+            return
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         whole = batches >= trainer.num_training_batches
         values = self._loop_metrics(trainer, on_step=False)
@@ -358,17 +364,58 @@ class RetuneCallback(L.Callback):
             self._resume_data_position(trainer, value)
             return
         self.restores += 1
-        epoch_loop = trainer.fit_loop.epoch_loop
-        key = "epoch_loop.automatic_optimization.optim_progress"
-        if trainer.lightning_module.automatic_optimization and key in loop:
-            epoch_loop.automatic_optimization.optim_progress.load_state_dict(loop[key])
-        manual = "epoch_loop.manual_optimization.optim_step_progress"
-        if not trainer.lightning_module.automatic_optimization and manual in loop:
-            epoch_loop.manual_optimization.optim_step_progress.load_state_dict(loop[manual])
-        stepped = loop.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
-        if isinstance(stepped, int):
-            epoch_loop._batches_that_stepped = stepped
+        self._rewind(trainer, value)
         self._last_step = trainer.global_step
+        self._sync_loop()
+
+    def _rewind(self, trainer: L.Trainer, value: Mapping[str, Any]) -> None:
+        """A restore while fit runs (inside ``on_train_batch_end``, the model, optimizer,
+        scheduler and RNG already back): put Lightning's loop where the checkpoint was.
+
+        Every progress counter is loaded in place (no restart mode: the loop is running).
+        Inside an epoch, the epoch's iterator is rebuilt from the epoch's RNG state and the
+        trained batches skipped, so the next batch is the one the checkpoint would see next. At
+        an epoch's end, this epoch loop ends after the current batch and what was left of the
+        epoch end (the epoch-interval scheduler step, the epoch counter) runs once more, without
+        validation and without logging the epoch again (both were done before the checkpoint).
+        """
+        fit_loop = trainer.fit_loop
+        epoch_loop = fit_loop.epoch_loop
+        step_rng = _rng_state()
+        saved = dict(value["fit_loop"])
+        fit_loop.load_state_dict(saved)
+        fit_loop.restarting = False  # the setter reaches every child loop
+        pending: list[Any] = [fit_loop]
+        while pending:
+            loop = pending.pop()
+            loop._loaded_from_state_dict = False
+            loop._resuming_from_checkpoint = False
+            pending.extend(v for v in vars(loop).values() if isinstance(v, _Loop))
+        fit_loop._combined_loader_states_to_load = []
+        fetcher = fit_loop._data_fetcher
+        progress = saved.get("epoch_progress", {}).get("current", {})
+        if progress.get("processed", 0) > progress.get("completed", 0):  # at an epoch's end
+            for counters in (fit_loop.epoch_progress, epoch_loop.batch_progress):
+                # the loop increments these once more after this hook / this epoch loop
+                name = "processed" if counters is fit_loop.epoch_progress else "completed"
+                for tracker in (counters.current, counters.total):
+                    setattr(tracker, name, getattr(tracker, name) - 1)
+            epoch_loop._batches_that_stepped -= 1
+            epoch_loop._skip_next_val = True
+            self._epoch_end_done = True
+            if fetcher is not None:
+                fetcher.done = True
+            return
+        self._epoch_end_done = False
+        epoch_rng, done = value.get("epoch_rng"), value.get("epoch_batches")
+        if fetcher is None or not isinstance(epoch_rng, Mapping) or type(done) is not int:
+            raise InvalidArgument("the checkpoint does not say where its epoch's data was")
+        self._epoch_rng = dict(epoch_rng)
+        _set_rng_state(self._epoch_rng)
+        iter(fetcher)
+        for _ in range(done):
+            next(fetcher)
+        _set_rng_state(step_rng)
 
     def _resume_data_position(self, trainer: L.Trainer, value: Mapping[str, Any]) -> None:
         """Before fit builds the data iterator: a checkpoint taken inside an epoch puts the

@@ -159,39 +159,65 @@ def test_accumulation_records_one_step_per_optimizer_step(store_url: str) -> Non
     assert max(trainer.lrs()) == 4
 
 
-def test_restore_while_fit_runs_opens_a_branch_with_the_new_lr(store_url: str) -> None:
+def _wait_branch_step(trainer: Trainer, restored_at: int, step: int) -> None:
+    """Wait until the trainer, after rewinding to ``restored_at`` (its ``LR restored_at``
+    line following a step beyond it), has printed step ``step`` again."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        steps = [int(line.split()[1]) for line in list(trainer.lines) if line.startswith("LR ")]
+        rewound = [i for i in range(1, len(steps)) if steps[i] == restored_at < steps[i - 1]]
+        if rewound and step in steps[rewound[-1] :]:
+            return
+        assert time.monotonic() < deadline, trainer.output()
+        assert trainer.proc.poll() is None, trainer.output()
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_restore_while_fit_runs_rewinds_in_place_bit_for_bit(store_url: str) -> None:
+    """Restores from another process while fit runs, each a new branch: to a checkpoint
+    inside an epoch (same values: the branch repeats the original's losses bit for bit), then
+    to an epoch's end with another lr (held by Lightning's optimizer from the next step)."""
     name = "restore"
-    trainer = Trainer(store_url, name, "--epochs", "40", "--delay", "0.02")
+    trainer = Trainer(store_url, name, "--epochs", "4", "--scheduler", "step", "--delay", "0.1")
     try:
         run = _run(trainer, store_url, name)
-        trainer.wait_step(17)  # the epoch checkpoints at steps 8 and 16 exist
         with retune.connect(run.id, store=store_url) as ctl:
-            restored = ctl.restore("n1@8", set={"lr": 0.02}, wait=True)
-            assert restored.status == "applied", restored.reason
-            assert restored.applied_step == 8  # the step counter went back to 8
-            deadline = time.monotonic() + TIMEOUT
-            while not any(
-                line == "LR 10 0.02" for line in trainer.lines[-200:]
-            ):  # the rewound trainer reaches step 10 again, with the new lr
-                assert time.monotonic() < deadline, trainer.output()
-                assert trainer.proc.poll() is None, trainer.output()
-                time.sleep(0.05)
-            assert ctl.stop(wait=True).status == "applied"
+            saved = ctl.checkpoint(wait=True)
+            assert saved.status == "applied", saved.reason
+            mid = saved.result["step"]
+            assert mid <= 24, "the checkpoint came too late to leave room for the restores"
+            trainer.wait_step(max(17, mid + 3))  # epoch-end checkpoints at 8 and 16 exist
+            back = ctl.restore(saved.result["checkpoint"], wait=True)
+            assert back.status == "applied" and back.applied_step == mid, back.reason
+            _wait_branch_step(trainer, mid, mid + 3)
+            later = ctl.restore("n1@8", set={"lr": 0.02}, wait=True)
+            assert later.status == "applied" and later.applied_step == 8, later.reason
         assert trainer.finish() == 0, trainer.output()
     finally:
         if trainer.proc.poll() is None:
             trainer.proc.kill()
     snap = retune.load(run.id, store=store_url)
+    assert snap.status == "finished"
     nodes = {n.id: n for n in snap.tree()}
-    branch = [n for n in nodes.values() if n.change_kind == "restore"]
-    assert len(branch) == 1
-    node = branch[0]
-    assert node.parent == 1 and node.start_step == 8
-    end = nodes[1].end_step
-    assert end is not None and end >= 17  # the branch left behind keeps its steps
-    lrs = snap.branch(node.id).metric("lr")
-    assert list(lrs.values[lrs.steps > 9]) and set(lrs.values[lrs.steps > 9]) == {0.02}
-    assert snap.status == "stopped"
+    assert [(n.change_kind, n.parent, n.start_step) for n in nodes.values()] == [
+        ("start", None, 0),
+        ("restore", 1, mid),
+        ("restore", 1, 8),
+    ]
+    original, again = snap.branch(1).metric("loss"), snap.branch(2).metric("loss")
+    end = min(int(original.steps.max()), int(again.steps.max()))
+    want = original.values[(original.steps > mid) & (original.steps <= end)]
+    got = again.values[(again.steps > mid) & (again.steps <= end)]
+    assert len(want) >= 3 and got.tobytes() == want.tobytes()
+    third = snap.branch(3)
+    assert list(third.metric("loss").steps)[-1] == 32  # fit ran on to max_epochs
+    lrs = third.metric("lr")
+    # 0.02 from step 9 on, and StepLR (step_size 3) goes on from it at step 9: 0.02 * 0.9
+    assert lrs.values[lrs.steps == 9][0] == pytest.approx(0.018)
+    lines = trainer.lines
+    last = max(i for i, line in enumerate(lines) if line.startswith("LR 8 "))
+    assert lines[last] == "LR 8 0.02"
 
 
 def _age(store_url: str, run_id: str) -> None:
