@@ -31,7 +31,8 @@ class KillAfterEpoch(keras.callbacks.Callback):  # type: ignore[misc]
 
 
 class PrintHyperparameters(keras.callbacks.Callback):  # type: ignore[misc]
-    """Print ``HP step learning_rate beta_1`` as the optimizer itself holds them, per step."""
+    """Print ``HP step learning_rate beta_1 weight_sum`` as the optimizer and model hold them,
+    after every step (and after a restore, which the Retune callback applies first)."""
 
     def __init__(self, retune_cb: RetuneCallback) -> None:
         super().__init__()
@@ -41,7 +42,11 @@ class PrintHyperparameters(keras.callbacks.Callback):  # type: ignore[misc]
         opt = self.model.optimizer
         lr = float(keras.ops.convert_to_numpy(opt.learning_rate))
         beta = getattr(opt, "beta_1", getattr(opt, "momentum", 0.0))
-        print(f"HP {self.retune_cb.run.global_step} {lr!r} {float(beta)!r}", flush=True)
+        weights = sum(
+            float(np.sum(np.asarray(w.numpy(), dtype=np.float64))) for w in self.model.weights
+        )
+        step = self.retune_cb.run.global_step
+        print(f"HP {step} {lr!r} {float(beta)!r} {weights!r}", flush=True)
 
 
 def main() -> None:
@@ -96,6 +101,7 @@ def main() -> None:
         store=args.store,
         checkpoint_every_n_steps=args.every_steps,
         checkpoint_every_n_epochs=args.every_epochs,
+        keep_last=1000,  # the tests restore early checkpoints of long runs
         flush_interval=0.2,
     )
     callbacks: list[keras.callbacks.Callback] = [cb, PrintHyperparameters(cb)]

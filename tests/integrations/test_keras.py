@@ -54,9 +54,17 @@ class Trainer:
         out: dict[int, tuple[float, float]] = {}
         for line in list(self.lines):
             if line.startswith("HP "):
-                _, step, lr, beta = line.split()
+                _, step, lr, beta, _ = line.split()
                 out[int(step)] = (float(lr), float(beta))
         return out
+
+    def weight_sums(self, step: int) -> list[float]:
+        """The model's weight sum each time a line for ``step`` was printed, in order."""
+        return [
+            float(line.split()[4])
+            for line in list(self.lines)
+            if line.startswith("HP ") and int(line.split()[1]) == step
+        ]
 
     def wait_step(self, step: int) -> None:
         deadline = time.monotonic() + TIMEOUT
@@ -344,11 +352,17 @@ def test_restore_while_fit_runs_opens_a_branch_with_the_new_lr(store_url: str) -
     try:
         trainer.wait_step(10)  # two epoch checkpoints (4 steps an epoch)
         with retune.connect("branch", store=store_url) as ctl:
+            labels = [c.label for c in ctl.store.list_checkpoints(ctl.run.id)]
+            assert "c1" in labels, (labels, trainer.output())
             done = ctl.restore("c1", set={"learning_rate": 0.002}, wait=True, timeout=TIMEOUT)
             assert done.status == "applied", done.reason
             at = done.applied_step
             assert at == 4  # the global step went back to the checkpoint's
             trainer.wait_step(12)
+            sums = trainer.weight_sums(4)  # after step 4, then right after the restore
+            assert len(sums) == 2 and sums[0] == sums[1], (
+                trainer.output()
+            )  # every weight came back exactly
             ctl.stop(wait=True, timeout=TIMEOUT)
         assert trainer.finish() == 0, trainer.output()
     finally:
