@@ -74,7 +74,11 @@ class Checkpointer:
         return self._objects
 
     def save(self, reason: str, tag: str | None = None) -> CheckpointRecord:
-        """Capture and store the state now (training thread, at a step boundary)."""
+        """Capture and store the state now (training thread, at a step boundary).
+
+        The checkpoint is listed (restorable) only when its blobs are durable and every
+        metric point logged up to now is stored: a resume from it never leaves a gap.
+        """
         run = self._run
         objects = self.objects
         store_id, label = store_identity(run.store.url)
@@ -89,6 +93,7 @@ class Checkpointer:
             objects.record_refs(store_id, label, manifest_hashes(manifest))
             objects.sync()
             _test_hook_block(run.global_step)
+            run.flush()  # listed only once every point up to its step is stored too
             record = run.store.add_checkpoint(
                 run.id,
                 node=run.node,

@@ -64,6 +64,9 @@ class StatefulRun(RunIdentity, Protocol):
     def set_loop_state(self, state: dict[str, int]) -> None:
         """Move the loop position (and the global step) to ``state``."""
 
+    def flush(self) -> None:
+        """Write every buffered metric point now."""
+
 
 class CheckpointSaver(Protocol):
     """Saves the run's state now and loads a saved one (verified)."""
@@ -81,9 +84,6 @@ class TrainingSession(StatefulRun, Protocol):
 
     @property
     def flags(self) -> SessionFlags: ...
-
-    def flush(self) -> None:
-        """Write every buffered metric point now."""
 
     def start_node(
         self, kind: str, diff: dict[str, Any], who: str | None, *, parent: int | None = None

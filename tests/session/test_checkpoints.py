@@ -331,3 +331,23 @@ def test_sigkill_while_saving_leaves_complete_checkpoints_or_none(tmp_path: Path
         assert len(state["model"]) == 16
         for tensor in state["model"].values():
             assert torch.equal(tensor, torch.full_like(tensor, float(checkpoint.step)))
+
+
+def test_a_checkpoint_is_listed_only_with_every_point_up_to_its_step(tmp_path: Path) -> None:
+    """Killed right after a checkpoint, with nothing flushed by the writer yet: resuming
+    from it must not leave a gap in the curves."""
+    store = str(tmp_path / "k.db")
+    code = (
+        "import os, signal, sys\n"
+        "import retune\n"
+        "run = retune.init('gap', store=sys.argv[1], flush_interval=1000.0)\n"
+        "for i in range(5):\n"
+        "    run.step(loss=float(i))\n"
+        "run.checkpoint()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, store], timeout=120, check=False)
+    assert done.returncode == -signal.SIGKILL
+    [checkpoint] = open_store(store).list_checkpoints(open_store(store).get_run("gap").id)
+    assert checkpoint.step == 5
+    assert retune.load("gap", store=store).metric("loss").steps.tolist() == [1, 2, 3, 4, 5]
