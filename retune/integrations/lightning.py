@@ -14,18 +14,24 @@ edges only; the command path, validation, audit, nodes and checkpoints are Retun
   steps that same object), ``pause`` holds, ``stop`` sets ``trainer.should_stop`` so ``fit``
   returns cleanly and the run ends ``stopped``.
 * **checkpoints**: Retune checkpoints (model, optimizer, scheduler, RNG) plus the part
-  ``lightning``: the fit loop's progress (``fit_loop.state_dict()``: plain counters), the other
-  callbacks' states (those that are plain data) and the state of every further optimizer and
-  scheduler. ``checkpoint_every_n_epochs`` saves at the end of each n-th training epoch.
+  ``lightning``: the fit loop's progress (``fit_loop.state_dict()``: plain counters), the RNG
+  state the current epoch's data order was drawn from and how many of its batches were
+  trained, the other callbacks' states (those that are plain data) and the state of every
+  further optimizer and scheduler. ``checkpoint_every_n_epochs`` saves at each n-th epoch end.
 * **resume** (``retune resume RUN -- python train.py``): the first ``fit`` resumes inside
   ``on_fit_start``, before Lightning's loop starts, and loads the fit loop's progress the way
-  Lightning's own ``ckpt_path=`` does. Bit-exact on CPU from a checkpoint taken at the end of an
-  epoch; from a mid-epoch checkpoint Lightning cannot skip the batches already seen of a
-  plain (non-stateful) ``DataLoader``: it replays the epoch from its first batch.
-* **restore** while ``fit`` runs: rewinds in place at the step boundary: model, optimizers,
-  schedulers, RNG and the global step (Lightning's optimizer-step counter, so ``max_steps``
-  and step-interval schedulers stay in line) are put back; the epoch counter and the position in
-  the current epoch's data are not rewound: training continues with the next batch.
+  Lightning's own ``ckpt_path=`` does; from a checkpoint inside an epoch it also redraws that
+  epoch's data order and skips the batches already trained (Lightning alone would replay the
+  epoch of a plain ``DataLoader`` from its first batch). Bit-exact on CPU, mid-epoch included.
+* **restore** while ``fit`` runs: rewinds in place at the step boundary: the core puts back
+  model, optimizer, scheduler and RNG; the callback loads every loop counter (epoch, batch,
+  global step) and rebuilds the epoch's data iterator at the checkpoint's position, so the
+  new branch continues exactly as the original did from there.
+
+Limits (see docs/integrations.md): one process (``world_size`` 1); only the first optimizer is
+tunable; epoch means (``on_epoch=True``) of the epoch a resume cuts cover its batches after the
+resume, those of the epoch a restore lands in also the batches of the branch it left; a dataset
+whose ``__getitem__`` draws from the global RNG is exact only from epoch ends.
 """
 
 from __future__ import annotations
@@ -167,6 +173,11 @@ class RetuneCallback(L.Callback):
         self._trainer = trainer
         if self.run is not None and not self.run.ended:
             return
+        if trainer.world_size > 1:
+            raise InvalidArgument(
+                f"RetuneCallback records one process; this fit runs {trainer.world_size}"
+                " (devices x nodes): use one device"
+            )
         import retune
 
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
