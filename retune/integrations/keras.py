@@ -489,8 +489,9 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if _is_number(value)
         }
         self.run.log({**epoch_values, "epoch": epoch})
-        if self._keras_model.stop_training:
-            return  # stopped: the stop's checkpoint holds the position
+        if self.run.should_stop:
+            return  # a stop command: its checkpoint holds the position (an EarlyStopping
+            # of the user's ends fit normally: the epoch is counted and checkpointed)
         self._epoch, self._batch = epoch + 1, 0
         self._sync_loop()
         every = self.run.checkpointer.policy.every_n_epochs
