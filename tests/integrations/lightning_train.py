@@ -1,7 +1,7 @@
 """A tiny Lightning trainer for the integration tests, run as a subprocess.
 
 ``python lightning_train.py STORE NAME [--epochs N] [--accumulate K] [--scheduler step|epoch|none]
-[--crash-at-step S] [--stop-at-step S] [--delay SECONDS] [--every-n-epochs N]``; prints ``RUN <id>`` once the run
+[--crash-at-step S] [--stop-at-step S] [--set-lr-at-step S LR] [--delay SECONDS] [--every-n-epochs N]``; prints ``RUN <id>`` once the run
 exists and ``LR <step> <lr>`` for every optimizer step (what Lightning's optimizer holds).
 """
 
@@ -48,26 +48,36 @@ class Tiny(L.LightningModule):
 class Report(L.Callback):
     """Prints what the tests check: the run id, the optimizer's lr at each step; crashes."""
 
-    def __init__(self, retune_cb: RetuneCallback, crash_at: int, stop_at: int) -> None:
+    def __init__(
+        self, retune_cb: RetuneCallback, crash_at: int, stop_at: int, set_lr: list[str]
+    ) -> None:
         self.retune_cb = retune_cb
         self.crash_at = crash_at
         self.stop_at = stop_at
+        self.set_at, self.set_lr = (int(set_lr[0]), float(set_lr[1])) if set_lr else (0, 0.0)
         self.printed = False
+        self.sent: set[int] = set()
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        """``--stop-at-step S``: a real ``stop`` command, sent through the store before step
-        S and waited for until the run's poller has queued it, so it applies at step S."""
+        """``--stop-at-step S`` / ``--set-lr-at-step S LR``: a real command, sent through the
+        store before step S and waited for until the run's poller has queued it, so it applies
+        at the boundary of step S."""
         run = self.retune_cb.run
-        if not self.stop_at or trainer.global_step != self.stop_at - 1 or run is None:
+        step = trainer.global_step + 1  # the step this batch belongs to
+        if run is None or step in self.sent or step not in (self.stop_at, self.set_at):
             return
+        self.sent.add(step)
         import retune
 
         with retune.connect(run.id, store=run.store) as ctl:
-            ctl.stop()
+            if step == self.stop_at:
+                ctl.stop()
+            else:
+                ctl.set(lr=self.set_lr)
         deadline = time.monotonic() + 60
         while not run._applier.inbox:  # the poller thread fetches it from the store
             if time.monotonic() > deadline:
-                raise RuntimeError("the stop command never reached the run")
+                raise RuntimeError("the command never reached the run")
             time.sleep(0.01)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
@@ -89,6 +99,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--scheduler", default="none")
     parser.add_argument("--crash-at-step", type=int, default=0)
     parser.add_argument("--stop-at-step", type=int, default=0)
+    parser.add_argument("--set-lr-at-step", nargs=2, default=[], metavar=("S", "LR"))
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--every-n-epochs", type=int, default=1)
     args = parser.parse_args(argv)
@@ -106,7 +117,10 @@ def main(argv: list[str]) -> None:
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accumulate_grad_batches=args.accumulate,
-        callbacks=[callback, Report(callback, args.crash_at_step, args.stop_at_step)],
+        callbacks=[
+            callback,
+            Report(callback, args.crash_at_step, args.stop_at_step, args.set_lr_at_step),
+        ],
         deterministic=True,
         accelerator="cpu",
         devices=1,

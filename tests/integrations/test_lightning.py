@@ -147,16 +147,29 @@ def test_live_commands_from_another_process(store_url: str) -> None:
     assert any(c.reason == "stop" for c in final.checkpoints)
 
 
-def test_accumulation_records_one_step_per_optimizer_step(store_url: str) -> None:
-    trainer = Trainer(store_url, "acc", "--epochs", "2", "--accumulate", "4")
+def test_accumulation_and_an_epoch_scheduler_under_set_lr(store_url: str) -> None:
+    """accumulate_grad_batches=4: one Retune step per optimizer step; ``set lr`` (a real
+    command, at step 3) with an epoch-interval StepLR(step_size=3, gamma=0.9): the optimizer
+    holds 0.01 from step 3, and the schedule goes on from it (x0.9 after the third epoch)."""
+    trainer = Trainer(
+        store_url, "acc", "--epochs", "4", "--accumulate", "4", "--scheduler", "epoch",
+        "--set-lr-at-step", "3", "0.01",
+    )  # fmt: skip
     assert trainer.finish() == 0, trainer.output()
     run = retune.load("acc", store=store_url)
     loss = run.metric("loss")
     # 64 samples / batch 8 = 8 batches per epoch, 2 optimizer steps per epoch
-    assert list(loss.steps) == [1, 2, 3, 4]
-    assert list(run.metric("loss_epoch").steps) == [2, 4]
-    assert run.run.step == 4 and run.status == "finished"
-    assert max(trainer.lrs()) == 4
+    assert list(loss.steps) == list(range(1, 9))
+    assert list(run.metric("loss_epoch").steps) == [2, 4, 6, 8]
+    assert run.run.step == 8 and run.status == "finished"
+    lrs = trainer.lrs()
+    assert sorted(lrs) == list(range(9))  # micro-batches print the step so far (0 first)
+    assert [lrs[s] for s in (1, 2)] == [0.05, 0.05]
+    # (lrs[s]: what the optimizer holds going into step s + 1)
+    assert [lrs[s] for s in (3, 4, 5)] == [0.01] * 3  # epoch steps 1, 2: no decay yet
+    assert [lrs[s] for s in (6, 7, 8)] == [pytest.approx(0.009)] * 3  # the third epoch's end
+    [change] = [n for n in run.tree() if n.change_kind == "set"]
+    assert change.start_step == 3
 
 
 def _wait_branch_step(trainer: Trainer, restored_at: int, step: int) -> None:
