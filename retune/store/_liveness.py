@@ -4,7 +4,10 @@ A training process writes its run's heartbeat at every flush (every ``flush_inte
 seconds, default 1 s, also while paused). A run whose status is live (``running`` /
 ``paused``) but whose heartbeat is older than :data:`STALE_AFTER` seconds has lost its
 process (killed, frozen, machine gone): readers show it as ``stale`` and a new process may
-attach to it (``resume``).
+attach to it (``resume``). Sooner, when the owner recorded its host and pid and that host is
+this one: a pid that no longer exists here is a process that is gone (a SIGKILLed trainer can
+be resumed at once). Host names must then be unique among the machines sharing a store, as
+they are for cluster nodes and containers.
 """
 
 from __future__ import annotations
@@ -37,10 +40,30 @@ def process_identity() -> dict[str, Any]:
 
 
 def is_live(run: RunRecord, now: float | None = None) -> bool:
-    """True when the run is ``running``/``paused`` and its heartbeat is fresh."""
+    """True when the run is ``running``/``paused``, its heartbeat is fresh and its owner is
+    not known to be gone (see the module docstring)."""
     if run.status not in LIVE_STATUSES or run.heartbeat_at is None:
         return False
-    return (time.time() if now is None else now) - run.heartbeat_at <= STALE_AFTER
+    if (time.time() if now is None else now) - run.heartbeat_at > STALE_AFTER:
+        return False
+    return not _owner_gone(run)
+
+
+def _owner_gone(run: RunRecord) -> bool:
+    """True only when the run's recorded process was on this host and its pid is free."""
+    owner = run.meta.get("process") or run.meta.get("invocation") or {}
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the pid exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but is not ours (PermissionError), or cannot tell
+        return False
+    return False
 
 
 def is_stale(run: RunRecord, now: float | None = None) -> bool:

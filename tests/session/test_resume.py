@@ -5,6 +5,7 @@ as reproducible as plain PyTorch."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -206,3 +207,25 @@ def test_seed_derivation_does_not_draw_from_the_scripts_generator(store_url: str
     torch.manual_seed(0)
     retune.init("quiet", store=store_url).finish()
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_killed_trainer_on_this_host_can_be_resumed_at_once(store_url: str) -> None:
+    """Its heartbeat is fresh, but its pid is gone from this host: no 30 s wait."""
+    code = (
+        "import os, signal, sys, torch, retune\n"
+        "model = torch.nn.Linear(2, 1)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "run = retune.init('gone', model=model, optimizer=opt, store=sys.argv[1])\n"
+        "run.step(loss=1.0)\n"
+        "run.checkpoint()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, store_url], timeout=120, check=False)
+    assert done.returncode == -signal.SIGKILL
+    with open_store(store_url) as store:
+        killed = store.get_run("gone")
+    assert killed.status == "running" and time.time() - (killed.heartbeat_at or 0) < 30
+    model, optimizer = _model()
+    with retune.init("gone", model=model, optimizer=optimizer, store=store_url,
+                     resume="latest") as resumed:  # fmt: skip
+        assert resumed.id == killed.id and resumed.global_step == 1
