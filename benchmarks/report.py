@@ -237,11 +237,29 @@ def render_dashboard(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_integrations_overhead(r: dict[str, Any]) -> str:
+    target = r["target_pct"]
+    rows = [
+        [name, f"{f['without_ms']:.2f}", f"{f['with_ms']:.2f}", f"{f['overhead_pct']:+.1f}%",
+         _met(f["overhead_pct"] <= target)]
+        for name, f in r["frameworks"].items()
+    ]  # fmt: skip
+    return "\n".join([
+        _header(r, f"median of {r['rounds']} interleaved rounds per framework, one process each"),
+        "",
+        markdown_table(
+            ["framework", "step ms without", "step ms with Retune", "overhead",
+             f"target <= {target:g}%"], rows,
+        ),
+    ])  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "logging_overhead": render_logging_overhead,
     "command_latency": render_command_latency,
     "checkpoint_io": render_checkpoint_io,
     "dashboard": render_dashboard,
+    "integrations_overhead": render_integrations_overhead,
 }
 
 
