@@ -315,3 +315,64 @@ def test_stop_or_kill_then_resume_is_bit_exact(
     partial = (partial_epoch,) if partial_epoch is not None else ()
     _same(a, branch, "loss_epoch", skip_steps=partial)
     assert list(a.metric("loss").steps) == list(range(1, 25))
+
+
+def test_an_exception_in_fit_ends_the_run_crashed_with_its_traceback(store_url: str) -> None:
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from retune.integrations.lightning import RetuneCallback
+
+    class Breaks(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if self.global_step == 3:
+                raise ValueError("bad batch")
+            loss = self.net(batch[0]).pow(2).mean()
+            self.log("loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=2)
+    callback = RetuneCallback("breaks", store=store_url)
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[callback],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(ValueError, match="bad batch"):
+        trainer.fit(Breaks(), data)
+    snap = retune.load("breaks", store=store_url)
+    assert snap.status == "crashed"
+    assert "ValueError: bad batch" in (snap.run.error or "")
+    assert list(snap.metric("loss").steps) == [1, 2, 3]
+    assert callback.run.ended
+
+
+@pytest.mark.slow
+def test_the_example_trains_and_records_validation(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "examples" / "lightning_digits.py"
+    store = f"sqlite:///{tmp_path / 'example.db'}"
+    out = subprocess.run(
+        [sys.executable, str(example), "--epochs", "1", "--store", store],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    snap = retune.load("digits", store=store)
+    assert snap.status == "finished" and snap.run.step == 24  # 1500 samples / batch 64
+    assert {"loss", "lr", "loss_epoch", "val_loss", "val_acc"} <= set(snap.keys)
+    assert snap.config["hparams"] == {"lr": 0.05, "hidden": 64, "dropout": 0.1}
+    assert [c.step for c in snap.checkpoints] == [24]
