@@ -332,7 +332,7 @@ def test_an_exception_in_fit_ends_the_run_crashed_with_its_traceback(store_url: 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             if self.global_step == 3:
                 raise ValueError("bad batch")
-            loss = self.net(batch[0]).pow(2).mean()
+            loss: torch.Tensor = self.net(batch[0]).pow(2).mean()
             self.log("loss", loss)
             return loss
 
