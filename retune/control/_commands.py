@@ -57,9 +57,7 @@ def _check_set(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> dict
     if not isinstance(values, Mapping) or not values:
         raise InvalidArgument("set needs at least one name=value")
     group = _group(payload)
-    mode = payload.get("mode", "rescale")
-    if mode not in SCHEDULER_MODES:
-        raise InvalidArgument(f"mode must be one of {', '.join(SCHEDULER_MODES)}, got {mode!r}")
+    mode = _mode(payload)
     specs = _specs(run)
     normalized = {name: validate(specs, name, value, group) for name, value in values.items()}
     return {"values": normalized, "group": group, "mode": mode}
@@ -79,10 +77,21 @@ def _check_scale(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> di
             raise InvalidArgument(f"unknown tunable {name!r}; valid names: {valid}")
         if isinstance(factor, bool) or not isinstance(factor, (int, float)):
             raise InvalidArgument(f"scale factor for {name} must be a number, got {factor!r}")
-        if not math.isfinite(factor) or factor <= 0:
+        try:
+            value = float(factor)
+        except OverflowError:
+            raise InvalidArgument(f"scale factor for {name} is too large") from None
+        if not math.isfinite(value) or value <= 0:
             raise InvalidArgument(f"scale factor for {name} must be finite and > 0, got {factor}")
-        out[name] = float(factor)
-    return {"factors": out, "group": group, "mode": payload.get("mode", "rescale")}
+        out[name] = value
+    return {"factors": out, "group": group, "mode": _mode(payload)}
+
+
+def _mode(payload: Mapping[str, Any]) -> str:
+    mode = payload.get("mode", "rescale")
+    if mode not in SCHEDULER_MODES:
+        raise InvalidArgument(f"mode must be one of {', '.join(SCHEDULER_MODES)}, got {mode!r}")
+    return str(mode)
 
 
 def _check_plain(store: Store, _run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,7 +124,7 @@ def _check_restore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> 
     group = _group(payload)
     specs = _specs(run)
     normalized = {name: validate(specs, name, value, group) for name, value in values.items()}
-    mode = payload.get("mode", "rescale")
+    mode = _mode(payload)
     return {"target": target, "set": normalized, "group": group, "mode": mode}
 
 
@@ -177,7 +186,10 @@ def submit(
     except InvalidArgument as e:
         error = CommandRejected(str(e))
     else:
-        return store.submit_command(run.id, kind, normalized, source=source, user=who)
+        queued = store.submit_command(run.id, kind, normalized, source=source, user=who)
+        if queued.status == "rejected":  # the run ended meanwhile: the store refused it
+            raise RunNotLive(f"run {run.name} ({run.id}): {queued.reason}")
+        return queued
     recorded = store.submit_command(
         run.id,
         kind,

@@ -50,6 +50,7 @@ from retune.store import _migrate
 from retune.store._base import Store
 from retune.store._liveness import STALE_AFTER, is_live
 from retune.store._records import (
+    LIVE_STATUSES,
     CheckpointRecord,
     CommandRecord,
     EventRecord,
@@ -401,6 +402,7 @@ class SqlStore(Store):
                 values[column] = value
         if tunables is not None:
             values["tunables"] = _json.jsonable(tunables)
+        ending = status is not None and status not in LIVE_STATUSES
         with self._tx(write=True) as conn:
             if meta is not None:
                 current = conn.execute(select(runs.c.meta).where(runs.c.id == run_id)).scalar()
@@ -412,6 +414,22 @@ class SqlStore(Store):
             result = conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
             if result.rowcount == 0:
                 raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+            if ending:  # nothing will apply what is still queued: say so, in this transaction
+                # (the UPDATE above holds the run's row: a submit waits, then sees it ended)
+                conn.execute(
+                    update(commands)
+                    .where(
+                        and_(
+                            commands.c.run_id == run_id,
+                            commands.c.status.in_(("pending", "applying")),
+                        )
+                    )
+                    .values(
+                        status="rejected",
+                        reason=f"the run ended ({status}) before it was applied",
+                        resolved_at=time.time(),
+                    )
+                )
 
     def reopen_run(self, run_id: str) -> RunRecord:
         with self._tx(write=True) as conn:
@@ -702,6 +720,14 @@ class SqlStore(Store):
             raise InvalidArgument(f"a command is recorded pending or rejected, not {status!r}")
         now = time.time()
         with self._tx(write=True, run_id=run_id) as conn:
+            if status == "pending":  # the run's status, read under a share lock: an ending
+                # update_run holds the row until its queued commands are rejected, then we see it
+                row = conn.execute(
+                    select(runs.c.status).where(runs.c.id == run_id).with_for_update(read=True)
+                ).first()
+                if row is not None and row.status not in LIVE_STATUSES:
+                    status = "rejected"
+                    reason = f"the run is {row.status}; commands need a running or paused run"
             result = conn.execute(
                 insert(commands).values(
                     run_id=run_id,

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from sqlalchemy import create_engine, insert, text
 
 import retune
@@ -154,3 +156,22 @@ def test_connect_as_a_context_manager_releases_the_store(tmp_path: Path) -> None
     ctl.close()
     ctl.close()  # idempotent
     assert _open_files(tmp_path) == baseline
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"factors": {"lr": 10**400}}, "scale factor for lr is too large"),
+        ({"factors": {"lr": 0.5}, "mode": "sideways"}, "mode must be one of"),
+    ],
+)
+def test_scale_refuses_huge_factors_and_unknown_modes_with_a_reason(
+    store_url: str, payload: dict[str, Any], reason: str
+) -> None:
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with retune.init("scale", model=model, optimizer=optimizer, store=store_url) as run:
+        with open_store(store_url) as store, pytest.raises(CommandRejected, match=reason):
+            submit(store, run.id, "scale", payload, source="python")
+        run.step(loss=1.0)
+        assert optimizer.param_groups[0]["lr"] == 0.1

@@ -414,3 +414,18 @@ def test_values_a_database_cannot_hold_are_the_callers_mistake(store: Store) -> 
     except InvalidArgument as e:
         assert "cannot hold a value" in str(e)
     assert store.get_run(run_id).id == run_id  # the store is still usable
+
+
+def test_a_command_queued_on_an_ended_run_is_rejected_in_the_same_transaction(
+    store: Store,
+) -> None:
+    """submit() read the run live, then finish() ended it: the command must not stay
+    pending forever (found by the concurrency campaign)."""
+    run_id = _run_with_root(store)
+    queued = store.submit_command(run_id, "pause", {}, source="cli", user=None)
+    store.update_run(run_id, status="finished")
+    late = store.submit_command(run_id, "pause", {}, source="cli", user=None)
+    assert late.status == "rejected" and "finished" in (late.reason or "")
+    assert store.get_command(queued.id).status == "rejected"
+    assert "ended (finished)" in (store.get_command(queued.id).reason or "")
+    assert [c for c in store.list_commands(run_id) if c.status in ("pending", "applying")] == []
