@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import retune
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.campaign
 
 torch = pytest.importorskip("torch")
 
-JUDGED = ("lr", "momentum", "weight_decay", "clip_norm")  # the float tunables the oracle judges
+JUDGED = ("lr", "momentum", "weight_decay", "dampening", "clip_norm")  # floats the oracle judges
 Bounds = dict[str, tuple[float | None, bool, float | None, bool]]
 EXAMPLES = int(os.environ.get("RETUNE_PROPERTY_EXAMPLES", "100"))  # make soak draws more
 GROUPS = ("body", "head")
@@ -155,11 +155,11 @@ def set_is_valid(bounds: Bounds, values: dict[str, Any], group: Any, mode: Any) 
     return True
 
 
-def scale_is_valid(factors: dict[str, Any]) -> bool:
-    if not factors:
+def scale_is_valid(factors: dict[str, Any], mode: Any) -> bool:
+    if not factors or mode not in ("rescale", "constant"):
         return False
     for name, factor in factors.items():
-        if name not in DECLARED:
+        if name not in JUDGED:  # maximize is an optimizer entry, not a tunable
             return False
         number = _number(factor)
         if number is None or number <= 0:
@@ -244,6 +244,10 @@ def _groups(fixture: Fixture) -> list[dict[str, Any]]:
 @example(command=("set", {"values": {"lr": 0.02, "momentum": 0.3}, "group": "head"}))
 def test_a_command_is_applied_iff_it_is_valid(live: Fixture, command: Any) -> None:
     kind, payload = command
+    values = payload.get("values" if kind == "set" else "factors")
+    # nesterov is a declared bool the oracle does not judge (found by the soak's exploration:
+    # the oracle once called a valid dampening=0 invalid because it did not judge dampening)
+    assume(not (isinstance(values, dict) and "nesterov" in values))
     run = live.run
     before_state, before_nodes = live.state(), live.nodes()
     before_groups, before_clip = _groups(live), live.clip.value
@@ -255,7 +259,7 @@ def test_a_command_is_applied_iff_it_is_valid(live: Fixture, command: Any) -> No
             payload.get("mode", "rescale"),
         )
         if kind == "set"
-        else scale_is_valid(payload.get("factors", {}))
+        else scale_is_valid(payload.get("factors", {}), payload.get("mode", "rescale"))
     )
     try:
         record = submit(run.store, run.id, kind, payload, source="python")
