@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, insert
 
 import retune
 from retune.store import open_store
+from retune.store._schema import commands
 from tests.campaign.concurrency import ConcurrencyReport, _verify, run_campaign
 
 pytestmark = pytest.mark.campaign
@@ -29,12 +31,21 @@ def test_the_verifier_counts_what_breaks(tmp_path: Path) -> None:
         for step in (1, 2, 4):
             run.step(s=float(step))
         run_id = run.id
+    # a pending command on an ended run (the store refuses to queue one since the fix of
+    # this very defect, so it is written as the old code left it)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        inserted = conn.execute(
+            insert(commands).values(run_id=run_id, kind="stop", payload={}, status="pending",
+                                    source="api", user=None, created_at=0.0, result={})
+        )  # fmt: skip
+        pending_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+    engine.dispose()
     with open_store(url) as store:
-        pending = store.submit_command(run_id, "stop", {}, source="api", user=None)
         store.create_node(
             run_id, parent=1, start_step=4, change_kind="set", values={}, diff={}, created_by=None
         )
-    sent = [{"run": run_id, "kind": "stop", "valid": True, "id": pending.id, "accepted": False}]
+    sent = [{"run": run_id, "kind": "stop", "valid": True, "id": pending_id, "accepted": False}]
     report = ConcurrencyReport()
     _verify(url, ["crowd-0"], 4, sent, report)
     assert report.lost_points == 1
