@@ -95,6 +95,7 @@ def measure(rounds: int = 5) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         _fit(False, folder, -1)  # warm-up: imports, first allocations
+        _fit(True, folder, -2)  # the callback's first-use costs too
         for index in range(rounds):
             bare.append(_fit(False, folder, index))
             recorded.append(_fit(True, folder, index))

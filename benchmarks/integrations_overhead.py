@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add_output_arguments(parser)
     args = parser.parse_args()
-    rounds = 2 if args.quick else 7
+    rounds = 2 if args.quick else 9
     results: dict[str, Any] = {f: _measure(f, rounds) for f in FRAMEWORKS}
     rows = [
         [f, f"{r['without_ms']:.2f}", f"{r['with_ms']:.2f}", f"{r['overhead_pct']:+.1f}%"]
