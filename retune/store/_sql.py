@@ -416,20 +416,8 @@ class SqlStore(Store):
                 raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
             if ending:  # nothing will apply what is still queued: say so, in this transaction
                 # (the UPDATE above holds the run's row: a submit waits, then sees it ended)
-                conn.execute(
-                    update(commands)
-                    .where(
-                        and_(
-                            commands.c.run_id == run_id,
-                            commands.c.status.in_(("pending", "applying")),
-                        )
-                    )
-                    .values(
-                        status="rejected",
-                        reason=f"the run ended ({status}) before it was applied",
-                        resolved_at=time.time(),
-                    )
-                )
+                reason = f"the run ended ({status}) before it was applied"
+                self._reject_queued(conn, run_id, reason, time.time())
 
     def reopen_run(self, run_id: str) -> RunRecord:
         with self._tx(write=True) as conn:
@@ -475,18 +463,20 @@ class SqlStore(Store):
             )
             if attached.rowcount != 1:
                 raise RunInUse(f"run {current.name} ({run_id}) was attached by another process")
-            conn.execute(
-                update(commands)
-                .where(
-                    and_(
-                        commands.c.run_id == run_id,
-                        commands.c.status.in_(("pending", "applying")),
-                    )
-                )
-                .values(status="rejected", reason=reason, resolved_at=now)
-            )
+            self._reject_queued(conn, run_id, reason, now)
             row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
         return self._run(row)
+
+    @staticmethod
+    def _reject_queued(conn: Connection, run_id: str, reason: str, now: float) -> None:
+        """Reject every command of the run still pending or being applied (no process will)."""
+        conn.execute(
+            update(commands)
+            .where(
+                and_(commands.c.run_id == run_id, commands.c.status.in_(("pending", "applying")))
+            )
+            .values(status="rejected", reason=reason, resolved_at=now)
+        )
 
     @staticmethod
     def _in_use_message(run: RunRecord, now: float) -> str:
