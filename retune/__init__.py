@@ -25,7 +25,7 @@ from retune.errors import (
     StoreNotFound,
     StoreUnavailable,
 )
-from retune.session import MetricSeries, Run, RunSnapshot, init, load
+from retune.session import Guard, MetricSeries, Run, RunSnapshot, init, load
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "CommandRejected",
     "CommandTimeout",
     "Controller",
+    "Guard",
     "InvalidArgument",
     "MetricSeries",
     "NodeNotFound",

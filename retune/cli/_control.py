@@ -10,6 +10,7 @@ from retune._format import diff_text, number, table, timestamp
 from retune.cli._registry import Group, emit_json, run_arg, wait_args
 from retune.control import Controller, parse_assignments
 from retune.control._parse import parse_group
+from retune.errors import InvalidArgument
 from retune.store import CommandRecord, Store
 
 __all__ = ["COMMANDS", "report"]
@@ -85,6 +86,35 @@ _plain("pause", "pause", "hold a live run at its next step boundary")
 # `continue` un-pauses; `resume` continues a run in a new process (see _checkpoints.py).
 _plain("continue", "continue", "let a paused run continue")
 _plain("stop", "stop", "end a live run cleanly at its next step boundary")
+
+
+def _guard_args(p: argparse.ArgumentParser) -> None:
+    run_arg(p)
+    p.add_argument(
+        "action",
+        choices=["on", "off", "veto", "set"],
+        help="switch the guard, undo its last recovery (veto), or change its settings",
+    )
+    p.add_argument(
+        "assignments",
+        nargs="*",
+        metavar="NAME=VALUE",
+        help="with set: spike=4 lr_factor=0.3 max_attempts=5 skip=0",
+    )
+    wait_args(p)
+
+
+@COMMANDS.command("guard", "control a run's guard: retune guard RUN off|on|veto|set spike=4",
+                  _guard_args)  # fmt: skip
+def _guard(args: argparse.Namespace, store: Store) -> int:
+    if args.action == "set" and not args.assignments:
+        raise InvalidArgument("retune guard RUN set needs NAME=VALUE, e.g. spike=4")
+    if args.action != "set" and args.assignments:
+        raise InvalidArgument(f"retune guard RUN {args.action} takes no NAME=VALUE")
+    values = parse_assignments(args.assignments) if args.assignments else None
+    ctl = _controller(store, args)
+    done = ctl.guard(args.action, values, wait=not args.no_wait, timeout=args.timeout)
+    return report(args, done)
 
 
 def _live_value(entry: dict[str, Any]) -> Any:

@@ -6,12 +6,13 @@ import argparse
 import csv
 import math
 import sys
+from typing import Any
 
 from retune import _json
 from retune._format import diff_text, duration, number, table, timestamp
 from retune.cli._registry import Group, count_arg, emit_json, int_arg, run_arg, run_status
 from retune.control._parse import parse_node
-from retune.store import LIVE_STATUSES, RunRecord, Store
+from retune.store import LIVE_STATUSES, NodeRecord, RunRecord, Store
 
 __all__ = ["COMMANDS"]
 
@@ -123,12 +124,38 @@ def _show(args: argparse.Namespace, store: Store) -> int:
         )
         return 0
     print("\n".join(_describe(run, last)))
+    paused = _guard_pause(run, nodes)
+    if paused:
+        print(f"paused by  {paused}")
     print("nodes")
     for node in nodes:
         end = "open" if node.end_step is None else str(node.end_step)
         diff = diff_text(node.diff, " ")
         print(f"  {node.label}  steps {node.start_step}..{end}  {node.change_kind}  {diff}")
+        guard = node.info.get("guard") if isinstance(node.info, dict) else None
+        if isinstance(guard, dict) and guard.get("reason"):
+            print(f"      guard {guard.get('action', '')}: {guard['reason']}" + _skipped(guard))
     return 0
+
+
+def _guard_pause(run: RunRecord, nodes: list[NodeRecord]) -> str | None:
+    """The guard's message when it is what paused this run (the open node says so)."""
+    if run.status != "paused":
+        return None
+    for node in reversed(nodes):
+        if node.end_step is None:
+            guard = node.info.get("guard") if isinstance(node.info, dict) else None
+            if isinstance(guard, dict) and guard.get("action") == "paused":
+                return str(guard.get("message") or guard.get("reason"))
+            return None
+    return None
+
+
+def _skipped(guard: dict[str, Any]) -> str:
+    skipped = guard.get("skipped")
+    if not isinstance(skipped, dict) or not skipped.get("count"):
+        return ""
+    return f"  (skipped {skipped['count']} batches)"
 
 
 # -- metrics -----------------------------------------------------------------------------------

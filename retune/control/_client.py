@@ -167,6 +167,25 @@ class Controller:
         """End training cleanly at the next step boundary; the run becomes ``stopped``."""
         return self.send("stop", wait=wait, timeout=timeout)
 
+    def guard(
+        self,
+        action: str,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        wait: bool = False,
+        timeout: float = 120.0,
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """Control the run's guard: ``"on"``, ``"off"``, ``"veto"`` (undo its last recovery
+        and switch it off) or ``"set"`` with new settings: ``ctl.guard("set", spike=4)``
+        (``spike``, ``lr_factor``, ``max_attempts``, ``skip``). Settings are knobs too, so
+        ``ctl.set(guard_spike=4)`` works as well (on a new node)."""
+        payload: dict[str, Any] = {"action": action}
+        if action == "set" or values or kwargs:
+            payload["values"] = {**(values or {}), **kwargs}
+        return self.send("guard", payload, wait=wait, timeout=timeout)
+
     def wait(self, command_id: int, *, timeout: float = 60.0) -> CommandRecord:
         """Block until the command is resolved; raise ``CommandRejected`` if it was rejected."""
         deadline = time.monotonic() + timeout

@@ -6,8 +6,9 @@ with the reason in the same transaction (no poller ever sees it pending), and th
 the same reason as an exception; nothing reaches the trainer.
 
 Kinds: ``set``, ``scale``, ``pause``, ``continue`` (un-pause), ``stop``, ``checkpoint``,
-``restore``. ``resume`` is accepted as the old name of ``continue`` and stored as
-``continue``: "resume" now only means continuing a run in a new process.
+``restore``, ``guard`` (on, off, veto, set the guard's knobs). ``resume`` is accepted as the
+old name of ``continue`` and stored as ``continue``: "resume" now only means continuing a run
+in a new process.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from retune.store import LIVE_STATUSES, CommandRecord, RunRecord, Store, current
 
 __all__ = [
     "KIND_ALIASES",
+    "GUARD_ACTIONS",
+    "GUARD_KNOBS",
     "SCHEDULER_MODES",
     "SOURCES",
     "canonical_kind",
@@ -32,6 +35,18 @@ __all__ = [
 
 SOURCES = ("python", "cli", "ui", "notebook", "api")
 SCHEDULER_MODES = ("rescale", "constant")
+GUARD_ACTIONS = ("on", "off", "veto", "set")
+"""What a ``guard`` command does: switch the guard on or off, undo its last recovery (and
+switch it off), or set its knobs without opening a node."""
+GUARD_KNOBS = {
+    "guard": "enabled",
+    "guard_spike": "spike",
+    "guard_lr_factor": "lr_factor",
+    "guard_max_attempts": "max_attempts",
+    "guard_skip": "skip_batches",
+}
+"""The guard's tunables (changed live with ``set`` or a ``guard set`` command) and the
+``retune.Guard`` field each one drives."""
 KIND_ALIASES = {"resume": "continue"}
 """Old command names still accepted at submission, and the name stored for each."""
 
@@ -128,6 +143,33 @@ def _check_restore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> 
     return {"target": target, "set": normalized, "group": group, "mode": mode}
 
 
+def _check_guard(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+    action = payload.get("action")
+    if action not in GUARD_ACTIONS:
+        raise InvalidArgument(f"guard actions are {', '.join(GUARD_ACTIONS)}, got {action!r:.40}")
+    specs = _specs(run)
+    if not any(spec.name == "guard" for spec in specs):
+        raise InvalidArgument(
+            f"run {run.name} ({run.id}) has no guard: start it with retune.init(..., guard=True)"
+        )
+    if action != "set":
+        extra = set(payload) - {"action"}
+        if extra:
+            raise InvalidArgument(f"guard {action} takes no values, got {sorted(extra)}")
+        return {"action": action}
+    values = payload.get("values")
+    if not isinstance(values, Mapping) or not values:
+        raise InvalidArgument("guard set needs at least one name=value, e.g. spike=4")
+    normalized: dict[str, Any] = {}
+    for name, value in values.items():
+        full = name if isinstance(name, str) and name.startswith("guard") else f"guard_{name}"
+        if full not in GUARD_KNOBS:
+            names = ", ".join(k.removeprefix("guard_") for k in GUARD_KNOBS if k != "guard")
+            raise InvalidArgument(f"unknown guard setting {name!r:.40}; settings: {names}")
+        normalized[full] = validate(specs, full, value, None)
+    return {"action": "set", "values": normalized}
+
+
 _CHECKS = {
     "set": _check_set,
     "scale": _check_scale,
@@ -136,6 +178,7 @@ _CHECKS = {
     "stop": _check_plain,
     "checkpoint": _check_checkpoint,
     "restore": _check_restore,
+    "guard": _check_guard,
 }
 
 

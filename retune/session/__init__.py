@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from retune.session._guard import Guard
 from retune.session._init import init, load
 from retune.session._run import Run
 from retune.session._snapshot import MetricSeries, RunSnapshot
 
-__all__ = ["MetricSeries", "Run", "RunSnapshot", "init", "load"]
+__all__ = ["Guard", "MetricSeries", "Run", "RunSnapshot", "init", "load"]

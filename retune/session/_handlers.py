@@ -7,7 +7,8 @@ training thread at a step boundary; it returns the command's result (recorded wi
 raises ``CommandRejected`` with the reason, and then nothing has changed.
 
 Kinds: ``set``, ``scale``, ``pause``, ``continue`` (un-pause; ``resume`` is its old name and
-stays an alias), ``stop``, ``checkpoint``, ``restore``.
+stays an alias), ``stop``, ``checkpoint``, ``restore``, ``guard`` (switch the guard, set its
+knobs, veto its last recovery: see ``_guard``).
 """
 
 from __future__ import annotations
@@ -140,6 +141,15 @@ def on_restore(session: TrainingSession, command: CommandRecord) -> dict[str, An
     return {"checkpoint": record.label, "diff": diff, "left": before.label, "mode": mode}
 
 
+def on_guard(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
+    """Switch the guard on or off, set its knobs, or veto its last recovery."""
+    guard = getattr(session, "guard", None)
+    if guard is None:
+        raise CommandRejected("this run has no guard: start it with retune.init(..., guard=True)")
+    result: dict[str, Any] = guard.command(command)
+    return result
+
+
 HANDLERS: dict[str, Handler] = {
     "set": on_set,
     "scale": on_scale,
@@ -149,5 +159,6 @@ HANDLERS: dict[str, Handler] = {
     "stop": on_stop,
     "checkpoint": on_checkpoint,
     "restore": on_restore,
+    "guard": on_guard,
 }
 """Every command kind a training process applies, by kind."""

@@ -13,6 +13,7 @@ from retune.checkpoint import resolve_checkpoint
 from retune.errors import CheckpointNotFound, InvalidArgument, RunNotFound
 from retune.session import _capture
 from retune.session._checkpointer import CheckpointPolicy
+from retune.session._guard import Guard, GuardRuntime, guard_config
 from retune.session._restore import resume_from
 from retune.session._run import Run
 from retune.session._snapshot import RunSnapshot, read_snapshot
@@ -83,6 +84,7 @@ def init(
     poll_interval: float = 0.05,
     ui: bool | int = False,
     meta: dict[str, Any] | None = None,
+    guard: bool | Guard | None = None,
 ) -> Run:
     """Start recording a training run (or resume one) and return its handle.
 
@@ -111,6 +113,10 @@ def init(
     Without ``seed=``, the data order's seed derives from torch's global generator
     (``torch.initial_seed()``), so a script that calls ``torch.manual_seed(0)`` gets the same
     order on every run, as plain PyTorch would; it is recorded in ``meta["seeds"]``.
+
+    ``guard=True`` (defaults) or ``guard=retune.Guard(...)`` watches a metric (``loss``) and,
+    when it turns NaN/inf or spikes, rolls back to the last good checkpoint, lowers lr, skips
+    the batches in between and records it as a ``guard`` node; see ``docs/guard.md``.
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgument("retune.init needs a non-empty run name")
@@ -118,6 +124,7 @@ def init(
         raise InvalidArgument("flush_interval and poll_interval must be positive")
     if config is not None and not isinstance(config, dict):
         raise InvalidArgument(f"config must be a dict, got {type(config).__name__}")
+    guard_settings = guard_config(guard)
     policy = CheckpointPolicy(checkpoint_every_n_steps, checkpoint_every_n_epochs, keep_last)
     env_run, env_from = _consume_resume_env()
     resume_run = env_run if resume is None else None
@@ -180,6 +187,9 @@ def init(
         except BaseException as e:
             run.finish("crashed", error=f"resume from {resume!r} failed: {e}")
             raise
+    if guard_settings is not None:
+        run.guard = GuardRuntime(run, guard_settings)
+        run.guard.attach()
     if ui:  # the next free port if this one is taken; training goes on either way
         run.serve_dashboard(8765 if ui is True else int(ui))
     return run

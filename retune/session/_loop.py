@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from retune.checkpoint import iterate_batches
+from retune.checkpoint import iterate_batches, num_batches
 
 __all__ = ["LoopPosition"]
 
@@ -31,6 +31,7 @@ class LoopPosition:
         self.on_epoch_end: Callable[[], None] | None = None
         self.should_stop: Callable[[], bool] = lambda: False
         self.active = 0  # epochs()/batches() loops running: a stop ends them, not an exception
+        self.epoch_batches: int | None = None  # batches per epoch of the last loader iterated
 
     @property
     def iterating(self) -> bool:
@@ -56,6 +57,7 @@ class LoopPosition:
     def batches(self, loader: Any) -> Iterator[Any]:
         """The batches of the current epoch from the current batch on (see module doc); ends
         early after a stop."""
+        self.epoch_batches = num_batches(loader)
         self.active += 1
         try:
             while not self.should_stop():

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retune.control import Knob, KnobValues, LiveTunables
 from retune.errors import InvalidArgument, RetuneError, StopTraining, StoreError
@@ -31,6 +31,9 @@ from retune.session._state import apply_state
 from retune.session._tree import TreeNode
 from retune.session._writer import MetricWriter
 from retune.store import CheckpointRecord, CommandRecord, RunRecord, Store, open_store
+
+if TYPE_CHECKING:
+    from retune.session._guard import GuardRuntime
 
 __all__ = ["Run"]
 
@@ -157,6 +160,7 @@ class Run:
         self._applier = Applier(dict(HANDLERS))
         self._inbox = self._applier.inbox
         self._live_records: list[dict[str, Any]] | None = None
+        self.guard: GuardRuntime | None = None  # set by retune.init(..., guard=...)
         self._writer = MetricWriter(
             store,
             record.id,
@@ -224,7 +228,9 @@ class Run:
         self._step += 1
         if values:
             self._buffer.append((self._step, self._node, time.time(), values))
-        if self._inbox or self._step >= self._next_boundary:
+        guard = self.guard
+        tripped = guard is not None and guard.observe(self._step, values)
+        if tripped or self._inbox or self._step >= self._next_boundary:
             self._at_boundary()
         return self._step
 
@@ -238,6 +244,8 @@ class Run:
         """Scheduled checkpoint; queued commands; hold while paused; the stop (checkpointed)."""
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
+        if self.guard is not None:
+            self.guard.at_boundary()  # a recovery, or the guard's checkpoint that is due
         saved = False
         if self._step >= self._next_checkpoint:
             every = self.checkpointer.policy.every_n_steps or _NEVER
@@ -318,6 +326,8 @@ class Run:
     ) -> None:
         """Close the current node and open a child (of ``parent``, default the current node)
         starting at the current step, with the current values."""
+        if self.guard is not None and kind != "guard":
+            self.guard.on_change(kind)  # a person's change resets the guard's attempts
         if close_current:
             self.flush()  # points of the old node are written before the tree changes
             self.store.end_node(self.id, self._node, self._step)

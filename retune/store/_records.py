@@ -41,7 +41,7 @@ ChangeKind = Literal["start", "set", "scale", "restore", "resume", "explore", "g
 CHANGE_KINDS: tuple[str, ...] = ("start", "set", "scale", "restore", "resume", "explore", "guard")
 """``explore``: a candidate of an exploration; ``guard``: a recovery made by the guard."""
 
-CommandKind = Literal["set", "scale", "pause", "continue", "stop", "checkpoint", "restore"]
+CommandKind = Literal["set", "scale", "pause", "continue", "stop", "checkpoint", "restore", "guard"]
 COMMAND_KINDS: tuple[str, ...] = (
     "set",
     "scale",
@@ -50,10 +50,12 @@ COMMAND_KINDS: tuple[str, ...] = (
     "stop",
     "checkpoint",
     "restore",
+    "guard",
 )
-"""Command kinds as stored. ``continue`` un-pauses a paused run; submission also accepts its
-old name ``resume`` and stores ``continue`` (``resume`` now only means continuing a run in a
-new process from a checkpoint)."""
+"""Command kinds as stored. ``guard``: a person's switch/veto of the guard (source ``cli``,
+``python``, ...) or a recovery the guard made (source ``guard``). ``continue`` un-pauses a
+paused run; submission also accepts its old name ``resume`` and stores ``continue``
+(``resume`` now only means continuing a run in a new process from a checkpoint)."""
 CommandStatus = Literal["pending", "applying", "applied", "rejected"]
 COMMAND_STATUSES: tuple[str, ...] = ("pending", "applying", "applied", "rejected")
 
