@@ -1,7 +1,10 @@
 """A tiny Hugging Face Trainer run with RetuneCallback, for the integration tests.
 
 Usage: ``python hf_train.py STORE NAME [--epochs N] [--hold-at STEP] [--kill-at STEP]
-[--every N] [--accumulation N] [--dir DIR]``.
+[--every N] [--accumulation N] [--dir DIR] [--guard] [--nan-at STEP]``.
+
+``--nan-at STEP``: a forward hook makes that step's loss NaN, once (not again after a rollback);
+``--guard`` turns the guard on.
 
 ``--hold-at STEP`` (tests only): at that global step, before Retune applies commands, write
 ``DIR/held<STEP>`` and wait (bounded) until a command has reached the run, so that the test's command
@@ -16,6 +19,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -30,6 +34,7 @@ from transformers import (
     set_seed,
 )
 
+import retune
 from retune.integrations.transformers import RetuneCallback
 
 
@@ -74,6 +79,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=None)
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--dir", default=".")
+    parser.add_argument("--guard", action="store_true")
+    parser.add_argument("--nan-at", type=int, default=0)
     opts = parser.parse_args()
     folder = Path(opts.dir)
     torch.set_num_threads(1)
@@ -104,13 +111,28 @@ def main() -> None:
         dataloader_num_workers=0,
     )
     retune_cb = RetuneCallback(
-        opts.name, store=opts.store, checkpoint_every_n_steps=opts.every, flush_interval=0.2
+        opts.name,
+        store=opts.store,
+        checkpoint_every_n_steps=opts.every,
+        flush_interval=0.2,
+        guard=retune.Guard(window=4, every=3, warmup=2, spike=10) if opts.guard else False,
     )
     callbacks = [
         Hold(retune_cb, {int(x) for x in opts.hold_at.split(",") if x}, opts.kill_at, folder),
         retune_cb,
     ]
     trainer = Trainer(model=model, args=args, train_dataset=Dataset(), callbacks=callbacks)
+    fired: list[int] = []
+
+    def nan_loss(module: object, inputs: object, output: Any) -> Any:
+        step = trainer.state.global_step + 1
+        if module is model and step == opts.nan_at and not fired and model.training:
+            fired.append(step)
+            output.loss = output.loss * float("nan")
+        return output
+
+    if opts.nan_at:  # registered before Retune's hook, so Retune records the NaN loss
+        model.register_forward_hook(nan_loss)
     trainer.train()
     opt = trainer.optimizer
     assert opt is not None

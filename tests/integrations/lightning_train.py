@@ -1,7 +1,8 @@
 """A tiny Lightning trainer for the integration tests, run as a subprocess.
 
 ``python lightning_train.py STORE NAME [--epochs N] [--accumulate K] [--scheduler step|epoch|none]
-[--crash-at-step S] [--stop-at-step S] [--set-lr-at-step S LR] [--delay SECONDS] [--every-n-epochs N]``; prints ``RUN <id>`` once the run
+[--crash-at-step S] [--stop-at-step S] [--set-lr-at-step S LR] [--delay SECONDS] [--every-n-epochs N]
+[--guard] [--nan-at-step S]``; prints ``RUN <id>`` once the run
 exists and ``LR <step> <lr>`` for every optimizer step (what Lightning's optimizer holds).
 """
 
@@ -17,13 +18,17 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import retune
 from retune.integrations.lightning import RetuneCallback
 
 
 class Tiny(L.LightningModule):
-    def __init__(self, lr: float = 0.05, scheduler: str = "none", delay: float = 0.0) -> None:
+    def __init__(
+        self, lr: float = 0.05, scheduler: str = "none", delay: float = 0.0, nan_at: int = 0
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.nan_fired = False  # the injected fault hits one step once (not after a rollback)
         self.net = torch.nn.Sequential(
             torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(8, 1)
         )
@@ -31,6 +36,9 @@ class Tiny(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = torch.nn.functional.mse_loss(self.net(x), y)
+        if self.trainer.global_step + 1 == self.hparams["nan_at"] and not self.nan_fired:
+            self.nan_fired = True
+            loss = loss * float("nan")  # --nan-at-step: this batch's loss is NaN
         self.log("loss", loss, on_step=True, on_epoch=True)
         if self.hparams["delay"]:
             time.sleep(self.hparams["delay"])
@@ -102,6 +110,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--set-lr-at-step", nargs=2, default=[], metavar=("S", "LR"))
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--every-n-epochs", type=int, default=1)
+    parser.add_argument("--guard", action="store_true")
+    parser.add_argument("--nan-at-step", type=int, default=0)
     args = parser.parse_args(argv)
     L.seed_everything(0, verbose=False)
     x = torch.randn(64, 4)
@@ -113,6 +123,7 @@ def main(argv: list[str]) -> None:
         checkpoint_every_n_epochs=args.every_n_epochs,
         flush_interval=0.05,
         poll_interval=0.02,
+        guard=retune.Guard(window=4, every=3, warmup=2, spike=10) if args.guard else False,
     )
     trainer = L.Trainer(
         max_epochs=args.epochs,
@@ -129,7 +140,7 @@ def main(argv: list[str]) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(Tiny(scheduler=args.scheduler, delay=args.delay), loader)
+    trainer.fit(Tiny(scheduler=args.scheduler, delay=args.delay, nan_at=args.nan_at_step), loader)
     print("FIT-RETURNED", trainer.global_step, flush=True)
 
 

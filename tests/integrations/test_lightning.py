@@ -376,3 +376,22 @@ def test_the_example_trains_and_records_validation(tmp_path: Path) -> None:
     assert {"loss", "lr", "loss_epoch", "val_loss", "val_acc"} <= set(snap.keys)
     assert snap.config["hparams"] == {"lr": 0.05, "hidden": 64, "dropout": 0.1}
     assert [c.step for c in snap.checkpoints] == [24]
+
+
+def test_guard_recovers_from_a_nan_batch_through_the_callback(store_url: str) -> None:
+    """``RetuneCallback(..., guard=...)``: a NaN loss at step 12 is rolled back in place to a
+    last-good checkpoint (Lightning's loop rewound), lr halved; fit ends healthy."""
+    trainer = Trainer(store_url, "lguard", "--guard", "--nan-at-step", "12", "--epochs", "3")
+    assert trainer.finish() == 0, trainer.output()
+    run = retune.load("lguard", store=store_url)
+    assert run.status == "finished"
+    (node,) = [n for n in run.nodes if n.change_kind == "guard"]
+    info = node.info["guard"]
+    assert info["reason"] == "loss nan at step 12" and info["action"] == "recovered"
+    assert node.start_step < 12 and node.diff == {"lr": [0.05, 0.025]}
+    assert "batches not skipped: the loop does not iterate run.batches()" in info["notes"]
+    loss = run.branch(node.id).metric("loss")
+    after = loss.values[loss.steps > node.start_step]
+    assert len(after) > 10 and all(v == v for v in after)  # no NaN after the rollback
+    lrs = trainer.lrs()
+    assert lrs[max(lrs)] == 0.025  # Lightning's optimizer holds the lowered lr

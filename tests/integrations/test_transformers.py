@@ -251,3 +251,25 @@ def test_restore_while_training_rewinds_in_place_on_a_new_branch(
     assert result["global_step"] == 16 and sorted(branch) == list(range(1, 17))
     lr = retune.load("restored", store=store).branch(restore.id).metric("lr")
     assert {float(v) for s, v in zip(lr.steps, lr.values, strict=True) if s > 10} == {3e-4}
+
+
+def test_guard_recovers_from_a_nan_batch_through_the_callback(
+    store_url: str, tmp_path: Path
+) -> None:
+    """``RetuneCallback(..., guard=...)``: the NaN loss of step 12 is rolled back in place to a
+    last-good checkpoint, lr halved (the warmup/linear schedule rescaled); training ends
+    with finite losses and the Trainer's optimizer holds the lowered schedule."""
+    result = _finish(_start(store_url, "hfguard", tmp_path, "--guard", "--nan-at", "12"))
+    run = retune.load("hfguard", store=store_url)
+    assert run.status == "finished"
+    (node,) = [n for n in run.nodes if n.change_kind == "guard"]
+    info = node.info["guard"]
+    assert info["reason"] == "loss nan at step 12" and info["action"] == "recovered"
+    assert node.start_step < 12
+    (old, new) = node.diff["lr"]
+    assert new == pytest.approx(old * 0.5)
+    loss = run.branch(node.id).metric("loss")
+    after = loss.values[loss.steps > node.start_step]
+    assert len(after) and all(v == v for v in after)  # no NaN after the rollback
+    lrs = result["lr"]
+    assert isinstance(lrs, list) and all(lr == lr for lr in lrs)
