@@ -282,6 +282,41 @@ def render_guard(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_distributed_overhead(r: dict[str, Any]) -> str:
+    s, target, lat = r["settings"], r["target_pct"], r["latency_ms"]
+    rounds = [
+        ["without Retune", f"{r['median_without_ms']:.2f}",
+         " ".join(f"{v:.1f}" for v in r["without_ms"])],
+        ["with Retune attached", f"{r['median_with_ms']:.2f}",
+         " ".join(f"{v:.1f}" for v in r["with_ms"])],
+    ]  # fmt: skip
+    latency = [_latency_row(f"{r['applied']} `set lr`, submit -> applied on both ranks", lat)]
+    problems = r["problems"]
+    verdict = (
+        "every command was applied on both ranks"
+        if not problems
+        else f"**{len(problems)} commands were not applied on every rank**: "
+        + "; ".join(problems[:5])
+    )
+    return "\n".join([
+        _header(r, f"{s['ranks']} ranks ({s['backend']}, {s['launcher']}), DDP MLP, "
+                   f"{s['steps']} steps per round, median of {s['rounds']} interleaved rounds"),
+        "",
+        markdown_table(["per-step time (rank 0)", "ms (median)", "rounds (ms)"], rounds),
+        "",
+        f"Overhead, the median of the {s['rounds']} paired ratios (each round with Retune "
+        f"against the round without it just before): **{r['overhead_pct']:+.1f}%** "
+        f"(ratio of the medians {r['overhead_of_medians_pct']:+.1f}%; target under "
+        f"{target:g}% on a "
+        f"~{s['step_ms']:g} ms step: {_met(r['overhead_pct'] < target)}); the agreement "
+        f"`all_reduce` alone takes {r['agreement_us']:.0f} µs per step.",
+        "",
+        markdown_table(["latency (ms)", "min", "p50", "p90", "p99", "max"], latency),
+        "",
+        f"{verdict.capitalize()} ({s['poll_ms']} ms poll).",
+    ])  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "logging_overhead": render_logging_overhead,
     "command_latency": render_command_latency,
@@ -289,6 +324,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "dashboard": render_dashboard,
     "integrations_overhead": render_integrations_overhead,
     "guard": render_guard,
+    "distributed_overhead": render_distributed_overhead,
 }
 
 

@@ -1,0 +1,284 @@
+"""Two real ranks (gloo on CPU, torchrun's environment) training one Retune run (issue 11).
+
+Every job is two subprocesses of ``ddp_trainer.py``; each module-scoped fixture runs one job
+(or one resume chain) and several tests assert on what it left: the per-rank logs, the exit
+codes and the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler, TensorDataset
+
+import retune
+from retune.checkpoint import ObjectStore, decode_state
+from retune.errors import CommandRejected
+from retune.store import objects_url_for, open_store
+
+TRAINER = Path(__file__).with_name("ddp_trainer.py")
+DEADLINE = 90.0  # seconds any wait below may take before the test fails (never a sleep)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Job:
+    procs: list[subprocess.Popen[str]]
+    logdir: Path
+
+    def lines(self, rank: int) -> list[dict[str, Any]]:
+        path = self.logdir / f"rank{rank}.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def steps(self, rank: int) -> list[dict[str, Any]]:
+        return [line for line in self.lines(rank) if "step" in line]
+
+    def end(self, rank: int) -> dict[str, Any]:
+        return [line for line in self.lines(rank) if "end" in line][-1]
+
+    def wait(self) -> list[tuple[int, str]]:
+        """(exit code, stderr) of each rank; fails the test past the deadline."""
+        out = []
+        for proc in self.procs:
+            try:
+                _, err = proc.communicate(timeout=DEADLINE)
+            except subprocess.TimeoutExpired:
+                for p in self.procs:
+                    p.kill()
+                pytest.fail(f"a rank did not end within {DEADLINE:g}s")
+            out.append((proc.returncode, err))
+        return out
+
+
+def launch(
+    logdir: Path, store: str, *extra: str, env: dict[str, str] | None = None, cwd: Path
+) -> Job:
+    """Two ranks with torchrun's environment variables (env:// rendezvous on 127.0.0.1)."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        rank_env = {
+            **os.environ,
+            **(env or {}),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(TRAINER), store, str(logdir), *extra],
+                env=rank_env,
+                cwd=cwd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return Job(procs, logdir)
+
+
+def until(condition: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + DEADLINE
+    delay = 0.01
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+# -- a controlled job: lr set from another process, a rejected command, pause, stop ---------
+
+
+@dataclass
+class Controlled:
+    job: Job
+    exits: list[tuple[int, str]]
+    store: str
+    set_command: Any
+    rejected: CommandRejected
+    pause_command: Any
+    stop_command: Any
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]:
+    root = tmp_path_factory.mktemp("controlled")
+    store = f"sqlite:///{root / 'retune.db'}"
+    job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", cwd=root)
+    try:
+        until(lambda: len(job.steps(1)) >= 3, "three steps on rank 1")
+        with retune.connect("ddp", store=store) as ctl:
+            set_command = ctl.set(lr=0.01, wait=True, timeout=DEADLINE)
+            with pytest.raises(CommandRejected) as rejected:
+                ctl.continue_(wait=True, timeout=DEADLINE)  # not paused: rank 0 rejects it
+            pause_command = ctl.pause(wait=True, timeout=DEADLINE)
+            ctl.continue_(wait=True, timeout=DEADLINE)
+            stop_command = ctl.stop(wait=True, timeout=DEADLINE)
+        exits = job.wait()
+    finally:
+        for proc in job.procs:
+            if proc.poll() is None:
+                proc.kill()
+    yield Controlled(job, exits, store, set_command, rejected.value, pause_command, stop_command)
+
+
+def test_lr_set_from_another_process_applies_at_the_same_recorded_step_on_both_ranks(
+    controlled: Controlled,
+) -> None:
+    applied = controlled.set_command.applied_step
+    assert applied is not None and applied >= 3
+    for rank in range(2):
+        lrs = {line["step"]: line["lr"] for line in controlled.job.steps(rank)}
+        # the lr a step trained with: the old one up to the boundary it was applied at
+        assert {lr for step, lr in lrs.items() if step <= applied} == {0.05}, rank
+        assert {lr for step, lr in lrs.items() if step > applied} == {0.01}, rank
+
+
+def test_parameters_stay_identical_across_ranks(controlled: Controlled) -> None:
+    zero, one = controlled.job.steps(0), controlled.job.steps(1)
+    assert [line["step"] for line in zero] == [line["step"] for line in one]
+    assert [line["p"] for line in zero] == [line["p"] for line in one]
+    assert controlled.job.end(0)["p"] == controlled.job.end(1)["p"]
+
+
+def test_a_rejected_command_changes_nothing_on_any_rank(controlled: Controlled) -> None:
+    assert "not paused" in str(controlled.rejected)
+    for rank in range(2):
+        lrs = [line["lr"] for line in controlled.job.steps(rank)]
+        changes = sum(1 for a, b in itertools.pairwise(lrs) if a != b)
+        assert changes == 1, rank  # only the set; pause/continue/rejected changed no value
+    snapshot = retune.load("ddp", store=controlled.store)
+    assert [node.change_kind for node in snapshot.tree()] == ["start", "set"]
+
+
+def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Controlled) -> None:
+    assert [code for code, _ in controlled.exits] == [0, 0], controlled.exits
+    assert controlled.job.end(0)["end"] == controlled.job.end(1)["end"] == "stopped"
+    stop_step = controlled.stop_command.applied_step
+    assert controlled.job.steps(0)[-1]["step"] == controlled.job.steps(1)[-1]["step"] == stop_step
+    with open_store(controlled.store, create=False) as store:
+        runs = store.list_runs()
+        assert len(runs) == 1
+        assert runs[0].status == "stopped"
+        assert runs[0].meta["distributed"] == {"world_size": 2, "backend": "gloo"}
+        reasons = [c.reason for c in store.list_checkpoints(runs[0].id)]
+        assert reasons == ["change", "stop"]  # one per change / stop, written by rank 0
+        stop = store.list_checkpoints(runs[0].id)[-1]
+        assert stop.step == stop_step
+    tree = retune.load("ddp", store=controlled.store).tree()
+    assert len(tree) == 2 and tree[1].start_step == controlled.set_command.applied_step
+
+
+# -- stop and resume in new processes == uninterrupted, bit for bit -------------------------
+
+
+@pytest.mark.slow
+def test_two_rank_stop_and_resume_gives_the_uninterrupted_losses_bit_for_bit(
+    tmp_path: Path,
+) -> None:
+    """Also: every rank's data comes in DistributedSampler's documented order."""
+    reference = launch(tmp_path / "ref", f"sqlite:///{tmp_path / 'ref.db'}", "--epochs", "3",
+                       cwd=tmp_path)  # fmt: skip
+    store = f"sqlite:///{tmp_path / 'resumed.db'}"
+    first = launch(tmp_path / "first", store, "--epochs", "3", "--stop-at", "5", cwd=tmp_path)
+    assert [code for code, _ in reference.wait()] == [0, 0]
+    assert [code for code, _ in first.wait()] == [0, 0]
+    assert first.end(0)["end"] == "stopped"
+    second = launch(tmp_path / "second", store, "--epochs", "3", "--resume", "latest",
+                    cwd=tmp_path)  # fmt: skip
+    assert [code for code, _ in second.wait()] == [0, 0], second.wait
+    for rank in range(2):
+        expected = reference.steps(rank)
+        assert len(expected) == 12  # 22 items, 2 ranks (11 each), batches of 3: 4 x 3 epochs
+        stopped = first.steps(rank)
+        assert stopped[-1]["step"] == 6  # the stop sent at step 5 applied at the next one
+        combined = stopped + second.steps(rank)
+        assert [line["step"] for line in combined] == list(range(1, 13))
+        assert [line["loss"] for line in combined] == [line["loss"] for line in expected]
+        assert [line["p"] for line in combined] == [line["p"] for line in expected]
+        # DistributedSampler's order after set_epoch(epoch), as docs/distributed.md promises
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            TensorDataset(torch.arange(22)), num_replicas=2, rank=rank, shuffle=True, seed=5
+        )
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            got = [i for line in expected if line["epoch"] == epoch for i in line["idx"]]
+            assert got == list(sampler), (rank, epoch)
+    with open_store(store, create=False) as opened:
+        assert len(opened.list_runs()) == 1
+    tree = retune.load("ddp", store=store).tree()
+    assert [node.change_kind for node in tree] == ["start", "resume"]
+
+
+# -- a rank killed mid-training -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite:///{tmp_path / 'retune.db'}"
+    flag = tmp_path / "blocked.json"
+    job = launch(
+        tmp_path / "logs",
+        store,
+        "--epochs", "1000", "--every", "2", "--pace", "0.01", "--timeout", "60",
+        env={"RETUNE_TEST_BLOCK_SAVE": f"6:{flag}"},
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        until(flag.exists, "rank 0 blocked in the middle of the checkpoint at step 6")
+        job.procs[1].send_signal(signal.SIGKILL)  # rank 1 waits for rank 0's broadcast
+        job.procs[1].wait(timeout=DEADLINE)
+        flag.unlink()  # rank 0 finishes its save and meets the dead rank
+        code, err = job.procs[0].wait(timeout=DEADLINE), job.procs[0].stderr
+    finally:
+        for proc in job.procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 3
+    assert err is not None and "another rank has died" in err.read()
+    end = job.end(0)["end"]
+    assert end.startswith("DistributedError: rank 0 of 2:"), end
+    with open_store(store, create=False) as opened:
+        (run,) = opened.list_runs()
+        assert run.status == "crashed"
+        assert "DistributedError" in (run.error or "")
+        listed = opened.list_checkpoints(run.id)
+        assert [c.step for c in listed] == [2, 4, 6]  # the blocked one too: it completed
+        objects = ObjectStore(objects_url_for(opened.url), create=False)
+        for record in listed:
+            state = decode_state(record.manifest, objects, label=record.label)  # verified
+            module = torch.nn.Sequential(
+                torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1)
+            )
+            module.load_state_dict(state["model"])
+            assert set(state["parts"]["retune.ranks"]) == {"1"}  # rank 1's RNG
+            assert state["loop"]["step"] == record.step
