@@ -310,10 +310,31 @@ class LeaderRun(Run):
         cluster.confirm(None)
         return value
 
-    def _process(self, due: bool) -> bool:
-        """The scheduled checkpoint and the queued commands; True when it saved and nothing
-        changed after."""
+    def _guard_work(self) -> int:
+        """This rank's guard in the agreement: 2 tripped, 1 a last-good checkpoint due."""
+        guard = self.guard
+        if guard is None:
+            return 0
+        if guard.tripped is not None:
+            return 2
+        return int(self._step >= guard.next_due)
+
+    def _process(self, due: bool, guard_work: int = 0) -> bool:
+        """The guard (a recovery, or its checkpoint), the scheduled checkpoint and the queued
+        commands; True when it saved and nothing changed after."""
         saved = False
+        guard = self.guard
+        if guard_work and guard is not None:
+            if guard_work == 2 and guard.tripped is None:
+                guard.tripped = (
+                    f"{guard.key} tripped the guard on another rank at step {self._step}"
+                )
+            guard.at_boundary()
+            if guard.effect is not None:
+                self._effects.append(
+                    {"kind": "guard", "payload": {"action": "recover"}, "result": guard.effect}
+                )
+                guard.effect = None
         if due:
             every = self.checkpointer.policy.every_n_steps or _NEVER
             self._next_checkpoint = (self._step // every + 1) * every
@@ -333,19 +354,20 @@ class LeaderRun(Run):
         due = self._step >= self._next_checkpoint
         saved = False
         while True:
-            pending, signal, due_any, stop, _ = self._cluster.agree(
+            pending, signal, due_any, stop, _, guard_any = self._cluster.agree(
                 [
                     len(self._inbox),
                     self._signal,
                     int(due),
                     int(self.flags.stop_requested),
                     int(self.flags.paused),
+                    self._guard_work(),
                 ]
             )
             if signal:
                 self.flags.stop_requested = True  # a signal on any rank stops every rank
-            if pending or signal or due_any or stop:
-                saved = self._exchange(partial(self._process, due)) or saved
+            if pending or signal or due_any or stop or guard_any:
+                saved = self._exchange(partial(self._process, due, guard_any)) or saved
             due = False
             if self.flags.paused and not self.flags.stop_requested:
                 if self._applier.wake.wait(self._poll_interval):
@@ -464,7 +486,10 @@ class RankRun(Run):
         as ``rank{r}/{key}`` only with ``per_rank_metrics=True``."""
         if self._ended:
             raise InvalidArgument(f"run {self.name} ({self.id}) has ended; start a new one")
-        tagged = self._tagged(_merged(metrics, kwargs))
+        values = self._checked(_merged(metrics, kwargs))
+        if self.guard is not None:  # this rank's own trigger joins the agreement
+            self.guard.observe(self._step + 1, values)
+        tagged = {f"{self._prefix}{key}": value for key, value in values.items()}
         if self._per_rank:
             return Run.step(self, tagged)
         self._step += 1
@@ -534,6 +559,10 @@ class RankRun(Run):
             elif kind == "stop":
                 self.flags.stop_requested = True
                 self.flags.paused = False
+            elif kind == "guard":
+                if self.guard is None:
+                    raise DistributedError("rank 0's guard acted, but this rank has no guard")
+                self.guard.replay(payload, effect.get("result") or {})
             elif kind == "restore":
                 label = (effect.get("result") or {}).get("checkpoint")
                 record = resolve_checkpoint(self.store, self.id, str(label))
@@ -555,12 +584,13 @@ class RankRun(Run):
             every = self.checkpointer.policy.every_n_steps or _NEVER
             self._next_checkpoint = (self._step // every + 1) * every
         while True:
-            pending, signal, due_any, stop, paused = self._cluster.agree(
-                [0, self._signal, int(due), int(self.flags.stop_requested), 0]
+            tripped = 2 if self.guard is not None and self.guard.tripped is not None else 0
+            pending, signal, due_any, stop, paused, guard_any = self._cluster.agree(
+                [0, self._signal, int(due), int(self.flags.stop_requested), 0, tripped]
             )
             if signal:
                 self.flags.stop_requested = True
-            if pending or signal or due_any or stop:
+            if pending or signal or due_any or stop or guard_any:
                 message = self._follow()
                 paused, stop = int(message["paused"]), int(message["stop"])
             due = False

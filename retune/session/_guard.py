@@ -175,10 +175,12 @@ class GuardRuntime:
         self.last_node: int | None = None  # the node of the guard's last action
         self.last_left: CheckpointRecord | None = None  # the state that action left
         self.last_reason: str | None = None
+        self.effect: dict[str, Any] | None = None  # the last action, for other ranks to replay
 
     # -- attaching --------------------------------------------------------------------------
-    def attach(self) -> None:
-        """Register the guard's knobs and its checkpointed state on the run."""
+    def attach(self, *, record: bool = True) -> None:
+        """Register the guard's knobs and its checkpointed state on the run (``record``: write
+        the knobs to the store; a follower rank of a distributed job writes nothing)."""
         from retune.control import Knob
 
         run = self.run
@@ -206,7 +208,8 @@ class GuardRuntime:
                     doc=docs[name],
                 )
             )
-        run.store.update_run(run.id, tunables=run.tunables.records())
+        if record:
+            run.store.update_run(run.id, tunables=run.tunables.records())
         run.add_state(_PART, self._capture, self._load)
 
     def _getter(self, attribute: str) -> Any:
@@ -378,6 +381,11 @@ class GuardRuntime:
         self.used.add(target.id)
         self.last_node, self.last_left, self.last_reason = run.node, left, reason
         self.next_due = run.global_step + self.every
+        self.effect = {
+            "checkpoint": target.label,
+            "lr_factor": factor if diff else None,
+            "skip_to": skipped.get("to"),
+        }
         if give_up:
             record["message"] = self._give_up_message(reason)
             self._set_paused()
@@ -420,6 +428,7 @@ class GuardRuntime:
         run = self.run
         message = f"guard paused the run: {reason}; {why}"
         record = {"action": "paused", "reason": reason, "trigger_step": step, "message": message}
+        self.effect = {"checkpoint": None, "lr_factor": None, "skip_to": None}
         self._set_paused()
         run.store.update_node_info(run.id, run.node, {"guard": record})
         self.last_reason = reason
@@ -511,6 +520,41 @@ class GuardRuntime:
             run.store.update_run(run.id, status="running")
         run.store.update_run(run.id, tunables=run.tunables.records())
         return {"checkpoint": left.label, "vetoed": f"n{from_node}", "enabled": False}
+
+    # -- a follower rank of a distributed job --------------------------------------------------
+    def replay(self, payload: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+        """Do what rank 0's guard did (a recovery, or a ``guard`` command), on this rank:
+        the same checkpoint (this rank's RNG from it), lr factor, data position and switch."""
+        run = self.run
+        action = payload.get("action")
+        self.tripped = None
+        self.healthy = 0
+        if action == "on":
+            self.enabled = True
+        elif action == "off":
+            self.enabled = False
+        elif action == "set":
+            run.tunables.set(payload.get("values") or {})
+        elif action in ("recover", "veto"):
+            label = result.get("checkpoint")
+            if label:
+                from retune.checkpoint import resolve_checkpoint
+
+                record = resolve_checkpoint(run.store, run.id, str(label))
+                settings = self.settings()
+                run.load_state(run.checkpointer.load(record))
+                for attribute, value in settings.items():
+                    setattr(self, attribute, value)
+            factor = result.get("lr_factor")
+            if factor:
+                run.tunables.scale({"lr": float(factor)})
+            skip_to = result.get("skip_to")
+            if skip_to:
+                run.set_loop_state({**run.loop_state(), "epoch": skip_to[0], "batch": skip_to[1]})
+            if action == "veto":
+                self.enabled = False
+        else:
+            raise CommandRejected(f"rank 0's guard did {action!r}, which this rank cannot")
 
     def describe(self) -> dict[str, Any]:
         """The guard's configuration and live state, JSON-ready."""

@@ -138,7 +138,7 @@ def init(
     training = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     cluster = _distributed.detect()
     if cluster is not None and cluster.rank != 0:
-        return _join(
+        follower = _join(
             cluster,
             training=training,
             seed=seed,
@@ -149,6 +149,10 @@ def init(
             poll_interval=poll_interval,
             per_rank_metrics=per_rank_metrics,
         )
+        if guard_settings is not None:  # its trigger joins the agreement; rank 0 acts
+            follower.guard = GuardRuntime(follower, guard_settings)
+            follower.guard.attach(record=False)
+        return follower
     try:
         run, resumed = _start(
             name,
@@ -168,13 +172,7 @@ def init(
         if cluster is not None:  # the other ranks wait for the run: tell them it failed
             cluster.send({"error": f"{type(e).__name__}: {e}"})
         raise
-    if guard_settings is not None:
-        if cluster is not None:
-            run.finish("crashed", error="the guard does not support torch.distributed yet")
-            cluster.send({"error": "the guard does not support torch.distributed yet"})
-            raise InvalidArgument(
-                "guard= is not supported under torch.distributed yet (docs/guard.md)"
-            )
+    if guard_settings is not None:  # every rank has one: see _distributed
         run.guard = GuardRuntime(run, guard_settings)
         run.guard.attach()
     if cluster is not None:

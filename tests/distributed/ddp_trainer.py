@@ -2,7 +2,7 @@
 
 Started once per rank with torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``): ``python ddp_trainer.py STORE LOGDIR [--epochs N] [--resume latest]
-[--stop-at STEP] [--every N] [--pace S]``. Each rank writes ``LOGDIR/rank{r}.jsonl``: one line
+[--stop-at STEP] [--every N] [--pace S] [--guard] [--nan-at STEP]``. Each rank writes ``LOGDIR/rank{r}.jsonl``: one line
 per step with the lr it trained with, the loss (``float.hex``), the batch indices and a hash of
 the parameters after the step; and a last line ``{"end": ...}`` saying how it ended.
 
@@ -38,6 +38,8 @@ parser.add_argument("--stop-at", type=int, default=0, help="rank 0 sends stop at
 parser.add_argument("--every", type=int, default=None, help="checkpoint every N steps")
 parser.add_argument("--pace", type=float, default=0.0, help="seconds to sleep per step")
 parser.add_argument("--timeout", type=float, default=30.0)
+parser.add_argument("--guard", action="store_true", help="retune.init(..., guard=...)")
+parser.add_argument("--nan-at", type=int, default=0, help="rank 1's loss is NaN at this step, once")
 args = parser.parse_args()
 
 torch.set_num_threads(1)
@@ -61,6 +63,7 @@ def params_hash() -> str:
 
 
 end = "finished"
+nan_fired = False
 with log_path.open("a") as log:
     try:
         with retune.init(
@@ -72,11 +75,15 @@ with log_path.open("a") as log:
             checkpoint_every_n_steps=args.every,
             poll_interval=0.02,
             flush_interval=0.2,
+            guard=retune.Guard(window=2, warmup=1, every=2) if args.guard else False,
         ) as run:
             for _epoch in run.epochs(args.epochs):
                 for x, idx in run.batches(loader):
                     lr = opt.param_groups[0]["lr"]
                     loss = model(x).pow(2).mean()
+                    if rank == 1 and run.global_step + 1 == args.nan_at and not nan_fired:
+                        nan_fired = True  # only this rank sees it; the all-reduce spreads it
+                        loss = loss * float("nan")
                     opt.zero_grad()
                     loss.backward()  # type: ignore[no-untyped-call]
                     opt.step()

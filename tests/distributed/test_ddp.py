@@ -282,3 +282,31 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
             module.load_state_dict(state["model"])
             assert set(state["parts"]["retune.ranks"]) == {"1"}  # rank 1's RNG
             assert state["loop"]["step"] == record.step
+
+
+# -- the guard: a NaN on rank 1 only is agreed, and every rank recovers the same way --------
+
+
+def test_guard_trigger_on_one_rank_rolls_every_rank_back_alike(tmp_path: Path) -> None:
+    """Rank 1's loss is NaN at step 6 (rank 0's is not; the gradient all-reduce makes every
+    rank's weights NaN): the trigger joins the step agreement, rank 0 restores a last-good
+    checkpoint, halves lr and skips the batches, and rank 1 replays exactly that."""
+    store = f"sqlite:///{tmp_path / 'retune.db'}"
+    job = launch(tmp_path / "logs", store, "--epochs", "3", "--guard", "--nan-at", "6",
+                 cwd=tmp_path)  # fmt: skip
+    exits = job.wait()
+    assert [code for code, _ in exits] == [0, 0], exits
+    assert job.end(0)["end"] == job.end(1)["end"] == "finished"
+    assert job.end(0)["p"] == job.end(1)["p"]  # the same weights on both ranks
+    with open_store(store) as opened:
+        run = opened.get_run("ddp")
+        (node,) = [n for n in opened.list_nodes(run.id) if n.change_kind == "guard"]
+    info = node.info["guard"]
+    assert info["reason"] == "loss tripped the guard on another rank at step 6"
+    assert node.diff == {"lr": [0.05, 0.025]} and info["skipped"]["count"] > 0
+    steps0, steps1 = job.steps(0), job.steps(1)
+    after = [s for s in steps0 if s["lr"] == 0.025]
+    assert after and [s["step"] for s in steps0] == [s["step"] for s in steps1]
+    for line0, line1 in zip(steps0, steps1, strict=True):
+        assert line0["p"] == line1["p"] and line0["lr"] == line1["lr"]
+    assert all(s["loss"] != "nan" for s in after)
