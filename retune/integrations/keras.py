@@ -179,8 +179,8 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     Create it after ``model.compile(...)`` (the model built): it calls ``retune.init(name,
     **init_kwargs)`` at once (``store=``, ``config=``, ``seed=``, ``checkpoint_every_n_steps=``,
-    ``checkpoint_every_n_epochs=``, ``resume=``...; not ``model``/``optimizer``/``scheduler``,
-    which are Keras here) and exposes the run as ``callback.run``. After a resume,
+    ``checkpoint_every_n_epochs=``, ``resume=``, ``guard=``...; not ``model``/``optimizer``/
+    ``scheduler``, which are Keras here) and exposes the run as ``callback.run``. After a resume,
     ``callback.initial_epoch`` is where ``fit`` must start: pass it as ``initial_epoch=``.
 
     A resumed checkpoint taken at an epoch boundary continues exactly (with the same seed, on

@@ -128,11 +128,12 @@ class RetuneCallback(L.Callback):
     """Record, control, checkpoint and resume a Lightning ``fit`` as a Retune run.
 
     ``name`` and ``init_kwargs`` go to :func:`retune.init` (``store=``, ``seed=``,
-    ``checkpoint_every_n_steps=``, ``checkpoint_every_n_epochs=``, ``config=``, ...), which
-    runs at the first ``on_fit_start``, once the optimizers exist; ``model``, ``optimizer`` and
-    ``scheduler`` are the module, the first optimizer and its first scheduler, and may not be
-    given. The run is ``callback.run`` from then on; it ends when ``fit`` ends: ``finished``,
-    ``stopped`` (a ``stop`` command) or ``crashed`` (an exception, with its traceback).
+    ``checkpoint_every_n_steps=``, ``checkpoint_every_n_epochs=``, ``config=``, ``guard=``,
+    ...), which runs at the first ``on_fit_start``, once the optimizers exist; ``model``,
+    ``optimizer`` and ``scheduler`` are the module, the first optimizer and its first
+    scheduler, and may not be given. The run is ``callback.run`` from then on; it ends when
+    ``fit`` ends: ``finished``, ``stopped`` (a ``stop`` command) or ``crashed`` (an exception,
+    with its traceback).
 
     Only the first optimizer's hyperparameters are tunable; further optimizers and schedulers
     are recorded and checkpointed. Not supported: more than one device (the run would be

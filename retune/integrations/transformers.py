@@ -306,7 +306,7 @@ class RetuneCallback:
     """A ``transformers.TrainerCallback`` that records, controls and checkpoints the Trainer.
 
     ``RetuneCallback(name, **init_kwargs)``: ``init_kwargs`` go to :func:`retune.init`
-    (``store=``, ``checkpoint_every_n_steps=``, ``config=`` merged into the recorded config,
+    (``store=``, ``checkpoint_every_n_steps=``, ``guard=``, ``config=`` merged into the config,
     ...); the model, optimizer and scheduler come from the Trainer. ``callback.run`` is the
     :class:`retune.Run` while ``train()`` runs. See the module docstring for what each event
     does and docs/integrations.md for the guarantees.
