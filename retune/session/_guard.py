@@ -298,10 +298,9 @@ class GuardRuntime:
 
     def forget(self) -> None:
         """A person moved the run to another state (restore): the last-good checkpoints belong
-        to another history, so they are dropped and collection starts again from here."""
+        to another history, so the guard stops using them (they stay listed: the person may
+        have restored one) and collects new ones from here."""
         self.attempts = 0
-        for record in [*self.good, *([self.pending] if self.pending else [])]:
-            self._drop(record)
         self.good, self.pending = [], None
         self.next_due = 0
 
