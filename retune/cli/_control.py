@@ -99,7 +99,7 @@ def _guard_args(p: argparse.ArgumentParser) -> None:
         "assignments",
         nargs="*",
         metavar="NAME=VALUE",
-        help="with set: spike=4 lr_factor=0.3 max_attempts=5 skip=0",
+        help="with set: spike=4 lr_factor=0.3 max_attempts=5 skip=false",
     )
     wait_args(p)
 

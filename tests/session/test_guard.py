@@ -274,3 +274,25 @@ def test_veto_undoes_the_last_recovery_and_switches_the_guard_off(store_url: str
         run.step(loss=float("nan"))  # switched off: no recovery
         assert len(_guard_nodes(run.store, run.id)) == 1
         ctl.close()
+
+
+def test_cli_guard_command_switches_sets_and_refuses_bad_input(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with retune.init("c", store=store_url, guard=True) as run:
+        assert run.guard is not None
+        cli = ["--store", store_url, "--no-wait"]
+        assert cli_main(["guard", run.id, "set", *cli]) == 2
+        assert "needs NAME=VALUE" in capsys.readouterr().err
+        assert cli_main(["guard", run.id, "off", "spike=4", *cli]) == 2
+        assert "takes no NAME=VALUE" in capsys.readouterr().err
+        assert cli_main(["guard", run.id, "set", "max_attempts=-1", *cli]) == 2
+        assert "guard_max_attempts" in capsys.readouterr().err
+        assert cli_main(["guard", run.id, "set", "spike=4", "skip=false", *cli]) == 0
+        assert cli_main(["guard", run.id, "off", *cli]) == 0
+        assert "queued" in capsys.readouterr().out
+        run._applier.poll(run)
+        run._applier.apply_pending(run)
+        assert run.guard.spike == 4.0 and run.guard.skip_batches is False
+        assert not run.guard.enabled
+        assert [c.status for c in run.store.list_commands(run.id)][-2:] == ["applied", "applied"]
