@@ -251,7 +251,7 @@ def test_guard_commands_are_checked_when_sent(store_url: str) -> None:
         assert len(run.store.list_nodes(run.id)) == 1  # guard commands open no node
         run.guard.attempts = 2
         run._applier.apply_now(run, ctl.set(guard=True, guard_spike=6.0))  # knobs: plain set
-        assert run.guard.enabled and run.guard.spike == 6.0
+        assert run.guard.settings()["enabled"] is True and run.guard.spike == 6.0
         assert run.guard.attempts == 0  # a person's set resets the guard's attempts
         assert run.store.list_nodes(run.id)[-1].change_kind == "set"
 
