@@ -38,6 +38,7 @@ parser.add_argument("--stop-at", type=int, default=0, help="rank 0 sends stop at
 parser.add_argument("--every", type=int, default=None, help="checkpoint every N steps")
 parser.add_argument("--pace", type=float, default=0.0, help="seconds to sleep per step")
 parser.add_argument("--timeout", type=float, default=30.0)
+parser.add_argument("--per-rank", action="store_true", help="per_rank_metrics=True")
 args = parser.parse_args()
 
 torch.set_num_threads(1)
@@ -72,6 +73,7 @@ with log_path.open("a") as log:
             checkpoint_every_n_steps=args.every,
             poll_interval=0.02,
             flush_interval=0.2,
+            per_rank_metrics=args.per_rank,
         ) as run:
             for _epoch in run.epochs(args.epochs):
                 for x, idx in run.batches(loader):

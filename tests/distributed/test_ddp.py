@@ -131,7 +131,9 @@ class Controlled:
 def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]:
     root = tmp_path_factory.mktemp("controlled")
     store = f"sqlite:///{root / 'retune.db'}"
-    job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", cwd=root)
+    job = launch(
+        root / "logs", store, "--epochs", "1000", "--pace", "0.01", "--per-rank", cwd=root
+    )
     try:
         until(lambda: len(job.steps(1)) >= 3, "three steps on rank 1")
         with retune.connect("ddp", store=store) as ctl:
@@ -194,6 +196,16 @@ def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Cont
         assert stop.step == stop_step
     tree = retune.load("ddp", store=controlled.store).tree()
     assert len(tree) == 2 and tree[1].start_step == controlled.set_command.applied_step
+
+
+def test_per_rank_metrics_are_tagged_with_the_rank(controlled: Controlled) -> None:
+    snapshot = retune.load("ddp", store=controlled.store)
+    assert {"loss", "rank1/loss"} <= set(snapshot.keys)
+    for key, rank in (("loss", 0), ("rank1/loss", 1)):
+        stored = snapshot.metric(key)
+        logged = controlled.job.steps(rank)
+        assert list(stored.steps) == [line["step"] for line in logged]
+        assert [float(v).hex() for v in stored.values] == [line["loss"] for line in logged]
 
 
 # -- stop and resume in new processes == uninterrupted, bit for bit -------------------------
