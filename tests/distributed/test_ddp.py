@@ -131,9 +131,7 @@ class Controlled:
 def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]:
     root = tmp_path_factory.mktemp("controlled")
     store = f"sqlite:///{root / 'retune.db'}"
-    job = launch(
-        root / "logs", store, "--epochs", "1000", "--pace", "0.01", "--per-rank", cwd=root
-    )
+    job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", "--per-rank", cwd=root)
     try:
         until(lambda: len(job.steps(1)) >= 3, "three steps on rank 1")
         with retune.connect("ddp", store=store) as ctl:
