@@ -122,13 +122,16 @@ class Controlled:
     exits: list[tuple[int, str]]
     store: str
     set_command: Any
+    checkpoint_command: Any
     rejected: CommandRejected
-    pause_command: Any
+    restore_command: Any
     stop_command: Any
 
 
 @pytest.fixture(scope="module")
 def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]:
+    """One 2-rank job driven from this process: set lr, checkpoint, a command rank 0 rejects,
+    pause and continue, restore to the checkpoint, then stop."""
     root = tmp_path_factory.mktemp("controlled")
     store = f"sqlite:///{root / 'retune.db'}"
     job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", "--per-rank", cwd=root)
@@ -136,17 +139,36 @@ def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]
         until(lambda: len(job.steps(1)) >= 3, "three steps on rank 1")
         with retune.connect("ddp", store=store) as ctl:
             set_command = ctl.set(lr=0.01, wait=True, timeout=DEADLINE)
+            checkpoint_command = ctl.checkpoint(wait=True, timeout=DEADLINE)
             with pytest.raises(CommandRejected) as rejected:
                 ctl.continue_(wait=True, timeout=DEADLINE)  # not paused: rank 0 rejects it
-            pause_command = ctl.pause(wait=True, timeout=DEADLINE)
+            ctl.pause(wait=True, timeout=DEADLINE)
             ctl.continue_(wait=True, timeout=DEADLINE)
+            seen = len(job.steps(1))
+            until(lambda: len(job.steps(1)) >= seen + 2, "two more steps on rank 1")
+            label = checkpoint_command.result["checkpoint"]
+            restore_command = ctl.restore(label, wait=True, timeout=DEADLINE)
+            seen = len(job.steps(1))
+            until(lambda: len(job.steps(1)) >= seen + 2, "two steps after the restore")
             stop_command = ctl.stop(wait=True, timeout=DEADLINE)
         exits = job.wait()
     finally:
         for proc in job.procs:
             if proc.poll() is None:
                 proc.kill()
-    yield Controlled(job, exits, store, set_command, rejected.value, pause_command, stop_command)
+    yield Controlled(
+        job, exits, store, set_command, checkpoint_command, rejected.value, restore_command,
+        stop_command,
+    )  # fmt: skip
+
+
+def _split_at_restore(lines: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """The lines before the restore and the steps trained after it. The step whose boundary
+    applied the restore returns the restored step number: that line is in neither."""
+    for i in range(1, len(lines)):
+        if lines[i]["step"] <= lines[i - 1]["step"]:
+            return lines[:i], lines[i + 1 :]
+    pytest.fail("no restore in the log")
 
 
 def test_lr_set_from_another_process_applies_at_the_same_recorded_step_on_both_ranks(
@@ -155,10 +177,12 @@ def test_lr_set_from_another_process_applies_at_the_same_recorded_step_on_both_r
     applied = controlled.set_command.applied_step
     assert applied is not None and applied >= 3
     for rank in range(2):
-        lrs = {line["step"]: line["lr"] for line in controlled.job.steps(rank)}
+        before, _ = _split_at_restore(controlled.job.steps(rank))
         # the lr a step trained with: the old one up to the boundary it was applied at
-        assert {lr for step, lr in lrs.items() if step <= applied} == {0.05}, rank
-        assert {lr for step, lr in lrs.items() if step > applied} == {0.01}, rank
+        assert [line["step"] for line in before] == list(range(1, len(before) + 1))
+        assert [line["lr"] for line in before] == [0.05] * applied + [0.01] * (
+            len(before) - applied
+        ), rank
 
 
 def test_parameters_stay_identical_across_ranks(controlled: Controlled) -> None:
@@ -168,14 +192,31 @@ def test_parameters_stay_identical_across_ranks(controlled: Controlled) -> None:
     assert controlled.job.end(0)["p"] == controlled.job.end(1)["p"]
 
 
+def test_a_restore_brings_every_rank_back_bit_for_bit(controlled: Controlled) -> None:
+    """After the restore each rank replays its own steps: same losses (rank 1's dropout
+    draws included, so rank 1's RNG came back from the checkpoint too), same parameters."""
+    at = controlled.checkpoint_command.result["step"]
+    assert controlled.restore_command.status == "applied"
+    for rank in range(2):
+        before, after = _split_at_restore(controlled.job.steps(rank))
+        assert after[0]["step"] == at + 1, rank  # the step after the checkpoint's
+        original = {line["step"]: line for line in before}
+        replayed = [line for line in after if line["step"] in original]
+        assert replayed, rank
+        for line in replayed:
+            assert line["loss"] == original[line["step"]]["loss"], (rank, line["step"])
+            assert line["p"] == original[line["step"]]["p"], (rank, line["step"])
+
+
 def test_a_rejected_command_changes_nothing_on_any_rank(controlled: Controlled) -> None:
     assert "not paused" in str(controlled.rejected)
     for rank in range(2):
-        lrs = [line["lr"] for line in controlled.job.steps(rank)]
+        before, _ = _split_at_restore(controlled.job.steps(rank))
+        lrs = [line["lr"] for line in before]
         changes = sum(1 for a, b in itertools.pairwise(lrs) if a != b)
         assert changes == 1, rank  # only the set; pause/continue/rejected changed no value
     snapshot = retune.load("ddp", store=controlled.store)
-    assert [node.change_kind for node in snapshot.tree()] == ["start", "set"]
+    assert [node.change_kind for node in snapshot.tree()] == ["start", "set", "restore"]
 
 
 def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Controlled) -> None:
@@ -188,22 +229,29 @@ def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Cont
         assert len(runs) == 1
         assert runs[0].status == "stopped"
         assert runs[0].meta["distributed"] == {"world_size": 2, "backend": "gloo"}
-        reasons = [c.reason for c in store.list_checkpoints(runs[0].id)]
-        assert reasons == ["change", "stop"]  # one per change / stop, written by rank 0
-        stop = store.list_checkpoints(runs[0].id)[-1]
-        assert stop.step == stop_step
+        listed = store.list_checkpoints(runs[0].id)
+        # one per change, command and stop, written once (by rank 0)
+        assert [c.reason for c in listed] == ["change", "command", "change", "stop"]
+        assert listed[-1].step == stop_step
     tree = retune.load("ddp", store=controlled.store).tree()
-    assert len(tree) == 2 and tree[1].start_step == controlled.set_command.applied_step
+    assert len(tree) == 3 and tree[1].start_step == controlled.set_command.applied_step
+    assert (
+        tree[2].parent == tree[1].id
+        and tree[2].start_step == controlled.checkpoint_command.result["step"]
+    )
 
 
 def test_per_rank_metrics_are_tagged_with_the_rank(controlled: Controlled) -> None:
     snapshot = retune.load("ddp", store=controlled.store)
     assert {"loss", "rank1/loss"} <= set(snapshot.keys)
     for key, rank in (("loss", 0), ("rank1/loss", 1)):
-        stored = snapshot.metric(key)
-        logged = controlled.job.steps(rank)
-        assert list(stored.steps) == [line["step"] for line in logged]
-        assert [float(v).hex() for v in stored.values] == [line["loss"] for line in logged]
+        stored = snapshot.metric(key)  # the current branch: up to the restore, then after it
+        _, after = _split_at_restore(controlled.job.steps(rank))
+        steps = [int(s) for s in stored.steps]
+        assert steps[-len(after) :] == [line["step"] for line in after]
+        assert [float(v).hex() for v in stored.values][-len(after) :] == [
+            line["loss"] for line in after
+        ]
 
 
 # -- stop and resume in new processes == uninterrupted, bit for bit -------------------------
