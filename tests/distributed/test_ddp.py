@@ -261,33 +261,41 @@ def test_per_rank_metrics_are_tagged_with_the_rank(controlled: Controlled) -> No
 def test_two_rank_stop_and_resume_gives_the_uninterrupted_losses_bit_for_bit(
     tmp_path: Path,
 ) -> None:
-    """Also: every rank's data comes in DistributedSampler's documented order."""
+    """The stop is a SIGTERM to rank 1 alone: every rank stops at the next boundary (rank 0
+    checkpoints, the run is ``stopped``). Also: every rank's data comes in
+    DistributedSampler's documented order."""
     reference = launch(tmp_path / "ref", f"sqlite:///{tmp_path / 'ref.db'}", "--epochs", "3",
                        cwd=tmp_path)  # fmt: skip
     store = f"sqlite:///{tmp_path / 'resumed.db'}"
-    first = launch(tmp_path / "first", store, "--epochs", "3", "--stop-at", "5", cwd=tmp_path)
+    first = launch(tmp_path / "first", store, "--epochs", "3", "--term-at", "5", cwd=tmp_path)
     assert [code for code, _ in reference.wait()] == [0, 0]
-    assert [code for code, _ in first.wait()] == [0, 0]
+    assert [code for code, _ in first.wait()] == [0, 143]  # rank 1 exits as SIGTERM asks
     assert first.end(0)["end"] == "stopped"
+    with open_store(store, create=False) as opened:
+        (run,) = opened.list_runs()
+        assert run.status == "stopped"
+        assert [(c.reason, c.step) for c in opened.list_checkpoints(run.id)] == [("stop", 6)]
     second = launch(tmp_path / "second", store, "--epochs", "3", "--resume", "latest",
                     cwd=tmp_path)  # fmt: skip
-    assert [code for code, _ in second.wait()] == [0, 0], second.wait
+    assert [code for code, _ in second.wait()] == [0, 0]
     for rank in range(2):
-        expected = reference.steps(rank)
-        assert len(expected) == 12  # 22 items, 2 ranks (11 each), batches of 3: 4 x 3 epochs
+        expected = {line["step"]: line for line in reference.steps(rank)}
+        assert sorted(expected) == list(range(1, 13))  # 22 items, 2 ranks, batches of 3
         stopped = first.steps(rank)
-        assert stopped[-1]["step"] == 6  # the stop sent at step 5 applied at the next one
+        # the signal at step 5 stopped every rank at step 6 (rank 1 raised before logging it)
+        assert stopped[-1]["step"] == (6 if rank == 0 else 5)
         combined = stopped + second.steps(rank)
-        assert [line["step"] for line in combined] == list(range(1, 13))
-        assert [line["loss"] for line in combined] == [line["loss"] for line in expected]
-        assert [line["p"] for line in combined] == [line["p"] for line in expected]
+        assert [line["step"] for line in second.steps(rank)] == list(range(7, 13))
+        for line in combined:
+            assert line["loss"] == expected[line["step"]]["loss"], (rank, line["step"])
+            assert line["p"] == expected[line["step"]]["p"], (rank, line["step"])
         # DistributedSampler's order after set_epoch(epoch), as docs/distributed.md promises
         sampler: DistributedSampler[Any] = DistributedSampler(
             TensorDataset(torch.arange(22)), num_replicas=2, rank=rank, shuffle=True, seed=5
         )
         for epoch in range(3):
             sampler.set_epoch(epoch)
-            got = [i for line in expected if line["epoch"] == epoch for i in line["idx"]]
+            got = [i for line in expected.values() if line["epoch"] == epoch for i in line["idx"]]
             assert got == list(sampler), (rank, epoch)
     with open_store(store, create=False) as opened:
         assert len(opened.list_runs()) == 1
