@@ -2,9 +2,10 @@
 
 Started once per rank with torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``): ``python ddp_trainer.py STORE LOGDIR [--epochs N] [--resume latest]
-[--stop-at STEP] [--every N] [--pace S] [--guard] [--nan-at STEP]``. Each rank writes ``LOGDIR/rank{r}.jsonl``: one line
-per step with the lr it trained with, the loss (``float.hex``), the batch indices and a hash of
-the parameters after the step; and a last line ``{"end": ...}`` saying how it ended.
+[--term-at STEP] [--every N] [--pace S] [--per-rank] [--guard] [--nan-at STEP]``. Each rank
+writes ``LOGDIR/rank{r}.jsonl``: one line per step with the lr it trained with, the loss
+(``float.hex``), the batch indices and a hash of the parameters after the step; and a last
+line ``{"end": ...}`` saying how it ended.
 
 Each rank seeds torch differently before ``retune.init`` (no ``seed=``), so dropout draws
 differ by rank: a resume is bit-for-bit only if every rank's RNG comes back.
@@ -16,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -34,10 +36,11 @@ parser.add_argument("store")
 parser.add_argument("logdir", type=Path)
 parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--resume", default=None)
-parser.add_argument("--stop-at", type=int, default=0, help="rank 0 sends stop at this step")
+parser.add_argument("--term-at", type=int, default=0, help="rank 1 gets SIGTERM at this step")
 parser.add_argument("--every", type=int, default=None, help="checkpoint every N steps")
 parser.add_argument("--pace", type=float, default=0.0, help="seconds to sleep per step")
 parser.add_argument("--timeout", type=float, default=30.0)
+parser.add_argument("--per-rank", action="store_true", help="per_rank_metrics=True")
 parser.add_argument("--guard", action="store_true", help="retune.init(..., guard=...)")
 parser.add_argument("--nan-at", type=int, default=0, help="rank 1's loss is NaN at this step, once")
 args = parser.parse_args()
@@ -75,6 +78,7 @@ with log_path.open("a") as log:
             checkpoint_every_n_steps=args.every,
             poll_interval=0.02,
             flush_interval=0.2,
+            per_rank_metrics=args.per_rank,
             guard=retune.Guard(window=2, warmup=1, every=2) if args.guard else False,
         ) as run:
             for _epoch in run.epochs(args.epochs):
@@ -92,13 +96,8 @@ with log_path.open("a") as log:
                             "idx": idx.tolist(), "p": params_hash(), "epoch": run.epoch}  # fmt: skip
                     log.write(json.dumps(line) + "\n")
                     log.flush()
-                    if rank == 0 and step == args.stop_at:
-                        with retune.connect(run.id, store=args.store) as ctl:
-                            ctl.stop()
-                        # wait until the poller queued it, so it applies at the next step
-                        # on every rank (a deterministic stop step; rank 1 waits meanwhile)
-                        while not run._inbox:
-                            time.sleep(0.005)
+                    if rank == 1 and step == args.term_at:
+                        os.kill(os.getpid(), signal.SIGTERM)  # handled: stop at the boundary
                     if args.pace:
                         time.sleep(args.pace)
             end = "stopped" if run.should_stop else "finished"

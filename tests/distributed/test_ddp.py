@@ -122,31 +122,53 @@ class Controlled:
     exits: list[tuple[int, str]]
     store: str
     set_command: Any
+    checkpoint_command: Any
     rejected: CommandRejected
-    pause_command: Any
+    restore_command: Any
     stop_command: Any
 
 
 @pytest.fixture(scope="module")
 def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]:
+    """One 2-rank job driven from this process: set lr, checkpoint, a command rank 0 rejects,
+    pause and continue, restore to the checkpoint, then stop."""
     root = tmp_path_factory.mktemp("controlled")
     store = f"sqlite:///{root / 'retune.db'}"
-    job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", cwd=root)
+    job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", "--per-rank", cwd=root)
     try:
         until(lambda: len(job.steps(1)) >= 3, "three steps on rank 1")
         with retune.connect("ddp", store=store) as ctl:
             set_command = ctl.set(lr=0.01, wait=True, timeout=DEADLINE)
+            checkpoint_command = ctl.checkpoint(wait=True, timeout=DEADLINE)
             with pytest.raises(CommandRejected) as rejected:
                 ctl.continue_(wait=True, timeout=DEADLINE)  # not paused: rank 0 rejects it
-            pause_command = ctl.pause(wait=True, timeout=DEADLINE)
+            ctl.pause(wait=True, timeout=DEADLINE)
             ctl.continue_(wait=True, timeout=DEADLINE)
+            seen = len(job.steps(1))
+            until(lambda: len(job.steps(1)) >= seen + 2, "two more steps on rank 1")
+            label = checkpoint_command.result["checkpoint"]
+            restore_command = ctl.restore(label, wait=True, timeout=DEADLINE)
+            seen = len(job.steps(1))
+            until(lambda: len(job.steps(1)) >= seen + 2, "two steps after the restore")
             stop_command = ctl.stop(wait=True, timeout=DEADLINE)
         exits = job.wait()
     finally:
         for proc in job.procs:
             if proc.poll() is None:
                 proc.kill()
-    yield Controlled(job, exits, store, set_command, rejected.value, pause_command, stop_command)
+    yield Controlled(
+        job, exits, store, set_command, checkpoint_command, rejected.value, restore_command,
+        stop_command,
+    )  # fmt: skip
+
+
+def _split_at_restore(lines: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """The lines before the restore and the steps trained after it. The step whose boundary
+    applied the restore returns the restored step number: that line is in neither."""
+    for i in range(1, len(lines)):
+        if lines[i]["step"] <= lines[i - 1]["step"]:
+            return lines[:i], lines[i + 1 :]
+    pytest.fail("no restore in the log")
 
 
 def test_lr_set_from_another_process_applies_at_the_same_recorded_step_on_both_ranks(
@@ -155,10 +177,12 @@ def test_lr_set_from_another_process_applies_at_the_same_recorded_step_on_both_r
     applied = controlled.set_command.applied_step
     assert applied is not None and applied >= 3
     for rank in range(2):
-        lrs = {line["step"]: line["lr"] for line in controlled.job.steps(rank)}
+        before, _ = _split_at_restore(controlled.job.steps(rank))
         # the lr a step trained with: the old one up to the boundary it was applied at
-        assert {lr for step, lr in lrs.items() if step <= applied} == {0.05}, rank
-        assert {lr for step, lr in lrs.items() if step > applied} == {0.01}, rank
+        assert [line["step"] for line in before] == list(range(1, len(before) + 1))
+        assert [line["lr"] for line in before] == [0.05] * applied + [0.01] * (
+            len(before) - applied
+        ), rank
 
 
 def test_parameters_stay_identical_across_ranks(controlled: Controlled) -> None:
@@ -168,14 +192,31 @@ def test_parameters_stay_identical_across_ranks(controlled: Controlled) -> None:
     assert controlled.job.end(0)["p"] == controlled.job.end(1)["p"]
 
 
+def test_a_restore_brings_every_rank_back_bit_for_bit(controlled: Controlled) -> None:
+    """After the restore each rank replays its own steps: same losses (rank 1's dropout
+    draws included, so rank 1's RNG came back from the checkpoint too), same parameters."""
+    at = controlled.checkpoint_command.result["step"]
+    assert controlled.restore_command.status == "applied"
+    for rank in range(2):
+        before, after = _split_at_restore(controlled.job.steps(rank))
+        assert after[0]["step"] == at + 1, rank  # the step after the checkpoint's
+        original = {line["step"]: line for line in before}
+        replayed = [line for line in after if line["step"] in original]
+        assert replayed, rank
+        for line in replayed:
+            assert line["loss"] == original[line["step"]]["loss"], (rank, line["step"])
+            assert line["p"] == original[line["step"]]["p"], (rank, line["step"])
+
+
 def test_a_rejected_command_changes_nothing_on_any_rank(controlled: Controlled) -> None:
     assert "not paused" in str(controlled.rejected)
     for rank in range(2):
-        lrs = [line["lr"] for line in controlled.job.steps(rank)]
+        before, _ = _split_at_restore(controlled.job.steps(rank))
+        lrs = [line["lr"] for line in before]
         changes = sum(1 for a, b in itertools.pairwise(lrs) if a != b)
         assert changes == 1, rank  # only the set; pause/continue/rejected changed no value
     snapshot = retune.load("ddp", store=controlled.store)
-    assert [node.change_kind for node in snapshot.tree()] == ["start", "set"]
+    assert [node.change_kind for node in snapshot.tree()] == ["start", "set", "restore"]
 
 
 def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Controlled) -> None:
@@ -188,12 +229,29 @@ def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Cont
         assert len(runs) == 1
         assert runs[0].status == "stopped"
         assert runs[0].meta["distributed"] == {"world_size": 2, "backend": "gloo"}
-        reasons = [c.reason for c in store.list_checkpoints(runs[0].id)]
-        assert reasons == ["change", "stop"]  # one per change / stop, written by rank 0
-        stop = store.list_checkpoints(runs[0].id)[-1]
-        assert stop.step == stop_step
+        listed = store.list_checkpoints(runs[0].id)
+        # one per change, command and stop, written once (by rank 0)
+        assert [c.reason for c in listed] == ["change", "command", "change", "stop"]
+        assert listed[-1].step == stop_step
     tree = retune.load("ddp", store=controlled.store).tree()
-    assert len(tree) == 2 and tree[1].start_step == controlled.set_command.applied_step
+    assert len(tree) == 3 and tree[1].start_step == controlled.set_command.applied_step
+    assert (
+        tree[2].parent == tree[1].id
+        and tree[2].start_step == controlled.checkpoint_command.result["step"]
+    )
+
+
+def test_per_rank_metrics_are_tagged_with_the_rank(controlled: Controlled) -> None:
+    snapshot = retune.load("ddp", store=controlled.store)
+    assert {"loss", "rank1/loss"} <= set(snapshot.keys)
+    for key, rank in (("loss", 0), ("rank1/loss", 1)):
+        stored = snapshot.metric(key)  # the current branch: up to the restore, then after it
+        _, after = _split_at_restore(controlled.job.steps(rank))
+        steps = [int(s) for s in stored.steps]
+        assert steps[-len(after) :] == [line["step"] for line in after]
+        assert [float(v).hex() for v in stored.values][-len(after) :] == [
+            line["loss"] for line in after
+        ]
 
 
 # -- stop and resume in new processes == uninterrupted, bit for bit -------------------------
@@ -203,33 +261,41 @@ def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Cont
 def test_two_rank_stop_and_resume_gives_the_uninterrupted_losses_bit_for_bit(
     tmp_path: Path,
 ) -> None:
-    """Also: every rank's data comes in DistributedSampler's documented order."""
+    """The stop is a SIGTERM to rank 1 alone: every rank stops at the next boundary (rank 0
+    checkpoints, the run is ``stopped``). Also: every rank's data comes in
+    DistributedSampler's documented order."""
     reference = launch(tmp_path / "ref", f"sqlite:///{tmp_path / 'ref.db'}", "--epochs", "3",
                        cwd=tmp_path)  # fmt: skip
     store = f"sqlite:///{tmp_path / 'resumed.db'}"
-    first = launch(tmp_path / "first", store, "--epochs", "3", "--stop-at", "5", cwd=tmp_path)
+    first = launch(tmp_path / "first", store, "--epochs", "3", "--term-at", "5", cwd=tmp_path)
     assert [code for code, _ in reference.wait()] == [0, 0]
-    assert [code for code, _ in first.wait()] == [0, 0]
+    assert [code for code, _ in first.wait()] == [0, 143]  # rank 1 exits as SIGTERM asks
     assert first.end(0)["end"] == "stopped"
+    with open_store(store, create=False) as opened:
+        (run,) = opened.list_runs()
+        assert run.status == "stopped"
+        assert [(c.reason, c.step) for c in opened.list_checkpoints(run.id)] == [("stop", 6)]
     second = launch(tmp_path / "second", store, "--epochs", "3", "--resume", "latest",
                     cwd=tmp_path)  # fmt: skip
-    assert [code for code, _ in second.wait()] == [0, 0], second.wait
+    assert [code for code, _ in second.wait()] == [0, 0]
     for rank in range(2):
-        expected = reference.steps(rank)
-        assert len(expected) == 12  # 22 items, 2 ranks (11 each), batches of 3: 4 x 3 epochs
+        expected = {line["step"]: line for line in reference.steps(rank)}
+        assert sorted(expected) == list(range(1, 13))  # 22 items, 2 ranks, batches of 3
         stopped = first.steps(rank)
-        assert stopped[-1]["step"] == 6  # the stop sent at step 5 applied at the next one
+        # the signal at step 5 stopped every rank at step 6 (rank 1 raised before logging it)
+        assert stopped[-1]["step"] == (6 if rank == 0 else 5)
         combined = stopped + second.steps(rank)
-        assert [line["step"] for line in combined] == list(range(1, 13))
-        assert [line["loss"] for line in combined] == [line["loss"] for line in expected]
-        assert [line["p"] for line in combined] == [line["p"] for line in expected]
+        assert [line["step"] for line in second.steps(rank)] == list(range(7, 13))
+        for line in combined:
+            assert line["loss"] == expected[line["step"]]["loss"], (rank, line["step"])
+            assert line["p"] == expected[line["step"]]["p"], (rank, line["step"])
         # DistributedSampler's order after set_epoch(epoch), as docs/distributed.md promises
         sampler: DistributedSampler[Any] = DistributedSampler(
             TensorDataset(torch.arange(22)), num_replicas=2, rank=rank, shuffle=True, seed=5
         )
         for epoch in range(3):
             sampler.set_epoch(epoch)
-            got = [i for line in expected if line["epoch"] == epoch for i in line["idx"]]
+            got = [i for line in expected.values() if line["epoch"] == epoch for i in line["idx"]]
             assert got == list(sampler), (rank, epoch)
     with open_store(store, create=False) as opened:
         assert len(opened.list_runs()) == 1
