@@ -27,7 +27,8 @@ class Tiny(L.LightningModule):
         self, lr: float = 0.05, scheduler: str = "none", delay: float = 0.0, nan_at: int = 0
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["nan_at"])  # the recorded hparams stay as they were
+        self.nan_at = nan_at
         self.nan_fired = False  # the injected fault hits one step once (not after a rollback)
         self.net = torch.nn.Sequential(
             torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(8, 1)
@@ -36,7 +37,7 @@ class Tiny(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = torch.nn.functional.mse_loss(self.net(x), y)
-        if self.trainer.global_step + 1 == self.hparams["nan_at"] and not self.nan_fired:
+        if self.trainer.global_step + 1 == self.nan_at and not self.nan_fired:
             self.nan_fired = True
             loss = loss * float("nan")  # --nan-at-step: this batch's loss is NaN
         self.log("loss", loss, on_step=True, on_epoch=True)
