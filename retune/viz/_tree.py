@@ -19,6 +19,8 @@ What the SVG promises to the pages that embed it (the dashboard's script hooks t
 * a collapsed chain is a ``<g class="rt-chain" data-chain="FIRST-LAST" data-count="N">``
   segment with a count badge, followed by ``<g class="rt-chain-members" data-chain=...
   display="none">`` holding its nodes and inner edges (show it to expand the chain);
+* each lane has a ``<rect class="rt-lane" data-lane="N">`` swatch at the left, in the colour
+  the report's charts draw that lane's curves with;
 * the root ``<svg class="retune-tree">`` has a ``viewBox`` (zoom and pan by changing it), and
   its ``<style>`` rules are all scoped under ``.retune-tree``.
 
@@ -39,7 +41,7 @@ from retune.errors import InvalidArgument
 from retune.session._tree import TreeNode, lower_is_better
 from retune.store import LIVE_STATUSES
 from retune.viz._layout import Chain, Edge, NodeBox, TreeLayout, layout_tree
-from retune.viz._svg import esc, fmt, lerp_color, nice_ticks, truncate
+from retune.viz._svg import PALETTE, esc, fmt, lerp_color, nice_ticks, truncate
 
 if TYPE_CHECKING:
     from retune.session._snapshot import RunSnapshot
@@ -413,6 +415,10 @@ def tree_picture(
     _axis(out, canvas)
     _legend(out, f"{snapshot.name} · {len(nodes)} nodes", key=key, goal=chosen, values=values,
             best=best, current=current, prefix=id_prefix)  # fmt: skip
+    for lane in range(layout.lanes):  # the lane's colour in the report's charts
+        swatch = PALETTE[lane % len(PALETTE)]
+        out.append(f'<rect class="rt-lane" data-lane="{lane}" x="4" y="{fmt(canvas.y(lane) - 4)}" '
+                   f'width="8" height="8" rx="2" fill="{swatch}"/>')  # fmt: skip
     by_id = {n.id: n for n in nodes}
     members: list[list[str]] = [[] for _ in layout.chains]
     # labels are written where they fit before the next one on their lane: among what is
