@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterable
 
 import numpy as np
 import pytest
@@ -150,11 +151,11 @@ def test_iter_metric_chunks_streams_every_point_in_order_page_by_page(
     if hasattr(type(store), "ITER_PAGE"):
         monkeypatch.setattr(type(store), "ITER_PAGE", 4)
 
-    def flat(chunks):
+    def flat(chunks: Iterable[MetricChunk]) -> list[tuple[str, int, int, float | str]]:
         return [
-            (c.key, c.node, s, v)
+            (c.key, c.node, s, v if v == v else "nan")  # NaN != NaN
             for c in chunks
-            for s, v in zip(c.steps.tolist(), c.values.tolist())
+            for s, v in zip(c.steps.tolist(), c.values.tolist(), strict=True)
         ]
 
     chunks = list(store.iter_metric_chunks(run_id))
@@ -164,7 +165,7 @@ def test_iter_metric_chunks_streams_every_point_in_order_page_by_page(
     assert [p[0] for p in points] == ["a"] + ["x"] * 39  # keys sorted, every point once
     x = [(n, s) for k, n, s, _ in points if k == "x"]
     assert x == [(1, 1), (1, 2), (1, 3), (1, 4)] + [(2, s) for s in range(5, 40)]
-    assert math.isnan(points[2][3])
+    assert points[2][3] == "nan"
     window = flat(store.iter_metric_chunks(run_id, keys=["x"], nodes=[2], start=6, end=8))
     assert [(n, s, v) for _, n, s, v in window] == [(2, 6, 60.0), (2, 7, 7.0), (2, 8, 8.0)]
     assert list(store.iter_metric_chunks(run_id, keys=["missing"])) == []
