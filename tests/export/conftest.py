@@ -98,7 +98,7 @@ def tree_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store
         yield store, build_tree_run(store)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The store URL of a real training's tree (run `trained`: n1, n2 lr, n3 weight_decay)."""
     url = f"sqlite:///{tmp_path_factory.mktemp('trained') / 'retune.db'}"

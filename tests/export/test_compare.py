@@ -69,11 +69,12 @@ def test_cli_compare_of_a_real_training_shows_what_differs_and_aligned_metrics(
     ],
 )
 def test_cli_compare_refuses_bad_input_in_one_line(
-    trained: str, args: list[str], message: str
+    trained: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = retune_cli("compare", "trained", *args, "--store", trained)
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.count("\n") == 1 and message in out.stderr
+    assert main(["compare", "trained", *args, "--store", trained]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.count("\n") == 1 and message in out.err
 
 
 def test_flat_hyperparameters_split_groups_only_where_they_differ() -> None:
