@@ -129,3 +129,34 @@ def test_exports_stream_and_never_read_a_whole_metric(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     assert export(store, run_id, "parquet", dest=str(tmp_path / "pq")).points == 73
     store.close()
+
+
+def test_numpy_built_records_are_the_protobuf_and_crcs_tensorboard_expects() -> None:
+    import struct
+
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    from retune.export._tensorboard import scalar_records
+
+    steps = np.array([0, 1, 127, 128, 300, 16_384, 2**40, -1], dtype=np.int64)
+    values = np.array([0.5, math.nan, math.inf, -1.0, 3.0, 0.0, 1e-3, 2.0])
+    times = 1.7e9 + np.arange(8.0) / 3
+    blob = scalar_records("val/loss é", steps, values, times)
+    pos, seen = 0, 0
+    while pos < len(blob):
+        (size,) = struct.unpack("<Q", blob[pos : pos + 8])
+        assert struct.unpack("<I", blob[pos + 8 : pos + 12])[0] == masked_crc32c(
+            blob[pos : pos + 8]
+        )
+        data = blob[pos + 12 : pos + 12 + size]
+        assert struct.unpack("<I", blob[pos + 12 + size : pos + 16 + size])[0] == masked_crc32c(
+            data
+        )
+        event = event_pb2.Event.FromString(data)
+        assert (event.step, event.wall_time) == (steps[seen], times[seen])
+        assert event.summary.value[0].tag == "val/loss é"
+        assert _same([event.summary.value[0].simple_value], _f32([values[seen]]))
+        pos += 16 + size
+        seen += 1
+    assert seen == 8
