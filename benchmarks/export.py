@@ -130,7 +130,7 @@ def _naive(store: Any, run_id: str, target: str, dest: Path) -> int:
     return len(everything)
 
 
-def child(target: str, url: str, run_id: str, dest: str, tracking: str | None) -> None:
+def child(target: str, url: str, run_id: str, dest: str, *, tracking: str | None) -> None:
     """One export in this (fresh) process; prints {"seconds", "peak_mb", "points"}."""
     import pandas  # noqa: F401 - imported before measuring, like every package below
     import pyarrow.parquet  # noqa: F401
@@ -186,8 +186,7 @@ def _check(target: str, dest: Path, points: int) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        target, url, run_id, dest = sys.argv[2:6]
-        child(target, url, run_id, dest, sys.argv[6] if len(sys.argv) > 6 else None)
+        child(*sys.argv[2:6], tracking=sys.argv[6] if len(sys.argv) > 6 else None)
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add_output_arguments(parser)
@@ -208,10 +207,10 @@ def main() -> None:
         for size_name in ("full", "quarter"):
             url, run_id = runs[size_name]
             for target in ("csv", "parquet", "tensorboard", "naive-csv", "naive-parquet"):
-                dest = folder / f"{size_name}-{target}"
-                result = _run_child(target, url, run_id, dest)
+                out_dir = folder / f"{size_name}-{target}"
+                result = _run_child(target, url, run_id, out_dir)
                 if target != "tensorboard":
-                    _check(target, dest, sizes[size_name])
+                    _check(target, out_dir, sizes[size_name])
                 results.setdefault(size_name, {})[target] = result
                 line = f"{size_name:8} {target:14} {result['seconds']:7.2f} s"
                 print(f"{line} {result['peak_mb']:8.1f} MB {result['points']:,} points", flush=True)

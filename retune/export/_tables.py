@@ -16,6 +16,7 @@ leaves the previous tables as they were.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -193,11 +194,18 @@ def _metrics_csv(store: Store, record: RunRecord, folder: Path) -> tuple[Path, i
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(_METRIC_COLUMNS)
         for chunk in store.iter_metric_chunks(record.id):
-            head = (record.id, chunk.node, chunk.key)
-            writer.writerows(
-                (*head, step, value, time)
-                for step, value, time in zip(
-                    chunk.steps.tolist(), chunk.values.tolist(), chunk.times.tolist(), strict=True
+            quoted = io.StringIO()  # the key may need CSV quoting: once per chunk
+            csv.writer(quoted, lineterminator="").writerow([record.id, chunk.node, chunk.key, ""])
+            head = quoted.getvalue()
+            handle.write(  # floats as repr: exact, and nan / inf / -inf spelled out
+                "".join(
+                    f"{head}{step},{value!r},{time!r}\n"
+                    for step, value, time in zip(
+                        chunk.steps.tolist(),
+                        chunk.values.tolist(),
+                        chunk.times.tolist(),
+                        strict=True,
+                    )
                 )
             )
             points += len(chunk.steps)
