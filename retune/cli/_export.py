@@ -73,8 +73,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", required=True, nargs="+", metavar=("TARGET", "DIR"),
                    help="mlflow, or tensorboard DIR, csv DIR, parquet DIR (a folder, created "
                    "if missing)")  # fmt: skip
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default, "
-                   "$MLFLOW_TRACKING_URI or ./mlruns)")  # fmt: skip
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own: "
+                   "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")  # fmt: skip
     p.add_argument("--experiment", help="MLflow experiment name (default: the run's name)")
 
 
