@@ -100,6 +100,8 @@ def test_compare_diverge_step_and_nan_and_open_branches(tree_store: tuple[Store,
     steps, columns = result.aligned("loss", rows=100)
     assert steps.tolist() == list(range(10, 25))
     assert [c[0] for c in columns] == [1 / 11] * 3
+    assert result.aligned("loss", rows=0)[0].tolist() == []
+    assert result.aligned("loss", rows=3)[0].tolist() == [10, 17, 24]  # spread, last included
     data = result.to_dict(max_points=3)
     assert data["metrics"]["loss"]["branches"]["n1"]["total"] == 30
     assert len(data["metrics"]["loss"]["branches"]["n1"]["steps"]) <= 3
