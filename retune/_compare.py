@@ -208,6 +208,7 @@ class Comparison:
                     "end_step": node.end_step,
                     "change_kind": node.change_kind,
                     "diff": node.diff,
+                    "info": node.info,
                 }
                 for node in self.nodes
             ],

@@ -1,8 +1,8 @@
 """CSV and Parquet exports: a run's ``nodes``, ``metrics`` and ``commands`` as three tables.
 
 ``DIR/nodes.{csv,parquet}``: one row per node (``node``, ``label``, ``parent``, steps, the
-change, its ``diff`` and ``values`` as JSON, and one ``hp.NAME`` column per hyperparameter,
-named as :func:`retune._compare.flat_hyperparameters` names them).
+change, its ``diff``, ``values`` and ``info`` as JSON, and one ``hp.NAME`` column per
+hyperparameter, named as :func:`retune._compare.flat_hyperparameters` names them).
 ``DIR/metrics.{csv,parquet}``: one row per point (``run_id``, ``node``, ``key``, ``step``,
 ``value``, ``time``), key by key in step order; NaN and inf kept (CSV writes ``nan``,
 ``inf``, ``-inf``). ``DIR/commands.{csv,parquet}``: the audit log, one row per command.
@@ -48,6 +48,7 @@ _NODE_COLUMNS = [
     "created_at",
     "diff",
     "values",
+    "info",
 ]
 _COMMAND_COLUMNS = [
     "run_id",
@@ -114,6 +115,7 @@ def _node_rows(store: Store, record: RunRecord) -> tuple[list[str], list[list[An
                 node.created_at,
                 _json.dumps(node.diff),
                 _json.dumps(node.values),
+                _json.dumps(node.info),
             ]
             + [values.get(name) for name in names]
         )

@@ -120,6 +120,7 @@ def test_api_compare_serves_the_diff_and_downsampled_series(tree_store: tuple[St
     body = response.json()
     assert [n["id"] for n in body["nodes"]] == ["n3", "n4"]
     assert body["nodes"][1]["diff"] == {"clip": [1.0, 0.5]}
+    assert body["nodes"][0]["info"] == {"score": 0.5}
     rows = {h["name"]: h for h in body["hyperparameters"]}
     assert rows["weight_decay"]["values"] == {"n3": 0.0001, "n4": 0.0}
     assert rows["betas"]["differs"] is False

@@ -94,6 +94,7 @@ def test_one_mlflow_run_per_node_linked_to_its_parent(exported: dict[str, Any]) 
             assert tags["mlflow.parentRunId"] == parent
             assert tags["retune.parent"] == f"n{node.parent}"
     assert by_node["n3"].data.tags["retune.diff"] == "weight_decay 0 -> 0.0001"
+    assert by_node["n3"].data.tags["retune.info"] == '{"score": 0.5}'
     assert by_node["n4"].info.run_name == "tree n4"
 
 

@@ -63,6 +63,7 @@ def test_nodes_and_commands_tables(tables: tuple[Store, str, Path], target: str)
     assert nodes.loc["n4", "parent"] == 2 and pd.isna(nodes.loc["n4", "end_step"])
     assert nodes.loc["n2", "hp.lr[head]"] == 0.01 and nodes.loc["n3", "hp.weight_decay"] == 1e-4
     assert json.loads(nodes.loc["n4", "diff"]) == {"clip": [1.0, 0.5]}
+    assert json.loads(nodes.loc["n3", "info"]) == {"score": 0.5}
     assert json.loads(nodes.loc["n1", "hp.betas"]) == [0.9, 0.999]
     commands = _read(folder, target, "commands")
     assert commands["kind"].tolist() == ["restore", "set"]
