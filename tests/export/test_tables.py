@@ -79,6 +79,8 @@ def test_re_export_replaces_the_tables_and_bad_destinations_are_refused(
     url = store.url
     assert main(["export", run_id, "--to", "csv", str(folder / "csv"), "--store", url]) == 0
     assert len(pd.read_csv(folder / "csv" / "metrics.csv")) == 73  # replaced, not appended
+    assert main(["export", "--to", "csv", str(folder / "csv"), run_id, "--store", url]) == 0
+    assert len(pd.read_csv(folder / "csv" / "metrics.csv")) == 73  # the run after --to works too
     assert sorted(p.name for p in (folder / "csv").iterdir()) == [
         "commands.csv",
         "metrics.csv",
@@ -92,13 +94,15 @@ def test_re_export_replaces_the_tables_and_bad_destinations_are_refused(
         (["--to", "csv", str(folder / "file")], "not a folder"),
         (["--to", "hdf5", str(folder / "h")], "--to takes a target"),
         (["--to", "csv", str(folder / "c2"), "--experiment", "e"], "are for --to mlflow"),
+        (["--to", "csv", str(folder / "c3"), "a", "b"], "--to takes a target"),
     ]:
         assert main(["export", run_id, *args, "--store", url]) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (args, err)
-    assert (
-        not (folder / "m").exists() and not (folder / "h").exists() and not (folder / "c2").exists()
-    )
+    assert main(["export", "--to", "csv", "--store", url]) == 2
+    assert "name the run to export" in capsys.readouterr().err
+    for name in ("m", "h", "c2", "c3"):
+        assert not (folder / name).exists()
 
 
 def test_a_missing_package_names_the_extra() -> None:
