@@ -93,10 +93,9 @@ def _follow(ctl: Controller, command_id: int, timeout: float, quiet: bool) -> di
                 if candidate["status"] in _FINAL and candidate["index"] not in shown:
                     shown.add(candidate["index"])
                     print(_line(candidate), flush=True)
-        command = ctl.store.get_command(command_id)
-        if command.status in ("applied", "rejected"):
-            if command.status == "rejected" and not state["candidates"]:
-                raise CommandRejected(command.reason or "rejected", command_id=command_id)
+        if state["status"] not in ("pending", "running"):
+            if state["status"] == "rejected":
+                raise CommandRejected(state["reason"] or "rejected", command_id=command_id)
             return state
         if time.monotonic() >= deadline:
             raise CommandTimeout(

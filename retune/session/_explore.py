@@ -251,6 +251,8 @@ class Exploration:
         self.current = None
         self.status = outcome
         s.exploration = None
+        if best is not None:
+            self._note(best)  # marked the winner
         result = self.describe()
         s.store.resolve_command(
             self.command_id,
@@ -270,6 +272,9 @@ class Exploration:
         s.load_state(state)
         s.start_node("restore", {}, self.command.user, parent=record.node)
         self.continued = {"node": s.node, "from": record.label}
+        role = "winner" if record is not self.origin else "origin"
+        info = {"exploration": self.command_id, "role": f"continue from {role}"}
+        s.store.update_node_info(s.id, s.node, {"explore": info})
 
     def cancel(self, command: CommandRecord) -> dict[str, Any]:
         """A ``stop`` during the exploration: end it and go back to the origin (the run goes
@@ -333,13 +338,10 @@ class Exploration:
         )
 
     def _note(self, candidate: _Candidate) -> None:
-        """The candidate's role and score on its node (``nodes.info``), where the store has it."""
+        """The candidate's score and status on its node's ``info["explore"]``."""
         if candidate.node is None:
             return
-        update = getattr(self.session.store, "update_node_info", None)
-        if update is None:
-            return
-        info = {"exploration": self.command_id, "index": candidate.index,
-                "metric": self.metric, "score": candidate.score,
-                "status": candidate.status}  # fmt: skip
-        update(self.session.id, candidate.node, {"explore": info})
+        info = {"exploration": self.command_id, "role": "candidate", "index": candidate.index,
+                "metric": self.metric, "goal": self.goal, "score": candidate.score,
+                "status": candidate.status, "winner": self.winner == candidate.index}  # fmt: skip
+        self.session.store.update_node_info(self.session.id, candidate.node, {"explore": info})
