@@ -41,6 +41,8 @@ def _describe(
         state["status"] = "interrupted"  # the run ended and the store rejected it
     elif command.status == "applying":
         state.setdefault("status", "running")
+    for key in ("origin", "start", "current", "winner", "continued"):
+        state.setdefault(key, None)
     state.setdefault("candidates", [])
     return {**base, **state}
 

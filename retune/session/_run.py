@@ -512,7 +512,9 @@ class Run:
             group=group,
             mode=mode,
         )
-        return submit(self.store, self.id, "explore", payload, source="python")
+        command = submit(self.store, self.id, "explore", payload, source="python")
+        self._inbox.append(command)  # the next step() applies it (the poller may be later)
+        return command
 
     def epochs(self, count: int) -> Iterator[int]:
         """``for epoch in run.epochs(n)``: starts at the restored epoch after a resume; ends

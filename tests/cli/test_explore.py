@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_bad_specs_are_rejected_with_a_reason_and_training_goes_on(live: str) ->
     assert done.returncode == 2 and "unknown tunable 'momentumx'" in done.stderr, done.stderr
     with open_store(live, create=False) as store, connect(NAME, store=store) as ctl:
         run = ctl.run
-        cases = [
+        cases: list[tuple[dict[str, Any], dict[str, Any], str]] = [
             ({"lr": []}, {}, "explore's lr has an empty list of values"),
             ({"lr": [0.01 * i for i in range(1, 10)], "momentum": [0.1, 0.5]}, {},
              "9 lr x 2 momentum = 18 candidates, more than the cap of 16"),
@@ -136,12 +137,15 @@ def test_explore_three_lrs_restores_each_exactly_and_continues_from_the_best(liv
     for c in candidates:
         lr = c["values"]["lr"]
         with connect(NAME, store=live) as ctl:
-            node = ctl.restore(start["checkpoint"], set={"lr": lr}, wait=True).node
-        assert node is not None
-        poll(lambda n=node: len(_series(live, run.id, "loss", n)[0]) >= STEPS,
-             "the restored branch's steps")  # fmt: skip
+            branch = ctl.restore(start["checkpoint"], set={"lr": lr}, wait=True).node
+        assert branch is not None
+
+        def trained(branch: int = branch) -> bool:
+            return len(_series(live, run.id, "loss", branch)[0]) >= STEPS
+
+        poll(trained, "the restored branch's steps")
         for key in ("loss", "val_loss"):
-            steps, values = _series(live, run.id, key, node)
+            steps, values = _series(live, run.id, key, branch)
             cand_steps, cand_values = _series(live, run.id, key, c["node"])
             assert steps[:STEPS] == cand_steps == list(range(start["step"] + 1,
                                                              start["step"] + STEPS + 1))  # fmt: skip
