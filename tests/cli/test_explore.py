@@ -58,9 +58,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait()
 
 
-def _series(url: str, run_id: str, key: str, node: int) -> tuple[list[int], list[float]]:
+def _series(
+    url: str, run_id: str, key: str, node: int, end: int | None = None
+) -> tuple[list[int], list[float]]:
+    """The node's points of ``key`` (up to step ``end``: the winner's node may go on)."""
     with open_store(url, create=False) as store:
-        series = store.read_metric(run_id, key, nodes=[node])
+        series = store.read_metric(run_id, key, nodes=[node], end=end)
     return series.steps.tolist(), series.values.tolist()
 
 
@@ -92,19 +95,21 @@ def test_bad_specs_are_rejected_with_a_reason_and_training_goes_on(live: str) ->
 
 
 def test_explore_three_lrs_restores_each_exactly_and_continues_from_the_best(live: str) -> None:
-    done = retune_cli("explore", NAME, "lr=0.1,0.03,0.01", "--steps", str(STEPS),
-                      "--metric", "val_loss", "--json", "--store", live)  # fmt: skip
+    done = retune_cli("explore", NAME, "lr=0.1,0.03,0.01", "--steps", str(STEPS), "--from",
+                      "n1@10", "--metric", "val_loss", "--json", "--store", live)  # fmt: skip
     assert done.returncode == 0, done.stderr
     state = json.loads(done.stdout)
     assert state["status"] == "done"
     start, candidates = state["start"], state["candidates"]
-    assert start == state["origin"]  # no --from: a checkpoint where the run was
+    assert start["step"] == 10 and start["node"] == 1  # --from n1@10
+    assert state["origin"]["step"] > 20  # where the run was: saved, not the start
     assert [c["values"] for c in candidates] == [{"lr": 0.1}, {"lr": 0.03}, {"lr": 0.01}]
     with open_store(live, create=False) as store:
         run = store.get_run(NAME)
         nodes = {n.id: n for n in store.list_nodes(run.id)}
         command = store.get_command(state["command"])
     assert command.status == "applied" and command.result["winner"] == state["winner"]
+    end = start["step"] + STEPS
     for c in candidates:  # three branches from the same checkpoint, each with its diff
         node = nodes[c["node"]]
         assert node.parent == start["node"] and node.start_step == start["step"]
@@ -112,7 +117,7 @@ def test_explore_three_lrs_restores_each_exactly_and_continues_from_the_best(liv
         assert c["status"] == "done" and c["end_step"] == start["step"] + STEPS
         if c["node"] != state["continued"]["node"]:
             assert node.end_step == start["step"] + STEPS
-        steps, values = _series(live, run.id, "val_loss", c["node"])
+        steps, values = _series(live, run.id, "val_loss", c["node"], end)
         assert steps[-1] == start["step"] + STEPS and c["score"] == values[-1]
         assert node.info["explore"]["score"] == c["score"]
     scores = [c["score"] for c in candidates]
@@ -132,6 +137,11 @@ def test_explore_three_lrs_restores_each_exactly_and_continues_from_the_best(liv
     with open_store(live, create=False) as store:
         lr = next(t for t in store.get_run(run.id).tunables if t["name"] == "lr")
         assert lr["value"] == [winner["values"]["lr"]]
+    shown = retune_cli("explorations", NAME, "--store", live)
+    assert shown.returncode == 0, shown.stderr
+    assert f"winner: candidate {state['winner'] + 1}; the run continues on n{continued}" in (
+        shown.stdout
+    )
 
     # each candidate trained exactly what a separate restore with its value trains
     for c in candidates:
@@ -146,7 +156,7 @@ def test_explore_three_lrs_restores_each_exactly_and_continues_from_the_best(liv
         poll(trained, "the restored branch's steps")
         for key in ("loss", "val_loss"):
             steps, values = _series(live, run.id, key, branch)
-            cand_steps, cand_values = _series(live, run.id, key, c["node"])
+            cand_steps, cand_values = _series(live, run.id, key, c["node"], end)
             assert steps[:STEPS] == cand_steps == list(range(start["step"] + 1,
                                                              start["step"] + STEPS + 1))  # fmt: skip
             assert values[:STEPS] == cand_values  # bit for bit

@@ -2,7 +2,8 @@
 
 usage: python explore_trainer.py STORE NAME [STEP_DELAY]
 An MLP with dropout on 384 of scikit-learn's digits, SGD with momentum, ``run.epochs()`` /
-``run.batches()`` (shuffled), ``loss`` and ``val_loss`` logged every step. A step delay keeps
+``run.batches()`` (shuffled), ``loss`` and ``val_loss`` logged every step, a kept checkpoint
+at step 10 (``n1@10``, a start that does not depend on timing). A step delay keeps
 it from spinning a CPU core while the test waits.
 """
 
@@ -17,6 +18,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import retune
 from retune.demo import load_digits_tensors
+
+WARM = 10
 
 
 def main() -> None:
@@ -44,6 +47,8 @@ def main() -> None:
                     val_loss = functional.cross_entropy(model(x_val), y_val).item()
                 model.train()
                 run.step(loss=loss.item(), val_loss=val_loss)
+                if run.global_step == WARM and run.node == 1:
+                    run.checkpoint("warm")  # a fixed start for explorations: n1@10
                 time.sleep(delay)
 
 
