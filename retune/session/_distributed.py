@@ -50,7 +50,7 @@ from retune import _json
 from retune.checkpoint import resolve_checkpoint
 from retune.control import Knob
 from retune.errors import CommandRejected, DistributedError, InvalidArgument, RetuneError
-from retune.session._control import Applier
+from retune.session._control import Applier, Handler
 from retune.session._handlers import HANDLERS
 from retune.session._run import Run, _merged
 from retune.session._state import _rng_state, _set_rng_state
@@ -272,8 +272,10 @@ class LeaderRun(Run):
         # a restore brings back the other ranks' RNG too: the next checkpoint records those
         self._peer_rng = dict(value) if isinstance(value, dict) else {}
 
-    def _recording(self, handler: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-        def record(session: Any, command: CommandRecord) -> dict[str, Any]:
+    def _recording(self, handler: Handler) -> Handler:
+        def record(session: Any, command: CommandRecord) -> dict[str, Any] | None:
+            if command.kind == "explore":  # it outlasts a boundary: the ranks cannot follow
+                raise CommandRejected("explore is not supported under torch.distributed yet")
             result = handler(session, command)  # a rejection raises: nothing to replay
             self._effects.append(
                 {"kind": command.kind, "payload": command.payload, "result": result}
@@ -345,7 +347,7 @@ class LeaderRun(Run):
             saved = saved and not self._effects
         return saved
 
-    def _at_boundary(self) -> None:
+    def _at_boundary(self, values: dict[str, float] | None = None) -> None:
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         if self._stopped_here:  # every rank stopped at the same boundary: nothing to agree
@@ -573,7 +575,7 @@ class RankRun(Run):
             elif kind != "checkpoint":
                 raise DistributedError(f"rank 0 applied {kind!r}, which this rank cannot")
 
-    def _at_boundary(self) -> None:
+    def _at_boundary(self, values: dict[str, float] | None = None) -> None:
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         if self._stopped_here:

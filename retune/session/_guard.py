@@ -271,7 +271,12 @@ class GuardRuntime:
 
     # -- the step boundary ------------------------------------------------------------------
     def at_boundary(self) -> None:
-        """Recover from a trigger, or take the guard checkpoint that is due (training thread)."""
+        """Recover from a trigger, or take the guard checkpoint that is due (training thread).
+        Idle while an exploration runs: it restores its own start state per candidate and
+        scores a diverging candidate itself."""
+        if getattr(self.run, "exploration", None) is not None:
+            self.tripped = None
+            return
         if self.tripped is not None:
             reason, self.tripped = self.tripped, None
             if self.enabled:

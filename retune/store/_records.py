@@ -41,7 +41,9 @@ ChangeKind = Literal["start", "set", "scale", "restore", "resume", "explore", "g
 CHANGE_KINDS: tuple[str, ...] = ("start", "set", "scale", "restore", "resume", "explore", "guard")
 """``explore``: a candidate of an exploration; ``guard``: a recovery made by the guard."""
 
-CommandKind = Literal["set", "scale", "pause", "continue", "stop", "checkpoint", "restore", "guard"]
+CommandKind = Literal[
+    "set", "scale", "pause", "continue", "stop", "checkpoint", "restore", "explore", "guard"
+]
 COMMAND_KINDS: tuple[str, ...] = (
     "set",
     "scale",
@@ -50,6 +52,7 @@ COMMAND_KINDS: tuple[str, ...] = (
     "stop",
     "checkpoint",
     "restore",
+    "explore",
     "guard",
 )
 """Command kinds as stored. ``guard``: a person's switch/veto of the guard (source ``cli``,
