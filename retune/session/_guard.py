@@ -392,9 +392,10 @@ class GuardRuntime:
         }
         if give_up:
             record["message"] = self._give_up_message(reason)
-            self._set_paused()
         run.store.update_node_info(run.id, run.node, {"guard": record})
         self._audit(record)
+        if give_up:  # last: whoever sees the run paused finds the reason recorded
+            self._set_paused()
 
     def _give_up_message(self, reason: str) -> str:
         return (
@@ -433,10 +434,10 @@ class GuardRuntime:
         message = f"guard paused the run: {reason}; {why}"
         record = {"action": "paused", "reason": reason, "trigger_step": step, "message": message}
         self.effect = {"checkpoint": None, "lr_factor": None, "skip_to": None}
-        self._set_paused()
         run.store.update_node_info(run.id, run.node, {"guard": record})
         self.last_reason = reason
         self._audit(record)
+        self._set_paused()  # last: whoever sees the run paused finds the reason recorded
 
     def _set_paused(self) -> None:
         self.run.flags.paused = True

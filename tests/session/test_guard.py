@@ -301,3 +301,29 @@ def test_cli_guard_command_switches_sets_and_refuses_bad_input(
         assert run.guard.spike == 4.0 and run.guard.skip_batches is False
         assert not run.guard.enabled
         assert [c.status for c in run.store.list_commands(run.id)][-2:] == ["applied", "applied"]
+
+
+def test_the_reason_is_recorded_before_the_run_shows_paused(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever sees the run ``paused`` (``retune show``, the dashboard) finds the guard's
+    reason already on the node: the status is written last."""
+    guard = Guard(window=2, warmup=1, every=2, max_attempts=0)  # pause at the first trigger
+    with retune.init("p", store=store_url, guard=guard) as run:
+        seen: list[Any] = []
+        update_run = run.store.update_run
+
+        def spy(run_id: str, **fields: Any) -> Any:
+            if fields.get("status") == "paused":
+                seen.append(run.store.list_nodes(run_id)[-1].info.get("guard"))
+                run.flags.stop_requested = True  # let the held boundary end this test
+            return update_run(run_id, **fields)
+
+        monkeypatch.setattr(run.store, "update_run", spy)
+        for _ in range(6):
+            run.step(loss=1.0)
+        with pytest.raises(retune.StopTraining):
+            run.step(loss=float("nan"))
+        (info,) = seen
+        assert info is not None and info["action"] == "paused"
+        assert info["message"].startswith("guard paused the run: loss nan at step 7")
