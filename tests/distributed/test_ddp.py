@@ -134,7 +134,8 @@ def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]
     pause and continue, restore to the checkpoint, then stop."""
     root = tmp_path_factory.mktemp("controlled")
     store = f"sqlite:///{root / 'retune.db'}"
-    job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", "--per-rank", cwd=root)
+    job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", "--per-rank",
+                 "--checkpoint-at", "2", cwd=root)  # fmt: skip
     try:
         until(lambda: len(job.steps(1)) >= 3, "three steps on rank 1")
         with retune.connect("ddp", store=store) as ctl:
@@ -231,7 +232,7 @@ def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Cont
         assert runs[0].meta["distributed"] == {"world_size": 2, "backend": "gloo"}
         listed = store.list_checkpoints(runs[0].id)
         # one per change, command and stop, written once (by rank 0)
-        assert [c.reason for c in listed] == ["change", "command", "change", "stop"]
+        assert [c.reason for c in listed] == ["user", "change", "command", "change", "stop"]
         assert listed[-1].step == stop_step
     tree = retune.load("ddp", store=controlled.store).tree()
     assert len(tree) == 3 and tree[1].start_step == controlled.set_command.applied_step
@@ -239,6 +240,14 @@ def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Cont
         tree[2].parent == tree[1].id
         and tree[2].start_step == controlled.checkpoint_command.result["step"]
     )
+
+
+def test_run_checkpoint_is_collective_and_saved_once(controlled: Controlled) -> None:
+    """``run.checkpoint()`` on every rank: rank 0 writes one checkpoint (its tag), and every
+    rank gets its record back."""
+    got = [[line for line in controlled.job.lines(r) if "checkpoint" in line] for r in range(2)]
+    assert got[0] == got[1] == [{"checkpoint": got[0][0]["checkpoint"], "tag": "from rank 0",
+                                 "at": 2}]  # fmt: skip
 
 
 def test_per_rank_metrics_are_tagged_with_the_rank(controlled: Controlled) -> None:
