@@ -50,8 +50,9 @@ from retune import _json
 from retune.checkpoint import resolve_checkpoint
 from retune.control import Knob
 from retune.errors import CommandRejected, DistributedError, InvalidArgument, RetuneError
-from retune.session._control import Applier
+from retune.session._control import Applier, Handler
 from retune.session._handlers import HANDLERS
+from retune.session._protocols import TrainingSession
 from retune.session._run import Run, _merged
 from retune.session._state import _rng_state, _set_rng_state
 from retune.session._writer import MetricWriter, Point
@@ -247,6 +248,11 @@ def _rng_from_wire(wire: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _no_explore(session: TrainingSession, command: CommandRecord) -> dict[str, Any] | None:
+    """Explorations restore and train candidates over many steps on rank 0 alone: refused."""
+    raise CommandRejected("explore is not supported under torch.distributed yet")
+
+
 def _remote_error(message: dict[str, Any]) -> RetuneError:
     """What rank 0 failed with, as this rank raises it."""
     if message.get("code") == CommandRejected.code:
@@ -264,6 +270,7 @@ class LeaderRun(Run):
         self._effects: list[dict[str, Any]] = []
         self._reply: dict[str, Any] = {}
         recording = {kind: self._recording(handler) for kind, handler in HANDLERS.items()}
+        recording["explore"] = _no_explore
         self._applier = Applier(recording)
         self._inbox = self._applier.inbox
         self.add_state(RANKS_PART, lambda: dict(self._peer_rng), self._load_peer_rng)
@@ -272,8 +279,8 @@ class LeaderRun(Run):
         # a restore brings back the other ranks' RNG too: the next checkpoint records those
         self._peer_rng = dict(value) if isinstance(value, dict) else {}
 
-    def _recording(self, handler: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-        def record(session: Any, command: CommandRecord) -> dict[str, Any]:
+    def _recording(self, handler: Handler) -> Handler:
+        def record(session: TrainingSession, command: CommandRecord) -> dict[str, Any] | None:
             result = handler(session, command)  # a rejection raises: nothing to replay
             self._effects.append(
                 {"kind": command.kind, "payload": command.payload, "result": result}
@@ -324,7 +331,7 @@ class LeaderRun(Run):
             saved = saved and not self._effects
         return saved
 
-    def _at_boundary(self) -> None:
+    def _at_boundary(self, values: dict[str, float]) -> None:
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         if self._stopped_here:  # every rank stopped at the same boundary: nothing to agree
@@ -468,7 +475,7 @@ class RankRun(Run):
         if self._per_rank:
             return Run.step(self, tagged)
         self._step += 1
-        self._at_boundary()
+        self._at_boundary(tagged)
         return self._step
 
     def log(self, metrics: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -544,7 +551,7 @@ class RankRun(Run):
             elif kind != "checkpoint":
                 raise DistributedError(f"rank 0 applied {kind!r}, which this rank cannot")
 
-    def _at_boundary(self) -> None:
+    def _at_boundary(self, values: dict[str, float]) -> None:
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         if self._stopped_here:
