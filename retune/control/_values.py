@@ -23,7 +23,9 @@ __all__ = ["TunableValues"]
 def _shown(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, tuple):
         return "(" + ", ".join(_shown(v) for v in value) + ")"
     return str(value)
 

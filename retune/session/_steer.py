@@ -22,15 +22,27 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from retune.errors import CommandRejected, CommandTimeout, RetuneError, RunNotLive
+from retune.session._control import Applier
+from retune.session._protocols import TrainingSession
 from retune.store import CommandRecord
 
-if TYPE_CHECKING:
-    from retune.session._run import Run
-
 __all__ = ["command_source", "send"]
+
+
+class Steered(TrainingSession, Protocol):
+    """What sending a command from the run handle needs of the run."""
+
+    training_thread: threading.Thread | None
+    _applier: Applier
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ended(self) -> bool: ...
 
 
 def command_source() -> str:
@@ -46,12 +58,12 @@ def command_source() -> str:
     return "notebook" if getattr(shell, "kernel", None) is not None else "python"
 
 
-def _applies_here(run: Run) -> bool:
+def _applies_here(run: Steered) -> bool:
     trainer = run.training_thread
     return trainer is None or trainer is threading.current_thread() or not trainer.is_alive()
 
 
-def send(run: Run, kind: str, payload: Mapping[str, Any], *, timeout: float) -> CommandRecord:
+def send(run: Steered, kind: str, payload: Mapping[str, Any], *, timeout: float) -> CommandRecord:
     """Submit ``kind`` for ``run`` and return it resolved (see the module doc).
 
     Raises ``RunNotLive`` for a run that has ended, ``CommandRejected`` (nothing changed)
@@ -68,7 +80,7 @@ def send(run: Run, kind: str, payload: Mapping[str, Any], *, timeout: float) -> 
     return _wait(run, command, timeout)
 
 
-def _wait(run: Run, command: CommandRecord, timeout: float) -> CommandRecord:
+def _wait(run: Steered, command: CommandRecord, timeout: float) -> CommandRecord:
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
