@@ -121,6 +121,7 @@ def test_cells_steer_the_background_training(executed: dict[str, Any]) -> None:
         assert command.source == "notebook" and command.status == "applied", command
         assert command.applied_step is not None
     changed, restored = commands["set"], commands["restore"]
+    assert changed.applied_step is not None and restored.applied_step is not None
     assert changed.payload["values"] == {"lr": 5e-4}
     # a node per change: n2 (the set) and n3 (the restore) both grow from the root
     assert [(n.id, n.parent, n.change_kind) for n in nodes] == [
