@@ -186,20 +186,23 @@ class LiveChart:
         self.points = sum(len(t["x"]) for t in traces)
 
     def _changes(self, nodes: list[NodeRecord]) -> tuple[list[dict[str, Any]], list[Any]]:
-        """A dotted line in every row at each change's step, and one label per change on top
-        (hover it: kind and diff). Every name is escaped: plotly reads HTML in text."""
+        """A dotted line in every row at each step where a change starts a node, and one
+        label on top naming the nodes that start there (hover it: kind and diff of each).
+        Every name is escaped: plotly reads HTML in text."""
+        at: dict[int, list[NodeRecord]] = {}
+        for node in nodes:
+            if node.parent is not None:
+                at.setdefault(node.start_step, []).append(node)
         shapes: list[dict[str, Any]] = []
         labels: list[Any] = []
-        for node in nodes:
-            if node.parent is None:
-                continue
+        for step, started in sorted(at.items()):
             for row in range(1, len(self.keys) + 1):
                 suffix = "" if row == 1 else str(row)
                 shapes.append(
                     {
                         "type": "line",
-                        "x0": node.start_step,
-                        "x1": node.start_step,
+                        "x0": step,
+                        "x1": step,
                         "xref": f"x{suffix}",
                         "yref": f"y{suffix} domain",
                         "y0": 0,
@@ -207,18 +210,21 @@ class LiveChart:
                         "line": CHANGE_LINE,
                     }
                 )
-            what = describe_diff(node.diff) or "same values"
+            hover = "<br>".join(
+                html.escape(f"n{n.id} {n.change_kind}: {describe_diff(n.diff) or 'same values'}")
+                for n in started
+            )
             labels.append(
                 {
-                    "x": node.start_step,
+                    "x": step,
                     "xref": "x",
                     "y": 1.0,
                     "yref": "y domain",
                     "yanchor": "bottom",
-                    "text": f"n{node.id}",
+                    "text": " ".join(f"n{n.id}" for n in started),
                     "showarrow": False,
                     "font": {"size": 10, "color": "#6b7385"},
-                    "hovertext": html.escape(f"n{node.id} {node.change_kind}: {what}"),
+                    "hovertext": hover,
                     "name": "retune-change",
                 }
             )

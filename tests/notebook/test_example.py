@@ -132,7 +132,7 @@ def test_cells_steer_the_background_training(executed: dict[str, Any]) -> None:
     assert nodes[1].start_step == changed.applied_step and nodes[1].diff["lr"] == [2e-3, 5e-4]
     assert nodes[2].diff["weight_decay"] == [1e-4, 1e-3]
     assert nodes[2].start_step == restored.applied_step <= changed.applied_step
-    assert run.step > changed.applied_step + 60  # the training went on while cells ran
+    assert run.step > changed.applied_step + 120  # the training went on while cells ran
     assert any(c.reason == "stop" for c in checkpoints)  # a clean stop checkpoints
     printed = _text(_outputs(executed["nb"], "changed = run.set"))
     assert f"at step {changed.applied_step} (node n2, source notebook)" in printed
