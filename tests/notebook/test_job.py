@@ -39,10 +39,21 @@ def store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'retune.db'}"
 
 
+APPLIED_IN: list[threading.Thread] = []  # the threads the "decay" knob's setter ran in
+
+
 @pytest.fixture
 def steered(store: str) -> Iterator[tuple[Any, Any, Trainer]]:
     run = retune.init("steered", store=store, checkpoint_every_n_steps=10)
     run.tunable("clip", 1.0, bounds=(0.0, None), doc="<script>x</script> clip norm")
+    decay = [0.1]
+
+    def set_decay(value: float) -> None:
+        APPLIED_IN.append(threading.current_thread())
+        decay[0] = value
+
+    run.tunable("decay", get=lambda: decay[0], set=set_decay, bounds=(0.0, 1.0))
+    APPLIED_IN.clear()
     trainer = Trainer()
     job = run.start(trainer, total=10_000)
     yield run, job, trainer
@@ -63,8 +74,11 @@ def test_cells_steer_a_background_training(steered: tuple[Any, Any, Trainer], st
         run.set(clip=-1.0)
     scaled = run.scale(clip=0.5)
     assert scaled.status == "applied" and run.hp["clip"] == 0.25
-    restored = run.restore(f"n1@{at}", clip=0.9)
-    assert restored.status == "applied" and run.hp.clip == 0.9
+    restored = run.restore(f"n1@{at}", clip=0.9, decay=0.3)
+    assert restored.status == "applied" and run.hp.clip == 0.9 and run.hp.decay == 0.3
+    # the restore and its values were applied by the training thread, not by this one
+    assert APPLIED_IN and set(APPLIED_IN) == {run.training_thread}
+    assert run.training_thread is not threading.current_thread()
     assert job.stop() == "stopped" and job.state == "stopped" and job.done
     with retune.connect(run.id, store=store) as ctl:
         audit = ctl.history()
@@ -90,7 +104,8 @@ def test_cells_steer_a_background_training(steered: tuple[Any, Any, Trainer], st
 
 def test_hp_is_a_table_of_every_tunable(steered: tuple[Any, Any, Trainer]) -> None:
     run, _job, _ = steered
-    assert dict(run.hp) == {"clip": 1.0} and repr(run.hp) == "TunableValues(clip=1)"
+    assert dict(run.hp) == {"clip": 1.0, "decay": 0.1}
+    assert repr(run.hp) == "TunableValues(clip=1, decay=0.1)"
     table = run.hp._repr_html_()
     assert "<td>clip</td>" in table and "<script>" not in table and "&lt;script&gt;" in table
     with pytest.raises(AttributeError, match="no tunable 'nope'"):
@@ -169,3 +184,18 @@ def test_chart_branches_match_the_servers(store: str) -> None:
     assert mine.steps.tolist() == answer["steps"] and mine.values.tolist() == answer["values"]
     assert max(answer["values"]) == 100.0 and len(answer["steps"]) <= 300  # spikes kept
     assert describe_diff(nodes[1].diff) == "clip 1 -> 0.3"
+
+
+def test_dashboard_is_the_runs_page_inline(store: str) -> None:
+    import httpx
+
+    from retune.notebook import dashboard_url
+
+    run = retune.init("framed", store=store)
+    try:
+        frame = run.dashboard(port=18765)
+        assert frame.src.endswith(f"/runs/{run.id}") and frame.height == 720
+        assert httpx.get(frame.src, timeout=10).status_code == 200
+        assert dashboard_url(run.store.url) == frame.src.split("runs/")[0]  # one per store
+    finally:
+        run.finish()
