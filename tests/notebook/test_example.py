@@ -58,6 +58,36 @@ print("interrupted job:", state, idle_job.interrupted)
 """
 
 
+BUSY = """
+busy_run = retune.init("notebook-busy")
+busy_job = busy_run.start(forever)
+busy_job.wait(120)  # the test interrupts the kernel while this cell waits
+"""
+
+AFTER_BUSY = """
+print("busy job:", busy_job.wait(60), busy_job.interrupted)
+"""
+
+
+async def _interrupt_while_running(client: Any, cell: Any, index: int, store_url: str) -> None:
+    """Run ``cell`` and, once its job has trained (its steps are in the store), interrupt
+    the kernel while the cell is still running."""
+    import asyncio
+    import time
+
+    running = asyncio.ensure_future(client.async_execute_cell(cell, index))
+    deadline = time.monotonic() + 120
+    while True:
+        with open_store(store_url) as store:
+            busy = store.list_runs(name="notebook-busy")
+        if busy and busy[0].step >= 10:
+            break
+        assert time.monotonic() < deadline and not running.done(), "the busy job never trained"
+        await asyncio.sleep(0.1)
+    await client.km.interrupt_kernel()
+    await running
+
+
 def _cell(source: str, **metadata: Any) -> Any:
     cell = nbformat.v4.new_code_cell(source)
     cell.metadata.update(metadata)
@@ -75,6 +105,8 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         _cell(CRASH),
         _cell(INTERRUPTED),
         _cell(AFTER_INTERRUPT, retune_interrupt_before=True),
+        _cell(BUSY, retune_interrupt_during=True, tags=["raises-exception"]),
+        _cell(AFTER_BUSY),
     ]
     env = {**os.environ, "RETUNE_STORE": store_url, "PYTHONPATH": str(ROOT)}
     client = nbclient.NotebookClient(
@@ -88,7 +120,10 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             if cell.metadata.get("retune_interrupt_before"):
                 # SIGINT to the kernel (its kernelspec's interrupt mode), while it is idle
                 nbclient.util.run_sync(client.km.interrupt_kernel)()
-            client.execute_cell(cell, index)
+            if cell.metadata.get("retune_interrupt_during"):
+                nbclient.util.run_sync(_interrupt_while_running)(client, cell, index, store_url)
+            else:
+                client.execute_cell(cell, index)
     return {"nb": nb, "store": store_url, "work": work}
 
 
@@ -177,3 +212,13 @@ def test_a_kernel_interrupt_stops_the_job_at_a_step_boundary(executed: dict[str,
     assert run.step >= 20
     # stopped at a boundary: the stop checkpoint holds the last step
     assert [c.step for c in checkpoints if c.reason == "stop"] == [run.step]
+
+
+def test_an_interrupt_during_a_cell_stops_the_job_and_the_cell(executed: dict[str, Any]) -> None:
+    nb = executed["nb"]
+    (error,) = [o for o in _outputs(nb, "busy_job.wait(120)") if o.output_type == "error"]
+    assert error.ename == "KeyboardInterrupt"  # the cell was interrupted as usual
+    assert "busy job: stopped True" in _text(_outputs(nb, "busy_job.wait(60)"))
+    with open_store(executed["store"], create=False) as store:
+        run = store.get_run("notebook-busy")
+    assert run.status == "stopped" and run.error == "interrupted (kernel interrupt)"
