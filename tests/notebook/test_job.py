@@ -42,9 +42,19 @@ def store(tmp_path: Path) -> str:
 APPLIED_IN: list[threading.Thread] = []  # the threads the "decay" knob's setter ran in
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_store(request: pytest.FixtureRequest, store: str) -> str:
+    """SQLite, and the test PostgreSQL when one is configured (else that case skips)."""
+    if request.param == "postgres":
+        from tests._postgres import fresh_postgres
+
+        return fresh_postgres()
+    return store
+
+
 @pytest.fixture
-def steered(store: str) -> Iterator[tuple[Any, Any, Trainer]]:
-    run = retune.init("steered", store=store, checkpoint_every_n_steps=10)
+def steered(any_store: str) -> Iterator[tuple[Any, Any, Trainer]]:
+    run = retune.init("steered", store=any_store, checkpoint_every_n_steps=10)
     run.tunable("clip", 1.0, bounds=(0.0, None), doc="<script>x</script> clip norm")
     decay = [0.1]
 
@@ -60,7 +70,10 @@ def steered(store: str) -> Iterator[tuple[Any, Any, Trainer]]:
     job.stop()
 
 
-def test_cells_steer_a_background_training(steered: tuple[Any, Any, Trainer], store: str) -> None:
+def test_cells_steer_a_background_training(
+    steered: tuple[Any, Any, Trainer], any_store: str
+) -> None:
+    store = any_store
     run, job, trainer = steered
     assert job.wait_for(step=15) >= 15 and job.state == "running"
     changed = run.set(clip=0.5)
