@@ -2,12 +2,14 @@
 
 Trains the demo in a subprocess and steers it from the CLI as a person would: lower lr, lower
 it again, go back to the root's checkpoint with another weight decay, halve lr on that branch,
-then go back to the second node with yet another weight decay. When training ends the tree is
-drawn with ``retune tree --svg`` (coloured by val_acc). Takes a minute or two on a laptop.
+then go back to the second node with yet another weight decay (4 epochs: the picture, not the
+model, is the point). When training ends the tree is drawn with ``retune tree --svg``
+(coloured by val_acc). Takes a minute or two on a laptop.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,23 +44,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         store = str(Path(folder) / "retune.db")
         trainer = subprocess.Popen(
-            [*cli, "demo", "--epochs", "14", "--step-delay", "0.02", "--no-ui", "--exit",
+            [*cli, "demo", "--epochs", "4", "--step-delay", "0", "--no-ui", "--exit",
              "--store", store],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ,
+                                                                      "OMP_NUM_THREADS": "1"},
         )  # fmt: skip
+        # 4 epochs of 23 steps; a restore moves the step back to its checkpoint's
         script = [
-            (60, ["set", NAME, "lr=3e-3"]),
-            (130, ["set", NAME, "lr=1e-3"]),
-            (200, ["restore", NAME, "n1", "weight_decay=1e-2"]),
-            (280, ["scale", NAME, "lr=0.5"]),
-            (340, ["restore", NAME, "n2", "weight_decay=1e-3"]),
+            (15, ["set", NAME, "lr=3e-3"]),
+            (30, ["set", NAME, "lr=1e-3"]),
+            (45, ["restore", NAME, "n1", "weight_decay=1e-2"]),  # back to step 15
+            (60, ["scale", NAME, "lr=0.5"]),
+            (75, ["restore", NAME, "n2", "weight_decay=1e-3"]),  # back to step 30
         ]
         for step, command in script:
             _wait_step(store, step)
             subprocess.run([*cli, *command, "--store", store], check=True,
                            stdout=subprocess.DEVNULL)  # fmt: skip
-        if trainer.wait(timeout=600) != 0:
-            print("note: the demo ended with a non-zero status", file=sys.stderr)
+        trainer.wait(timeout=600)  # exit 1 only says 4 epochs stay under 95% accuracy
         subprocess.run([*cli, "tree", NAME, "--svg", str(OUT), "--color-by", "val_acc",
                         "--width", "960", "--store", store], check=True)  # fmt: skip
     print(f"wrote {OUT}")
