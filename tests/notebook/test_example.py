@@ -24,6 +24,9 @@ pytest.importorskip("torch")
 
 from retune.store import open_store  # noqa: E402
 
+# the module's kernel runs the whole notebook once (its first test pays for it)
+pytestmark = pytest.mark.timeout(600)
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "notebook.ipynb"
 

@@ -19,7 +19,8 @@ pytest.importorskip("torch")
 from retune.server._headless import CHROMIUM, CHROMIUM_ARGS
 from retune.store import open_store
 
-pytestmark = pytest.mark.slow
+# JupyterLab's start and its first page load are slow on a loaded 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
