@@ -212,3 +212,16 @@ def test_dashboard_is_the_runs_page_inline(store: str) -> None:
         assert dashboard_url(run.store.url) == frame.src.split("runs/")[0]  # one per store
     finally:
         run.finish()
+
+
+def test_a_job_pauses_and_continues(store: str) -> None:
+    run = retune.init("pausing", store=store)
+    job = run.start(Trainer())
+    job.wait_for(step=3)
+    paused = job.pause()
+    assert paused.status == "applied" and job.state == "paused"
+    held = job.step
+    assert "paused" in job._repr_html_() and paused.applied_step == held
+    job.resume()
+    assert job.wait_for(step=held + 5) >= held + 5 and job.state == "running"
+    assert job.stop() == "stopped"
