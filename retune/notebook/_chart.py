@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import math
 import threading
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,8 @@ COLORS = ("#3157d5", "#d5533a", "#1f8a4c", "#9b3fc4", "#c99514", "#1796a8", "#b8
 MAX_BRANCHES = 8
 """Branches drawn at most (the newest leaves), as in the dashboard."""
 CHANGE_LINE = {"color": "#aab", "width": 1, "dash": "dot"}
+MAX_FAILURES = 30
+"""Background redraws that may fail in a row before a chart stops following its run."""
 
 
 def leaves(nodes: Sequence[NodeRecord]) -> list[NodeRecord]:
@@ -105,6 +108,8 @@ class LiveChart:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self.points = 0
+        self.errors: list[str] = []
+        """The last few tracebacks of failed background redraws (for diagnosis)."""
         rows = len(self.keys)
         figure = make_subplots(
             rows=rows,
@@ -140,8 +145,8 @@ class LiveChart:
             seen = (run.status, run.step, run.heartbeat_at, len(nodes), nodes[-1].end_step)
             if seen == self._seen and not force:
                 return False
-            self._seen = seen
             self._draw(nodes)
+            self._seen = seen  # only once drawn: a failed draw is tried again
             return True
 
     def _draw(self, nodes: list[NodeRecord]) -> None:
@@ -232,13 +237,23 @@ class LiveChart:
 
     # -- following the run ------------------------------------------------------------------
     def _follow(self) -> None:
+        failures = 0
         while not self._closed.wait(self.interval):
             try:
                 self.refresh()
             except RetuneError:
                 continue  # the store is busy or away for a moment: try again next time
-            except Exception:  # the front end went away: stop quietly
-                return
+            except Exception:
+                # the widget's state moved under us (the front end syncs ranges back on the
+                # kernel's main thread) or the front end went away: redraw it all next time,
+                # and give up only when it keeps failing
+                self.errors = [*self.errors[-4:], traceback.format_exc()]
+                self._branches = ()
+                failures += 1
+                if failures >= MAX_FAILURES:
+                    return
+                continue
+            failures = 0
             if self._ended():
                 return
 

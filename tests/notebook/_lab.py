@@ -5,7 +5,8 @@ Shared by the browser test (tests/notebook/test_lab.py) and the screenshot scrip
 token, in a folder of its own (its config, runtime and workspace folders inside it, so
 nothing of the user's is read or written), and stops it. :func:`play` opens the notebook,
 runs it in two parts (up to the live chart, then the rest) and records what a person would
-see: the chart gaining points while the job shows ``running``, then the tree picture.
+see: the chart gaining points (its last step growing) while the job shows ``running``, then
+the tree picture.
 """
 
 from __future__ import annotations
@@ -124,16 +125,21 @@ class Lab:
 class Seen:
     """What the browser showed."""
 
-    chart_points: list[int] = field(default_factory=list)
-    """Points in the inline chart, sampled while the job showed ``running``."""
+    chart_steps: list[int] = field(default_factory=list)
+    """The last step the inline chart drew, each time it grew while the job showed
+    ``running``."""
     tree_nodes: int = 0
     job_state: str = ""
     screenshots: list[Path] = field(default_factory=list)
 
 
-_POINTS = """() => {
+# the last step the inline chart draws: it grows with every redraw that brings new points
+# (the count of points stops growing once a branch is downsampled to max_points)
+_LAST_STEP = """() => {
   const plots = [...document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot')];
-  return plots.reduce((n, p) => n + (p.data || []).reduce((a, t) => a + (t.x ? t.x.length : 0), 0), 0);
+  let last = 0;
+  for (const p of plots) for (const t of p.data || []) for (const x of t.x || []) last = Math.max(last, x);
+  return last;
 }"""
 _JOB_STATE = """() => {
   const job = document.querySelector('.jp-OutputArea-output .retune-job');
@@ -179,12 +185,17 @@ def play(page: Any, lab: Lab, shots: Path | None = None, timeout: float = 240) -
     def growing() -> bool:
         if page.evaluate(_JOB_STATE) != "running":
             return False
-        points = int(page.evaluate(_POINTS))
-        if points and (not seen.chart_points or points > seen.chart_points[-1]):
-            seen.chart_points.append(points)
-        return len(seen.chart_points) >= 3
+        last = int(page.evaluate(_LAST_STEP))
+        if last and (not seen.chart_steps or last > seen.chart_steps[-1]):
+            seen.chart_steps.append(last)
+        return len(seen.chart_steps) >= 3
 
-    eventually(growing, timeout, "the inline chart to gain points while the job runs")
+    try:
+        eventually(growing, timeout, "the inline chart to gain points while the job runs")
+    except AssertionError as e:
+        if shots is not None:
+            page.screenshot(path=str(shots / "failure.png"), full_page=True)
+        raise AssertionError(f"{e}; last steps seen {seen.chart_steps}") from e
     page.evaluate(_RUN_CELLS, [chart_cell + 1, None])
     eventually(lambda: page.evaluate(_IDLE_AND_DONE), timeout, "every cell to run")
     nodes = page.locator(".jp-OutputArea-output svg g.rt-node")

@@ -41,9 +41,9 @@ def test_the_notebook_in_jupyterlab(tmp_path: Path) -> None:
             seen = play(page, lab, shots=tmp_path)
         finally:
             browser.close()
-    # the chart grew, sample after sample, while the job's view said it was running
-    assert len(seen.chart_points) >= 3
-    assert seen.chart_points == sorted(set(seen.chart_points))
+    # the chart grew, redraw after redraw, while the job's view said it was running
+    assert len(seen.chart_steps) >= 3
+    assert seen.chart_steps == sorted(set(seen.chart_steps))
     assert seen.tree_nodes == 3  # n1, the set's n2 and the restore's n3
     assert seen.job_state == "stopped"
     with open_store(store_url, create=False) as store:
