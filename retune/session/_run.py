@@ -25,7 +25,7 @@ from retune.session._checkpointer import Checkpointer, CheckpointPolicy
 from retune.session._control import Applier
 from retune.session._handlers import HANDLERS
 from retune.session._loop import LoopPosition
-from retune.session._protocols import SessionFlags
+from retune.session._protocols import ActiveExploration, SessionFlags
 from retune.session._snapshot import RunSnapshot, read_snapshot
 from retune.session._state import apply_state
 from retune.session._tree import TreeNode
@@ -136,6 +136,7 @@ class Run:
         self.unclaimed_parts: dict[str, Any] = {}
         """Parts of the last loaded checkpoint no :meth:`add_state` has claimed yet."""
         self.flags = SessionFlags()
+        self.exploration: ActiveExploration | None = None
         self.loop = LoopPosition(data_seed)
         self.loop.should_stop = lambda: self.flags.stop_requested
         self.loop.on_epoch_end = self._on_epoch_end
@@ -227,7 +228,7 @@ class Run:
         if values:
             self._buffer.append((self._step, self._node, time.time(), values))
         if self._inbox or self._step >= self._next_boundary:
-            self._at_boundary()
+            self._at_boundary(values)
         return self._step
 
     def _checked(self, values: Mapping[Any, Any]) -> dict[str, float]:
@@ -236,8 +237,9 @@ class Run:
         return checked
 
     # -- the step boundary ------------------------------------------------------------------
-    def _at_boundary(self) -> None:
-        """Scheduled checkpoint; queued commands; hold while paused; the stop (checkpointed)."""
+    def _at_boundary(self, values: dict[str, float]) -> None:
+        """Scheduled checkpoint; the exploration's step; queued commands; hold while paused;
+        the stop (checkpointed)."""
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         saved = False
@@ -247,9 +249,13 @@ class Run:
             self.checkpointer.save("schedule")
             saved = True
         self._reschedule()
+        if self.exploration is not None:
+            saved = False  # it may have restored another state
+            self.exploration.after_step(values)
         if self._inbox:
             saved = False  # a command may change the state after the scheduled checkpoint
             self._applier.apply_pending(self)
+        self._reschedule()  # an exploration began or ended
         while self.flags.paused and not self.flags.stop_requested and not self._signal:
             if self._applier.wake.wait(self._poll_interval):
                 self._applier.wake.clear()
@@ -260,7 +266,12 @@ class Run:
             self._stop_here(already_saved=saved)
 
     def _reschedule(self) -> None:
-        if self.training_thread is None or self._signal or self._stopped_here:
+        if (
+            self.training_thread is None
+            or self._signal
+            or self._stopped_here
+            or self.exploration is not None  # it counts every step
+        ):
             self._next_boundary = 0
         else:
             self._next_boundary = self._next_checkpoint
@@ -536,6 +547,48 @@ class Run:
 
         return dashboard(self, port=port, height=height)
 
+    def explore(
+        self,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        steps: int,
+        metric: str,
+        goal: str = "min",
+        score: str = "last",
+        start: str | None = None,
+        then: str = "best",
+        max_candidates: int | None = None,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """Queue an exploration: ``run.explore(lr=[1e-3, 3e-4, 1e-4], steps=300,
+        metric="val_loss")``. Returns the command, ``pending``: the training loop runs it
+        from its next step boundary on (each candidate restored from one checkpoint, trained
+        ``steps`` steps, scored), then continues from the best (``then="best"``) or from
+        where it was (``then="stay"``). Any thread may call it; read the progress with
+        ``retune.connect(run).exploration(command.id)``. A bad spec raises
+        ``CommandRejected`` with the reason (nothing changes). See ``docs/explore.md``.
+        """
+        from retune.control._commands import explore_payload, submit
+
+        payload = explore_payload(
+            {**(values or {}), **kwargs},
+            steps=steps,
+            metric=metric,
+            goal=goal,
+            score=score,
+            start=start,
+            then=then,
+            max_candidates=max_candidates,
+            group=group,
+            mode=mode,
+        )
+        command = submit(self.store, self.id, "explore", payload, source="python")
+        self._inbox.append(command)  # the next step() applies it (the poller may be later)
+        return command
+
     def epochs(self, count: int) -> Iterator[int]:
         """``for epoch in run.epochs(n)``: starts at the restored epoch after a resume; ends
         early (without raising) after a stop."""
@@ -575,6 +628,8 @@ class Run:
         values = self._checked(_merged(metrics, kwargs))
         if values:
             self._buffer.append((self._step, self._node, time.time(), values))
+            if self.exploration is not None:
+                self.exploration.observe(values)
 
     def flush(self) -> None:
         """Write every buffered point now (the background thread does this every second)."""
@@ -686,6 +741,8 @@ class Run:
                 self.store.close()
 
     def _mark_ended(self, status: str, error: str | None) -> None:
+        if self.exploration is not None:
+            self.exploration.interrupt(f"the run ended ({status}) during the exploration")
         now = time.time()
         self.store.update_run(
             self.id,

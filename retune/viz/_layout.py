@@ -22,8 +22,10 @@ from retune.session._tree import TreeNode
 
 __all__ = ["Chain", "Edge", "NodeBox", "TreeLayout", "edge_label", "layout_tree"]
 
-CONTINUING_KINDS = frozenset({"set", "scale", "resume"})
-"""Changes that continue training from where the parent stopped (no jump back in steps)."""
+CONTINUING_KINDS = frozenset({"set", "scale", "resume", "guard", "explore"})
+"""Changes that may continue training from where the parent stopped; a child of these kinds
+continues its parent's track only when it starts at or after the parent's end (a ``guard`` or
+``explore`` node that went back to an earlier checkpoint is a branch, like a ``restore``)."""
 
 MIN_CHAIN = 3
 """The fewest nodes :func:`layout_tree` collapses into one chain segment."""
