@@ -54,6 +54,7 @@ test: lint browser
 
 screenshots: $(VENV)/.installed-dev browser
 	$(PY) scripts/screenshots.py
+	$(PY) scripts/notebook_screenshots.py
 
 # Each benchmark writes benchmarks/results/NAME.json; report.py renders them into
 # docs/benchmarks.md (the figures there are generated). BENCH_FLAGS=--quick: reduced sizes.
