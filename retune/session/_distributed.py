@@ -50,6 +50,7 @@ from retune import _json
 from retune.checkpoint import resolve_checkpoint
 from retune.control import Knob
 from retune.errors import CommandRejected, DistributedError, InvalidArgument, RetuneError
+from retune.session import _steer
 from retune.session._control import Applier, Handler
 from retune.session._handlers import HANDLERS
 from retune.session._protocols import TrainingSession
@@ -372,19 +373,17 @@ class LeaderRun(Run):
 
         return self._exchange(work)
 
-    def restore(
-        self,
-        target: str,
-        *,
-        set: Mapping[str, Any] | None = None,
-        group: int | str | None = None,
-        mode: str = "rescale",
-    ) -> CommandRecord:
-        """Collective: call on every rank at the same point (see :meth:`Run.restore`)."""
+    def _steered(self, call: Callable[[], CommandRecord]) -> CommandRecord:
+        """``run.set()`` / ``scale()`` / ``restore()`` on rank 0. From the training thread (or
+        before training started) it is applied here, so it is collective: every rank calls
+        the same method at the same point. From another thread it is queued, and the next
+        step boundary's exchange applies it on every rank."""
+        if not _steer._applies_here(self):
+            return call()
 
         def work() -> CommandRecord:
             try:
-                record = Run.restore(self, target, set=set, group=group, mode=mode)
+                record = call()
             except CommandRejected as e:
                 self._reply["command"] = e.command_id
                 raise
@@ -392,6 +391,54 @@ class LeaderRun(Run):
             return record
 
         return self._exchange(work)
+
+    def restore(
+        self,
+        target: str,
+        *,
+        set: Mapping[str, Any] | None = None,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 120.0,
+        **values: Any,
+    ) -> CommandRecord:
+        """See :meth:`Run.restore`; from the training thread, call it on every rank."""
+        return self._steered(
+            partial(
+                Run.restore, self, target, set=set, group=group, mode=mode, timeout=timeout,
+                **values,
+            )
+        )  # fmt: skip
+
+    def set(
+        self,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """See :meth:`Run.set`; from the training thread, call it on every rank."""
+        return self._steered(
+            partial(Run.set, self, values, group=group, mode=mode, timeout=timeout, **kwargs)
+        )
+
+    def scale(
+        self,
+        factors: Mapping[str, float] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: float,
+    ) -> CommandRecord:
+        """See :meth:`Run.scale`; from the training thread, call it on every rank."""
+        return self._steered(
+            partial(Run.scale, self, factors, group=group, mode=mode, timeout=timeout, **kwargs)
+        )
 
     def _on_epoch_end(self) -> None:
         every = self.checkpointer.policy.every_n_epochs
@@ -582,6 +629,17 @@ class RankRun(Run):
         message = self._follow()
         return resolve_checkpoint(self.store, self.id, str(message["checkpoint"]))
 
+    def _followed(self) -> CommandRecord:
+        """Rank 0's ``run.set()`` / ``scale()`` / ``restore()``, called on every rank from the
+        training thread: this rank follows and returns rank 0's command (or raises what rank
+        0 raised). Only rank 0 may steer from another thread."""
+        if not _steer._applies_here(self):
+            raise InvalidArgument(
+                "under torch.distributed only rank 0 may send commands from another thread"
+            )
+        message = self._follow()
+        return self.store.get_command(int(message["command"]))
+
     def restore(
         self,
         target: str,
@@ -589,10 +647,37 @@ class RankRun(Run):
         set: Mapping[str, Any] | None = None,
         group: int | str | None = None,
         mode: str = "rescale",
+        timeout: float = 120.0,
+        **values: Any,
     ) -> CommandRecord:
-        """Collective: rank 0 restores and this rank follows; raises what rank 0 raised."""
-        message = self._follow()
-        return self.store.get_command(int(message["command"]))
+        """Collective with rank 0's :meth:`Run.restore` (see :meth:`_followed`)."""
+        return self._followed()
+
+    def set(
+        self,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """Collective with rank 0's :meth:`Run.set` (see :meth:`_followed`)."""
+        return self._followed()
+
+    def scale(
+        self,
+        factors: Mapping[str, float] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: float,
+    ) -> CommandRecord:
+        """Collective with rank 0's :meth:`Run.scale` (see :meth:`_followed`)."""
+        return self._followed()
 
     def _on_epoch_end(self) -> None:
         every = self.checkpointer.policy.every_n_epochs

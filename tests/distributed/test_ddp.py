@@ -324,7 +324,7 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
     job = launch(
         tmp_path / "logs",
         store,
-        "--epochs", "1000", "--every", "2", "--pace", "0.01", "--timeout", "60",
+        "--epochs", "1000", "--every", "2", "--pace", "0.01", "--timeout", "60", "--set-at", "3",
         env={"RETUNE_TEST_BLOCK_SAVE": f"6:{flag}"},
         cwd=tmp_path,
     )  # fmt: skip
@@ -340,6 +340,12 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
                 proc.kill()
     assert code == 3
     assert err is not None and "another rank has died" in err.read()
+    # run.set(lr=0.02) called on every rank at step 3: one command, applied at once on both
+    sets = [[line for line in job.lines(rank) if "set" in line] for rank in range(2)]
+    assert sets[0] == sets[1] == [{"set": sets[0][0]["set"], "at": 3, "status": "applied"}]
+    for rank in range(2):
+        lrs = [(line["step"], line["lr"]) for line in job.steps(rank)]
+        assert all(lr == (0.05 if step <= 3 else 0.02) for step, lr in lrs), rank
     end = job.end(0)["end"]
     assert end.startswith("DistributedError: rank 0 of 2:"), end
     with open_store(store, create=False) as opened:
@@ -347,7 +353,9 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
         assert run.status == "crashed"
         assert "DistributedError" in (run.error or "")
         listed = opened.list_checkpoints(run.id)
-        assert [c.step for c in listed] == [2, 4, 6]  # the blocked one too: it completed
+        # the blocked one too (it completed), and the one before run.set() at step 3
+        assert [(c.reason, c.step) for c in listed] == [
+            ("schedule", 2), ("change", 3), ("schedule", 4), ("schedule", 6)]  # fmt: skip
         objects = ObjectStore(objects_url_for(opened.url), create=False)
         for record in listed:
             state = decode_state(record.manifest, objects, label=record.label)  # verified
