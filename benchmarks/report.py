@@ -263,32 +263,47 @@ def render_integrations_overhead(r: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
-def render_guard(r: dict[str, Any]) -> str:
-    s = r["settings"]
-    target = r["target_us"]
-    rows = [
-        ["`run.step(loss=...)`, no guard", f"{r['plain_us_per_step']:.3f} us", "-", "-"],
-        ["`run.step(loss=...)`, guard on (detection)", f"{r['guarded_us_per_step']:.3f} us",
-         "-", "-"],
-        ["difference of the two loops", f"{r['overhead_us_per_step']:.3f} us", "-", "-"],
-        ["what the guard adds to `step()` (`GuardRuntime.observe`, best of rounds)",
-         f"{r['observe_us']:.3f} us", f"< {target:g} us", _met(r["observe_us"] < target)],
-        [f"trigger to training again, {r['state_mb']:.0f} MB state, every weight changed",
-         f"{r['trigger_to_training_s']:.2f} s", "-", "-"],
-        ["slowest step that took a last-good checkpoint (a full save)",
-         f"{r['step_with_checkpoint_s']:.2f} s", "-", "-"],
+def render_distributed_overhead(r: dict[str, Any]) -> str:
+    s, target, lat = r["settings"], r["target_pct"], r["latency_ms"]
+    rounds = [
+        ["without Retune", f"{r['median_without_ms']:.2f}",
+         " ".join(f"{v:.1f}" for v in r["without_ms"])],
+        ["with Retune attached", f"{r['median_with_ms']:.2f}",
+         " ".join(f"{v:.1f}" for v in r["with_ms"])],
     ]  # fmt: skip
-    lines = [
-        _header(r, f"{s['steps']:,} steps x {s['repeat']} alternating rounds, median"),
+    latency = [_latency_row(f"{r['applied']} `set lr`, submit -> applied on both ranks", lat)]
+    quartiles = statistics.quantiles(r["without_ms"], n=4, method="inclusive")
+    spread = (quartiles[2] - quartiles[0]) / statistics.median(r["without_ms"]) * 100
+    verdict_target = (
+        _met(r["overhead_pct"] < target)
+        if spread <= target
+        else f"**not shown**: the baseline's own spread ({spread:.0f}%) is wider than the "
+        "target, so this machine's load decides the figure, not Retune"
+    )
+    problems = r["problems"]
+    verdict = (
+        "every command was applied on both ranks"
+        if not problems
+        else f"**{len(problems)} commands were not applied on every rank**: "
+        + "; ".join(problems[:5])
+    )
+    return "\n".join([
+        _header(r, f"{s['ranks']} ranks ({s['backend']}, {s['launcher']}), DDP MLP, "
+                   f"{s['steps']} steps per round, median of {s['rounds']} interleaved rounds"),
         "",
-        markdown_table(["measurement", "value", "target", ""], rows),
+        markdown_table(["per-step time (rank 0)", "ms (median)", "rounds (ms)"], rounds),
         "",
-        "The two loops' difference is within the noise of a shared machine; the guard's own "
-        "work per step is the `observe` line. Recovery time is the median of "
-        f"{len(r['trigger_runs_s'])}: verify and decode the last-good checkpoint, save the "
-        "state being left (for a veto), load, lower lr, record the node and audit entry.",
-    ]
-    return "\n".join(lines)
+        f"Overhead, the median of the {s['rounds']} paired ratios (each round with Retune "
+        f"against the round without it just before): **{r['overhead_pct']:+.1f}%** "
+        f"(ratio of the medians {r['overhead_of_medians_pct']:+.1f}%; target under "
+        f"{target:g}% on a ~{s['step_ms']:g} ms step: {verdict_target}). The rounds without "
+        f"Retune alone spread by {spread:.0f}% (interquartile range over the median); the "
+        f"agreement `all_reduce` alone takes {r['agreement_us']:.0f} µs per step.",
+        "",
+        markdown_table(["latency (ms)", "min", "p50", "p90", "p99", "max"], latency),
+        "",
+        f"{verdict.capitalize()} ({s['poll_ms']} ms poll).",
+    ])  # fmt: skip
 
 
 EXPORT_NAMES = {
@@ -343,47 +358,32 @@ def render_export(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_distributed_overhead(r: dict[str, Any]) -> str:
-    s, target, lat = r["settings"], r["target_pct"], r["latency_ms"]
-    rounds = [
-        ["without Retune", f"{r['median_without_ms']:.2f}",
-         " ".join(f"{v:.1f}" for v in r["without_ms"])],
-        ["with Retune attached", f"{r['median_with_ms']:.2f}",
-         " ".join(f"{v:.1f}" for v in r["with_ms"])],
+def render_guard(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    target = r["target_us"]
+    rows = [
+        ["`run.step(loss=...)`, no guard", f"{r['plain_us_per_step']:.3f} us", "-", "-"],
+        ["`run.step(loss=...)`, guard on (detection)", f"{r['guarded_us_per_step']:.3f} us",
+         "-", "-"],
+        ["difference of the two loops", f"{r['overhead_us_per_step']:.3f} us", "-", "-"],
+        ["what the guard adds to `step()` (`GuardRuntime.observe`, best of rounds)",
+         f"{r['observe_us']:.3f} us", f"< {target:g} us", _met(r["observe_us"] < target)],
+        [f"trigger to training again, {r['state_mb']:.0f} MB state, every weight changed",
+         f"{r['trigger_to_training_s']:.2f} s", "-", "-"],
+        ["slowest step that took a last-good checkpoint (a full save)",
+         f"{r['step_with_checkpoint_s']:.2f} s", "-", "-"],
     ]  # fmt: skip
-    latency = [_latency_row(f"{r['applied']} `set lr`, submit -> applied on both ranks", lat)]
-    quartiles = statistics.quantiles(r["without_ms"], n=4, method="inclusive")
-    spread = (quartiles[2] - quartiles[0]) / statistics.median(r["without_ms"]) * 100
-    verdict_target = (
-        _met(r["overhead_pct"] < target)
-        if spread <= target
-        else f"**not shown**: the baseline's own spread ({spread:.0f}%) is wider than the "
-        "target, so this machine's load decides the figure, not Retune"
-    )
-    problems = r["problems"]
-    verdict = (
-        "every command was applied on both ranks"
-        if not problems
-        else f"**{len(problems)} commands were not applied on every rank**: "
-        + "; ".join(problems[:5])
-    )
-    return "\n".join([
-        _header(r, f"{s['ranks']} ranks ({s['backend']}, {s['launcher']}), DDP MLP, "
-                   f"{s['steps']} steps per round, median of {s['rounds']} interleaved rounds"),
+    lines = [
+        _header(r, f"{s['steps']:,} steps x {s['repeat']} alternating rounds, median"),
         "",
-        markdown_table(["per-step time (rank 0)", "ms (median)", "rounds (ms)"], rounds),
+        markdown_table(["measurement", "value", "target", ""], rows),
         "",
-        f"Overhead, the median of the {s['rounds']} paired ratios (each round with Retune "
-        f"against the round without it just before): **{r['overhead_pct']:+.1f}%** "
-        f"(ratio of the medians {r['overhead_of_medians_pct']:+.1f}%; target under "
-        f"{target:g}% on a ~{s['step_ms']:g} ms step: {verdict_target}). The rounds without "
-        f"Retune alone spread by {spread:.0f}% (interquartile range over the median); the "
-        f"agreement `all_reduce` alone takes {r['agreement_us']:.0f} µs per step.",
-        "",
-        markdown_table(["latency (ms)", "min", "p50", "p90", "p99", "max"], latency),
-        "",
-        f"{verdict.capitalize()} ({s['poll_ms']} ms poll).",
-    ])  # fmt: skip
+        "The two loops' difference is within the noise of a shared machine; the guard's own "
+        "work per step is the `observe` line. Recovery time is the median of "
+        f"{len(r['trigger_runs_s'])}: verify and decode the last-good checkpoint, save the "
+        "state being left (for a veto), load, lower lr, record the node and audit entry.",
+    ]
+    return "\n".join(lines)
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {

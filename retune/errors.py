@@ -30,6 +30,7 @@ __all__ = [
     "StoreUnavailable",
     "CommandTimeout",
     "DistributedError",
+    "JobTimeout",
     "StopTraining",
     "redact",
 ]
@@ -186,6 +187,13 @@ class DistributedError(RetuneError, RuntimeError):
 
     code = "distributed_error"
     http_status = 500
+
+
+class JobTimeout(RetuneError, TimeoutError):
+    """A notebook job did not reach what a caller waited for (a step, its end) in time."""
+
+    code = "job_timeout"
+    http_status = 504
 
 
 class StopTraining(BaseException):

@@ -50,8 +50,10 @@ from retune import _json
 from retune.checkpoint import resolve_checkpoint
 from retune.control import Knob
 from retune.errors import CommandRejected, DistributedError, InvalidArgument, RetuneError
+from retune.session import _steer
 from retune.session._control import Applier, Handler
 from retune.session._handlers import HANDLERS
+from retune.session._protocols import TrainingSession
 from retune.session._run import Run, _merged
 from retune.session._state import _rng_state, _set_rng_state
 from retune.session._writer import MetricWriter, Point
@@ -247,6 +249,11 @@ def _rng_from_wire(wire: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _no_explore(session: TrainingSession, command: CommandRecord) -> dict[str, Any] | None:
+    """Explorations restore and train candidates over many steps on rank 0 alone: refused."""
+    raise CommandRejected("explore is not supported under torch.distributed yet")
+
+
 def _remote_error(message: dict[str, Any]) -> RetuneError:
     """What rank 0 failed with, as this rank raises it."""
     if message.get("code") == CommandRejected.code:
@@ -264,6 +271,7 @@ class LeaderRun(Run):
         self._effects: list[dict[str, Any]] = []
         self._reply: dict[str, Any] = {}
         recording = {kind: self._recording(handler) for kind, handler in HANDLERS.items()}
+        recording["explore"] = _no_explore
         self._applier = Applier(recording)
         self._inbox = self._applier.inbox
         self.add_state(RANKS_PART, lambda: dict(self._peer_rng), self._load_peer_rng)
@@ -273,9 +281,7 @@ class LeaderRun(Run):
         self._peer_rng = dict(value) if isinstance(value, dict) else {}
 
     def _recording(self, handler: Handler) -> Handler:
-        def record(session: Any, command: CommandRecord) -> dict[str, Any] | None:
-            if command.kind == "explore":  # it outlasts a boundary: the ranks cannot follow
-                raise CommandRejected("explore is not supported under torch.distributed yet")
+        def record(session: TrainingSession, command: CommandRecord) -> dict[str, Any] | None:
             result = handler(session, command)  # a rejection raises: nothing to replay
             self._effects.append(
                 {"kind": command.kind, "payload": command.payload, "result": result}
@@ -347,7 +353,7 @@ class LeaderRun(Run):
             saved = saved and not self._effects
         return saved
 
-    def _at_boundary(self, values: dict[str, float] | None = None) -> None:
+    def _at_boundary(self, values: dict[str, float]) -> None:
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         if self._stopped_here:  # every rank stopped at the same boundary: nothing to agree
@@ -389,19 +395,17 @@ class LeaderRun(Run):
 
         return self._exchange(work)
 
-    def restore(
-        self,
-        target: str,
-        *,
-        set: Mapping[str, Any] | None = None,
-        group: int | str | None = None,
-        mode: str = "rescale",
-    ) -> CommandRecord:
-        """Collective: call on every rank at the same point (see :meth:`Run.restore`)."""
+    def _steered(self, call: Callable[[], CommandRecord]) -> CommandRecord:
+        """``run.set()`` / ``scale()`` / ``restore()`` on rank 0. From the training thread (or
+        before training started) it is applied here, so it is collective: every rank calls
+        the same method at the same point. From another thread it is queued, and the next
+        step boundary's exchange applies it on every rank."""
+        if not _steer._applies_here(self):
+            return call()
 
         def work() -> CommandRecord:
             try:
-                record = Run.restore(self, target, set=set, group=group, mode=mode)
+                record = call()
             except CommandRejected as e:
                 self._reply["command"] = e.command_id
                 raise
@@ -409,6 +413,54 @@ class LeaderRun(Run):
             return record
 
         return self._exchange(work)
+
+    def restore(
+        self,
+        target: str,
+        *,
+        set: Mapping[str, Any] | None = None,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 120.0,
+        **values: Any,
+    ) -> CommandRecord:
+        """See :meth:`Run.restore`; from the training thread, call it on every rank."""
+        return self._steered(
+            partial(
+                Run.restore, self, target, set=set, group=group, mode=mode, timeout=timeout,
+                **values,
+            )
+        )  # fmt: skip
+
+    def set(
+        self,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """See :meth:`Run.set`; from the training thread, call it on every rank."""
+        return self._steered(
+            partial(Run.set, self, values, group=group, mode=mode, timeout=timeout, **kwargs)
+        )
+
+    def scale(
+        self,
+        factors: Mapping[str, float] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: float,
+    ) -> CommandRecord:
+        """See :meth:`Run.scale`; from the training thread, call it on every rank."""
+        return self._steered(
+            partial(Run.scale, self, factors, group=group, mode=mode, timeout=timeout, **kwargs)
+        )
 
     def _on_epoch_end(self) -> None:
         every = self.checkpointer.policy.every_n_epochs
@@ -495,7 +547,7 @@ class RankRun(Run):
         if self._per_rank:
             return Run.step(self, tagged)
         self._step += 1
-        self._at_boundary()
+        self._at_boundary(tagged)
         return self._step
 
     def log(self, metrics: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -575,7 +627,7 @@ class RankRun(Run):
             elif kind != "checkpoint":
                 raise DistributedError(f"rank 0 applied {kind!r}, which this rank cannot")
 
-    def _at_boundary(self, values: dict[str, float] | None = None) -> None:
+    def _at_boundary(self, values: dict[str, float]) -> None:
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         if self._stopped_here:
@@ -607,6 +659,17 @@ class RankRun(Run):
         message = self._follow()
         return resolve_checkpoint(self.store, self.id, str(message["checkpoint"]))
 
+    def _followed(self) -> CommandRecord:
+        """Rank 0's ``run.set()`` / ``scale()`` / ``restore()``, called on every rank from the
+        training thread: this rank follows and returns rank 0's command (or raises what rank
+        0 raised). Only rank 0 may steer from another thread."""
+        if not _steer._applies_here(self):
+            raise InvalidArgument(
+                "under torch.distributed only rank 0 may send commands from another thread"
+            )
+        message = self._follow()
+        return self.store.get_command(int(message["command"]))
+
     def restore(
         self,
         target: str,
@@ -614,10 +677,37 @@ class RankRun(Run):
         set: Mapping[str, Any] | None = None,
         group: int | str | None = None,
         mode: str = "rescale",
+        timeout: float = 120.0,
+        **values: Any,
     ) -> CommandRecord:
-        """Collective: rank 0 restores and this rank follows; raises what rank 0 raised."""
-        message = self._follow()
-        return self.store.get_command(int(message["command"]))
+        """Collective with rank 0's :meth:`Run.restore` (see :meth:`_followed`)."""
+        return self._followed()
+
+    def set(
+        self,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """Collective with rank 0's :meth:`Run.set` (see :meth:`_followed`)."""
+        return self._followed()
+
+    def scale(
+        self,
+        factors: Mapping[str, float] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: float,
+    ) -> CommandRecord:
+        """Collective with rank 0's :meth:`Run.scale` (see :meth:`_followed`)."""
+        return self._followed()
 
     def _on_epoch_end(self) -> None:
         every = self.checkpointer.policy.every_n_epochs

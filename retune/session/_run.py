@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from retune.control import Knob, KnobValues, LiveTunables
+from retune.control import Knob, LiveTunables, TunableValues
 from retune.errors import InvalidArgument, RetuneError, StopTraining, StoreError
-from retune.session import _lifecycle
+from retune.session import _lifecycle, _steer
 from retune.session._checkpointer import Checkpointer, CheckpointPolicy
 from retune.session._control import Applier
 from retune.session._handlers import HANDLERS
@@ -199,9 +199,11 @@ class Run:
         return self._node
 
     @property
-    def hp(self) -> KnobValues:
-        """Current values of the user's knobs: ``run.hp.clip_norm``, ``run.hp["clip_norm"]``."""
-        return self.tunables.hp
+    def hp(self) -> TunableValues:
+        """Every tunable's current value: user knobs (``run.hp.clip_norm``,
+        ``run.hp["clip_norm"]``) and optimizer values per param group (``run.hp["lr"]`` is a
+        list). A table in a notebook."""
+        return TunableValues(self.tunables)
 
     @property
     def ended(self) -> bool:
@@ -476,18 +478,89 @@ class Run:
         set: Mapping[str, Any] | None = None,
         group: int | str | None = None,
         mode: str = "rescale",
+        timeout: float = 120.0,
+        **values: Any,
     ) -> CommandRecord:
-        """Go back to a checkpoint now, on a new branch, optionally with new values.
+        """Go back to a checkpoint, on a new branch, optionally with new values:
+        ``run.restore("n2@300", lr=3e-4)`` (or ``set={"lr": 3e-4}``).
 
-        ``target`` is ``c3``, ``latest``, a node ``n3`` or ``n3@1200``. Call it from the
-        training thread between steps; from elsewhere use ``retune.connect(run).restore()``.
-        Raises ``CommandRejected`` with the reason when it cannot be done (nothing changes).
+        ``target`` is ``c3``, ``latest``, a node ``n3`` or ``n3@1200``. From the training
+        thread (between steps) it is applied at once; from another thread (a notebook cell
+        while training runs in the background) it is applied at the next step boundary and
+        this call waits for that (see ``retune.session._steer``). Returns the applied command;
+        raises ``CommandRejected`` with the reason when it cannot be done (nothing changes).
         """
-        from retune.control._commands import restore_payload, submit
+        from retune.control._commands import restore_payload
 
-        payload = restore_payload(target, set, group, mode)
-        command = submit(self.store, self.id, "restore", payload, source="python")
-        return self._applier.apply_now(self, command)
+        payload = restore_payload(target, {**(set or {}), **values}, group, mode)
+        return _steer.send(self, "restore", payload, timeout=timeout)
+
+    def set(
+        self,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """Set tunables to new values: ``run.set(lr=1e-3)``; a new node from the next step.
+
+        The same command path as ``retune set`` (validated at submission and against the live
+        optimizer, recorded, applied at a step boundary; see :meth:`restore` for where and
+        when). ``group`` picks one param group; ``mode`` is what an attached LR scheduler does
+        (``rescale`` keeps its shape, ``constant`` holds the value). Names that clash with the
+        keywords go in ``values``. Returns the applied command or raises ``CommandRejected``.
+        """
+        payload = {"values": {**(values or {}), **kwargs}, "group": group, "mode": mode}
+        return _steer.send(self, "set", payload, timeout=timeout)
+
+    def scale(
+        self,
+        factors: Mapping[str, float] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: float,
+    ) -> CommandRecord:
+        """Multiply tunables (per group, keeping their ratios): ``run.scale(lr=0.5)``; like
+        :meth:`set` otherwise."""
+        payload = {"factors": {**(factors or {}), **kwargs}, "group": group, "mode": mode}
+        return _steer.send(self, "scale", payload, timeout=timeout)
+
+    def request_stop(self) -> None:
+        """Ask the training thread to stop cleanly at its next step boundary (any thread, a
+        signal handler too; no command is recorded). There it checkpoints and ``step()``
+        raises ``StopTraining`` (``run.epochs()``/``run.batches()`` end instead). The flag is
+        set before the boundary is moved, so a boundary running meanwhile cannot miss it."""
+        self.flags.stop_requested = True
+        self._next_boundary = 0
+
+    # -- notebooks (retune[notebook]) -------------------------------------------------------
+    def start(self, train: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``train(run, *args, **kwargs)`` in a background thread; returns a
+        :class:`retune.notebook.Job` at once (see there; ``total=`` gives the expected
+        number of steps for a progress bar). Made for Jupyter: cells stay free to
+        ``run.set(...)``, ``run.plot(...)``, ``job.stop()``."""
+        from retune.notebook import start
+
+        return start(train, self, *args, **kwargs)
+
+    def plot(self, *keys: str, **options: Any) -> Any:
+        """A live chart of metrics ``keys`` (all when none), branches overlaid, a marker at
+        each change; keeps updating while the run trains (:func:`retune.notebook.plot_metric`)."""
+        from retune.notebook import plot_metric
+
+        return plot_metric(self, *keys, **options)
+
+    def dashboard(self, port: int = 8765, *, height: int = 720) -> Any:
+        """The dashboard page of this run, served from this process, as an inline frame."""
+        from retune.notebook import dashboard
+
+        return dashboard(self, port=port, height=height)
 
     def explore(
         self,
@@ -514,6 +587,7 @@ class Run:
         ``CommandRejected`` with the reason (nothing changes). See ``docs/explore.md``.
         """
         from retune.control._commands import explore_payload, submit
+        from retune.session._steer import command_source
 
         payload = explore_payload(
             {**(values or {}), **kwargs},
@@ -527,7 +601,7 @@ class Run:
             group=group,
             mode=mode,
         )
-        command = submit(self.store, self.id, "explore", payload, source="python")
+        command = submit(self.store, self.id, "explore", payload, source=command_source())
         self._inbox.append(command)  # the next step() applies it (the poller may be later)
         return command
 

@@ -2,10 +2,10 @@
 
 Started once per rank with torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``): ``python ddp_trainer.py STORE LOGDIR [--epochs N] [--resume latest]
-[--term-at STEP] [--every N] [--pace S] [--per-rank] [--guard] [--nan-at STEP]``. Each rank
-writes ``LOGDIR/rank{r}.jsonl``: one line per step with the lr it trained with, the loss
-(``float.hex``), the batch indices and a hash of the parameters after the step; and a last
-line ``{"end": ...}`` saying how it ended.
+[--term-at STEP] [--checkpoint-at STEP] [--set-at STEP] [--every N] [--pace S] [--per-rank]
+[--guard] [--nan-at STEP]``. Each rank writes ``LOGDIR/rank{r}.jsonl``: one line per step with
+the lr it trained with, the loss (``float.hex``), the batch indices and a hash of the
+parameters after the step; and a last line ``{"end": ...}`` saying how it ended.
 
 Each rank seeds torch differently before ``retune.init`` (no ``seed=``), so dropout draws
 differ by rank: a resume is bit-for-bit only if every rank's RNG comes back.
@@ -37,6 +37,8 @@ parser.add_argument("logdir", type=Path)
 parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--resume", default=None)
 parser.add_argument("--term-at", type=int, default=0, help="rank 1 gets SIGTERM at this step")
+parser.add_argument("--checkpoint-at", type=int, default=0, help="run.checkpoint() on all ranks")
+parser.add_argument("--set-at", type=int, default=0, help="run.set(lr=0.02) on all ranks")
 parser.add_argument("--every", type=int, default=None, help="checkpoint every N steps")
 parser.add_argument("--pace", type=float, default=0.0, help="seconds to sleep per step")
 parser.add_argument("--timeout", type=float, default=30.0)
@@ -96,6 +98,14 @@ with log_path.open("a") as log:
                             "idx": idx.tolist(), "p": params_hash(), "epoch": run.epoch}  # fmt: skip
                     log.write(json.dumps(line) + "\n")
                     log.flush()
+                    if step == args.checkpoint_at:  # collective: every rank, same point
+                        record = run.checkpoint(tag=f"from rank {rank}")
+                        log.write(json.dumps({"checkpoint": record.label, "tag": record.tag,
+                                              "at": record.step}) + "\n")  # fmt: skip
+                    if step == args.set_at:  # collective from the training thread
+                        command = run.set(lr=0.02)
+                        log.write(json.dumps({"set": command.id, "at": command.applied_step,
+                                              "status": command.status}) + "\n")  # fmt: skip
                     if rank == 1 and step == args.term_at:
                         os.kill(os.getpid(), signal.SIGTERM)  # handled: stop at the boundary
                     if args.pace:

@@ -134,7 +134,8 @@ def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]
     pause and continue, restore to the checkpoint, then stop."""
     root = tmp_path_factory.mktemp("controlled")
     store = f"sqlite:///{root / 'retune.db'}"
-    job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", "--per-rank", cwd=root)
+    job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", "--per-rank",
+                 "--checkpoint-at", "2", cwd=root)  # fmt: skip
     try:
         until(lambda: len(job.steps(1)) >= 3, "three steps on rank 1")
         with retune.connect("ddp", store=store) as ctl:
@@ -231,7 +232,7 @@ def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Cont
         assert runs[0].meta["distributed"] == {"world_size": 2, "backend": "gloo"}
         listed = store.list_checkpoints(runs[0].id)
         # one per change, command and stop, written once (by rank 0)
-        assert [c.reason for c in listed] == ["change", "command", "change", "stop"]
+        assert [c.reason for c in listed] == ["user", "change", "command", "change", "stop"]
         assert listed[-1].step == stop_step
     tree = retune.load("ddp", store=controlled.store).tree()
     assert len(tree) == 3 and tree[1].start_step == controlled.set_command.applied_step
@@ -239,6 +240,14 @@ def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Cont
         tree[2].parent == tree[1].id
         and tree[2].start_step == controlled.checkpoint_command.result["step"]
     )
+
+
+def test_run_checkpoint_is_collective_and_saved_once(controlled: Controlled) -> None:
+    """``run.checkpoint()`` on every rank: rank 0 writes one checkpoint (its tag), and every
+    rank gets its record back."""
+    got = [[line for line in controlled.job.lines(r) if "checkpoint" in line] for r in range(2)]
+    assert got[0] == got[1] == [{"checkpoint": got[0][0]["checkpoint"], "tag": "from rank 0",
+                                 "at": 2}]  # fmt: skip
 
 
 def test_per_rank_metrics_are_tagged_with_the_rank(controlled: Controlled) -> None:
@@ -315,7 +324,7 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
     job = launch(
         tmp_path / "logs",
         store,
-        "--epochs", "1000", "--every", "2", "--pace", "0.01", "--timeout", "60",
+        "--epochs", "1000", "--every", "2", "--pace", "0.01", "--timeout", "60", "--set-at", "3",
         env={"RETUNE_TEST_BLOCK_SAVE": f"6:{flag}"},
         cwd=tmp_path,
     )  # fmt: skip
@@ -331,6 +340,12 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
                 proc.kill()
     assert code == 3
     assert err is not None and "another rank has died" in err.read()
+    # run.set(lr=0.02) called on every rank at step 3: one command, applied at once on both
+    sets = [[line for line in job.lines(rank) if "set" in line] for rank in range(2)]
+    assert sets[0] == sets[1] == [{"set": sets[0][0]["set"], "at": 3, "status": "applied"}]
+    for rank in range(2):
+        lrs = [(line["step"], line["lr"]) for line in job.steps(rank)]
+        assert all(lr == (0.05 if step <= 3 else 0.02) for step, lr in lrs), rank
     end = job.end(0)["end"]
     assert end.startswith("DistributedError: rank 0 of 2:"), end
     with open_store(store, create=False) as opened:
@@ -338,7 +353,9 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
         assert run.status == "crashed"
         assert "DistributedError" in (run.error or "")
         listed = opened.list_checkpoints(run.id)
-        assert [c.step for c in listed] == [2, 4, 6]  # the blocked one too: it completed
+        # the blocked one too (it completed), and the one before run.set() at step 3
+        assert [(c.reason, c.step) for c in listed] == [
+            ("schedule", 2), ("change", 3), ("schedule", 4), ("schedule", 6)]  # fmt: skip
         objects = ObjectStore(objects_url_for(opened.url), create=False)
         for record in listed:
             state = decode_state(record.manifest, objects, label=record.label)  # verified
