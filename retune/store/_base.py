@@ -96,6 +96,30 @@ class Store(ABC):
         """Set the given fields of a run; ``None`` leaves a field alone. ``meta`` is merged."""
 
     @abstractmethod
+    def set_run_tags(
+        self,
+        run_id: str,
+        tags: Sequence[str] | None = None,
+        *,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+    ) -> RunRecord:
+        """Replace the run's tags with ``tags`` (when given), then add and remove, atomically.
+
+        Stored sorted and unique; works whatever the run's status. Raises:
+            InvalidArgument: a tag fails :func:`check_tag`, or more than ``MAX_TAGS`` result
+                (nothing changes).
+            RunNotFound: no run has that id.
+        """
+
+    @abstractmethod
+    def set_run_note(self, run_id: str, note: str) -> RunRecord:
+        """Replace the run's free-text note (``""`` clears it); any status.
+
+        Raises ``InvalidArgument`` (see :func:`check_note`) or ``RunNotFound``.
+        """
+
+    @abstractmethod
     def reopen_run(self, run_id: str) -> RunRecord:
         """Mark an ended run ``running`` again unconditionally: clears the end time and error,
         sets a fresh heartbeat. A resuming process uses :meth:`attach_run` instead."""
@@ -130,8 +154,16 @@ class Store(ABC):
         values: dict[str, Any],
         diff: dict[str, Any],
         created_by: str | None,
+        info: dict[str, Any] | None = None,
     ) -> NodeRecord:
         """Add a node numbered one past the run's highest node number (``n1`` is the root)."""
+
+    @abstractmethod
+    def update_node_info(self, run_id: str, node: int, info: dict[str, Any]) -> NodeRecord:
+        """Merge ``info`` into the node's ``info`` (top-level keys replaced), atomically.
+
+        Raises ``RunNotFound`` when the run or node does not exist.
+        """
 
     @abstractmethod
     def end_node(self, run_id: str, node: int, end_step: int) -> None:

@@ -51,6 +51,7 @@ from retune.store._base import Store
 from retune.store._liveness import STALE_AFTER, is_live
 from retune.store._records import (
     LIVE_STATUSES,
+    MAX_TAGS,
     CheckpointRecord,
     CommandRecord,
     EventRecord,
@@ -58,6 +59,8 @@ from retune.store._records import (
     MetricSeries,
     NodeRecord,
     RunRecord,
+    check_note,
+    check_tag,
 )
 from retune.store._schema import checkpoints, commands, events, metric_chunks, nodes, runs
 
@@ -299,6 +302,8 @@ class SqlStore(Store):
             meta=m["meta"],
             tunables=m["tunables"],
             error=m["error"],
+            tags=list(m["tags"] or []),
+            note=m["note"] or "",
         )
 
     def create_run(
@@ -419,6 +424,46 @@ class SqlStore(Store):
                 reason = f"the run ended ({status}) before it was applied"
                 self._reject_queued(conn, run_id, reason, time.time())
 
+    def set_run_tags(
+        self,
+        run_id: str,
+        tags: Sequence[str] | None = None,
+        *,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+    ) -> RunRecord:
+        try:
+            for tag in [*(tags or ()), *add, *remove]:
+                check_tag(tag)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        with self._tx(write=True, run_id=run_id) as conn:
+            self._lock_run(conn, run_id)
+            found = conn.execute(select(runs.c.tags).where(runs.c.id == run_id)).one_or_none()
+            if found is None:
+                raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+            result = set(found[0] or []) if tags is None else set(tags)
+            result = (result | set(add)) - set(remove)
+            if len(result) > MAX_TAGS:
+                raise InvalidArgument(
+                    f"a run has at most {MAX_TAGS} tags, this would give it {len(result)}"
+                )
+            conn.execute(update(runs).where(runs.c.id == run_id).values(tags=sorted(result)))
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
+        return self._run(row)
+
+    def set_run_note(self, run_id: str, note: str) -> RunRecord:
+        try:
+            check_note(note)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        with self._tx(write=True, run_id=run_id) as conn:
+            result = conn.execute(update(runs).where(runs.c.id == run_id).values(note=note))
+            if result.rowcount == 0:
+                raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
+        return self._run(row)
+
     def reopen_run(self, run_id: str) -> RunRecord:
         with self._tx(write=True) as conn:
             result = conn.execute(
@@ -504,6 +549,7 @@ class SqlStore(Store):
             diff=m["diff"],
             created_by=m["created_by"],
             created_at=m["created_at"],
+            info=dict(m["info"] or {}),
         )
 
     def create_node(
@@ -516,6 +562,7 @@ class SqlStore(Store):
         values: dict[str, Any],
         diff: dict[str, Any],
         created_by: str | None,
+        info: dict[str, Any] | None = None,
     ) -> NodeRecord:
         with self._tx(write=True, run_id=run_id) as conn:
             self._lock_run(conn, run_id)
@@ -535,11 +582,24 @@ class SqlStore(Store):
                     diff=_json.jsonable(diff),
                     created_by=created_by,
                     created_at=time.time(),
+                    info=_json.jsonable(info or {}),
                 )
             )
             row = conn.execute(
                 select(nodes).where(and_(nodes.c.run_id == run_id, nodes.c.id == node_id))
             ).one()
+        return self._node(row)
+
+    def update_node_info(self, run_id: str, node: int, info: dict[str, Any]) -> NodeRecord:
+        where = and_(nodes.c.run_id == run_id, nodes.c.id == node)
+        with self._tx(write=True, run_id=run_id) as conn:
+            self._lock_run(conn, run_id)
+            current = conn.execute(select(nodes.c.info).where(where)).one_or_none()
+            if current is None:
+                raise NodeNotFound(f"run {run_id} has no node n{node}")
+            merged = {**(current[0] or {}), **_json.jsonable(info)}
+            conn.execute(update(nodes).where(where).values(info=merged))
+            row = conn.execute(select(nodes).where(where)).one()
         return self._node(row)
 
     def end_node(self, run_id: str, node: int, end_step: int) -> None:

@@ -429,3 +429,64 @@ def test_a_command_queued_on_an_ended_run_is_rejected_in_the_same_transaction(
     assert store.get_command(queued.id).status == "rejected"
     assert "ended (finished)" in (store.get_command(queued.id).reason or "")
     assert [c for c in store.list_commands(run_id) if c.status in ("pending", "applying")] == []
+
+
+def test_tags_replace_add_remove_sorted_unique_on_any_status(store: Store) -> None:
+    run_id = _run_with_root(store, "tagged")
+    assert store.get_run(run_id).tags == []
+    store.update_run(run_id, status="finished", ended_at=time.time())
+    assert store.set_run_tags(run_id, ["b", "a", "b"]).tags == ["a", "b"]
+    assert store.set_run_tags(run_id, add=["c"], remove=["a"]).tags == ["b", "c"]
+    assert store.set_run_tags(run_id, []).tags == []
+    assert store.get_run(run_id).status == "finished"
+
+
+@pytest.mark.parametrize("bad", ["", "two words", "a,b", "x" * 65, "bell\a"])
+def test_a_bad_tag_is_rejected_and_changes_nothing(store: Store, bad: str) -> None:
+    run_id = _run_with_root(store, "tagged")
+    store.set_run_tags(run_id, ["keep"])
+    with pytest.raises(InvalidArgument):
+        store.set_run_tags(run_id, add=["fine", bad])
+    assert store.get_run(run_id).tags == ["keep"]
+
+
+def test_tags_are_capped(store: Store) -> None:
+    run_id = _run_with_root(store, "tagged")
+    with pytest.raises(InvalidArgument, match="at most"):
+        store.set_run_tags(run_id, [f"t{i}" for i in range(33)])
+    assert store.get_run(run_id).tags == []
+
+
+def test_notes_round_trip_and_reject_control_characters(store: Store) -> None:
+    run_id = _run_with_root(store, "noted")
+    text = "lr 1e-3 looked best.\n\tSee <b>n3</b> & \"n5\" — ünïcode"
+    assert store.set_run_note(run_id, text).note == text
+    assert store.get_run(run_id).note == text
+    with pytest.raises(InvalidArgument):
+        store.set_run_note(run_id, "nul\x00")
+    assert store.get_run(run_id).note == text
+    with pytest.raises(RunNotFound):
+        store.set_run_note("nope", "x")
+    with pytest.raises(RunNotFound):
+        store.set_run_tags("nope", ["x"])
+
+
+def test_node_info_is_stored_and_merged(store: Store) -> None:
+    run_id = _run_with_root(store, "info")
+    node = store.create_node(
+        run_id,
+        parent=1,
+        start_step=5,
+        change_kind="explore",
+        values={"lr": 0.1},
+        diff={"lr": [0.2, 0.1]},
+        created_by="u",
+        info={"score": math.inf, "metric": "loss"},
+    )
+    assert node.info == {"score": "Infinity", "metric": "loss"}
+    merged = store.update_node_info(run_id, node.id, {"score": 0.5, "winner": True})
+    assert merged.info == {"score": 0.5, "metric": "loss", "winner": True}
+    assert store.list_nodes(run_id)[0].info == {}
+    assert store.list_nodes(run_id)[1].info == merged.info
+    with pytest.raises(NodeNotFound):
+        store.update_node_info(run_id, 99, {"x": 1})
