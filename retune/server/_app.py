@@ -49,6 +49,20 @@ _log = logging.getLogger("retune.server")
 Step = Annotated[int | None, Query(ge=-INT64_MAX, le=INT64_MAX)]
 
 
+class TagsIn(BaseModel):
+    """New tags for a run: ``{"tags": [...]}`` replaces them; ``add`` / ``remove`` edit them."""
+
+    tags: list[str] | None = None
+    add: list[str] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)
+
+
+class NoteIn(BaseModel):
+    """A run's new note (``""`` clears it)."""
+
+    note: str
+
+
 class CommandIn(BaseModel):
     """A command from the dashboard: ``{"kind": "set", "payload": {"values": {"lr": 1e-3}}}``."""
 
@@ -95,8 +109,8 @@ def _run_summary(run: RunRecord, last: dict[str, tuple[int, float]], now: float)
         "heartbeat_at": run.heartbeat_at,
         "last_metrics": {k: v for k, (_, v) in last.items()},
         "hparams": _hparams(run.tunables),
-        "tags": list(getattr(run, "tags", None) or []),
-        "note": getattr(run, "note", None) or "",
+        "tags": list(run.tags),
+        "note": run.note,
     }
 
 
@@ -360,6 +374,33 @@ def create_app(
         record = await blocking(submit, store, run, command.kind, command.payload,
                                 source="ui", user=user)  # fmt: skip
         return _json_response(record.__dict__, status=202)
+
+    def refuse_read_only() -> JSONResponse | None:
+        if read_only:
+            return JSONResponse(
+                {"error": "read_only", "message": "this dashboard is read-only"}, status_code=403
+            )
+        return None
+
+    @app.put("/api/runs/{run}/tags", summary="Replace, add or remove a run's tags")
+    async def put_tags(run: str, body: TagsIn) -> JSONResponse:
+        if (refused := refuse_read_only()) is not None:
+            return refused
+        for tag in [*(body.tags or []), *body.add, *body.remove]:
+            _check_payload(tag, "tags")
+        record = await blocking(store.get_run, run)
+        updated = await blocking(store.set_run_tags, record.id, body.tags,
+                                 add=body.add, remove=body.remove)  # fmt: skip
+        return _json_response({"id": updated.id, "tags": list(updated.tags)})
+
+    @app.put("/api/runs/{run}/note", summary="Replace a run's note")
+    async def put_note(run: str, body: NoteIn) -> JSONResponse:
+        if (refused := refuse_read_only()) is not None:
+            return refused
+        _check_payload(body.note, "note")
+        record = await blocking(store.get_run, run)
+        updated = await blocking(store.set_run_note, record.id, body.note)
+        return _json_response({"id": updated.id, "note": updated.note})
 
     @app.get("/api/commands/{command_id}", summary="One command")
     async def command_detail(

@@ -5,7 +5,7 @@ export function runMeta(root, run, refresh) {
   if (!root || root.contains(document.activeElement) && document.activeElement.matches("input, textarea")) return;  // never under the cursor
   const editable = !run.read_only;
   const save = async (what, body) => {
-    try { await api(`/api/runs/${enc(run.id)}/${what}`, { method: "PUT", body: JSON.stringify(body) }); root.querySelector(".meta-error").textContent = ""; await refresh(); }
+    try { await api(`/api/runs/${enc(run.id)}/${what}`, { method: "PUT", body: JSON.stringify(body) }); root.querySelector(".meta-error").textContent = ""; document.activeElement?.blur(); await refresh(); }
     catch (err) { root.querySelector(".meta-error").textContent = err.message; }
   };
   const tags = (run.tags ?? []).map((t) => h("span", { class: "tag", "data-tag": t }, t,
