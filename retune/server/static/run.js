@@ -213,6 +213,10 @@ function drawNode() {
   const card = $("#node-detail");
   if (!node) { card.hidden = true; return; }
   card.hidden = false;
+  // redrawn only when what it shows changed: a value being typed is never wiped by a refresh
+  const signature = JSON.stringify([node, state.run.status, state.run.read_only, state.keys]);
+  if (card.dataset.signature === signature) return;
+  card.dataset.signature = signature;
   const lane = laneOf(state.tree, node.id);
   const metrics = Object.entries(node.metrics);
   const values = h("input", { type: "text", id: "restore-values", placeholder: "optional: lr=1e-3 weight_decay=1e-4" });
