@@ -29,6 +29,18 @@ from retune.session import MetricSeries, Run, RunSnapshot, init, load
 
 __version__ = "0.1.0"
 
+
+def plot_tree(run: object, store: object = None, **options: object) -> object:
+    """The tuning tree of ``run`` as a picture (a ``retune.viz.TreeFigure``: inline SVG in a
+    notebook, ``.save(path)`` to write it). ``run`` is a run id or name (read from ``store``,
+    a URL or Store, default ``$RETUNE_STORE``), a :class:`Run`, a :class:`Controller` or a
+    :class:`RunSnapshot`; ``options``: ``color_by``, ``goal``, ``width``, ``collapse_chains``
+    (see ``retune.viz.tree_picture``). Imports the drawing code on first use."""
+    from retune.viz import plot_tree as draw
+
+    return draw(run, store, **options)  # type: ignore[arg-type]
+
+
 __all__ = [
     "CheckpointCorrupt",
     "CheckpointNotFound",
@@ -53,4 +65,5 @@ __all__ = [
     "connect",
     "init",
     "load",
+    "plot_tree",
 ]
