@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 from retune.store._records import (
     CheckpointRecord,
@@ -196,6 +198,44 @@ class Store(ABC):
         end: int | None = None,
     ) -> MetricSeries:
         """Every stored point of ``key`` with ``start <= step <= end`` (bounds optional)."""
+
+    def iter_metric_chunks(
+        self,
+        run_id: str,
+        *,
+        keys: Sequence[str] | None = None,
+        nodes: Sequence[int] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> Iterator[MetricChunk]:
+        """Every stored point of the run (or of ``keys`` / ``nodes``, within ``start <= step
+        <= end``), as a stream of chunks: the way exports read runs of any size.
+
+        Order: keys in sorted order; within a key, chunks in order of their first step (chunks
+        of different nodes interleave; points are not merged across chunks); within a chunk,
+        points in step order. Each chunk holds one node's points of one key; no chunk is empty.
+        Backends read the store page by page, so memory stays bounded by a page, not by the
+        run; each page is one read transaction, so points appended while the iteration runs
+        may or may not appear (none appears twice). The arrays are read-only.
+
+        This default reads one key at a time through :meth:`read_metric` (memory bounded by
+        the largest key); backends override it with a paged read.
+
+        Raises:
+            StoreUnavailable, StoreError: as every read.
+        """
+        wanted = sorted(set(keys)) if keys is not None else self.metric_keys(run_id)
+        for key in wanted:
+            series = self.read_metric(run_id, key, nodes=nodes, start=start, end=end)
+            parts = []
+            for node in np.unique(series.nodes).tolist():
+                index = np.flatnonzero(series.nodes == node)
+                parts.append((int(series.steps[index[0]]), node, index))
+            for _first, node, index in sorted(parts):
+                arrays = [series.steps[index], series.values[index], series.times[index]]
+                for array in arrays:
+                    array.flags.writeable = False
+                yield MetricChunk(node, key, *arrays)
 
     @abstractmethod
     def metric_keys(self, run_id: str) -> list[str]:

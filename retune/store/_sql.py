@@ -23,6 +23,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy import delete as sql_delete
@@ -705,6 +706,62 @@ class SqlStore(Store):
             times=_readonly(time_arr[keep]),
             nodes=_readonly(node_arr[keep]),
         )
+
+    ITER_PAGE = 32
+    """Chunk rows per read transaction of :meth:`iter_metric_chunks` (a chunk is one flush of
+    one key: up to tens of thousands of points)."""
+
+    def iter_metric_chunks(
+        self,
+        run_id: str,
+        *,
+        keys: Sequence[str] | None = None,
+        nodes: Sequence[int] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> Iterator[MetricChunk]:
+        # Keyset pagination in the order of ix_metric_chunks_run_key (run_id, key, first_step;
+        # id breaks ties): each page is one short read transaction and an index range scan.
+        c = metric_chunks.c
+        base = select(c.id, c.node, c.key, c.first_step, c.steps, c["values"], c.times).where(
+            c.run_id == run_id
+        )
+        if keys is not None:
+            base = base.where(c.key.in_(sorted(set(keys))))
+        if nodes is not None:
+            base = base.where(c.node.in_(list(nodes)))
+        if start is not None:
+            base = base.where(c.last_step >= start)
+        if end is not None:
+            base = base.where(c.first_step <= end)
+        base = base.order_by(c.key, c.first_step, c.id).limit(self.ITER_PAGE)
+        after: tuple[str, int, int] | None = None
+        while True:
+            query = base
+            if after is not None:
+                query = query.where(tuple_(c.key, c.first_step, c.id) > tuple_(*after))
+            with self._tx(write=False) as conn:
+                rows = conn.execute(query).all()
+            for chunk_id, node, key, first_step, steps_b, values_b, times_b in rows:
+                after = (key, first_step, chunk_id)
+                steps = np.frombuffer(steps_b, dtype="<i8").astype(np.int64)
+                values = np.frombuffer(values_b, dtype="<f8").astype(np.float64)
+                times = np.frombuffer(times_b, dtype="<f8").astype(np.float64)
+                keep = np.argsort(steps, kind="stable")
+                if start is not None:
+                    keep = keep[steps[keep] >= start]
+                if end is not None:
+                    keep = keep[steps[keep] <= end]
+                if len(keep):
+                    yield MetricChunk(
+                        node,
+                        key,
+                        _readonly(steps[keep]),
+                        _readonly(values[keep]),
+                        _readonly(times[keep]),
+                    )
+            if len(rows) < self.ITER_PAGE:
+                return
 
     def metric_keys(self, run_id: str) -> list[str]:
         with self._tx(write=False) as conn:
