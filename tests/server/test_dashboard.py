@@ -212,6 +212,22 @@ def test_a_finished_run_reads_as_sentences_and_offers_what_can_still_be_done(
     page.click('.node[data-node="n3"]')
     detail = page.inner_text("#node-detail")
     assert "{" not in detail and "wd 0 -> 0.01" in detail
+    # the tree picture: a click on a node opens it too
+    page.click('#tree-picture g.rt-node[data-node="2"]')
+    page.wait_for_selector("#node-detail h2 >> text=node n2")
+    assert page.query_selector('#tree-picture svg[viewBox] g.rt-edge[data-edge="1-3"]') is not None
+    # shift-click two nodes, compare: the hyperparameters that differ stand out
+    page.click('.node[data-node="n2"]', modifiers=["Shift"])
+    page.click('.node[data-node="n3"]', modifiers=["Shift"])
+    page.click("#compare-nodes")
+    page.wait_for_selector('#compare-table tr[data-hparam="lr"]')
+    rows = page.eval_on_selector_all(
+        "#compare-table tbody tr",
+        "els => els.map(e => [e.dataset.hparam, e.className, [...e.querySelectorAll('td')].map(c => c.textContent)])",
+    )
+    assert ["lr", "differs", ["0.05", "0.1"]] in rows and ["wd", "differs", ["0", "0.01"]] in rows
+    page.wait_for_selector('#compare table.aligned[data-key="loss"] tbody tr', timeout=5000)
+    assert "[object" not in page.inner_text("#main")  # no part left unrendered
     # no empty card on the page, and no table wider than its card
     assert page.evaluate(
         """() => [...document.querySelectorAll('.card')].filter(c => !c.hidden &&
@@ -228,13 +244,13 @@ def test_a_finished_run_reads_as_sentences_and_offers_what_can_still_be_done(
     lanes = page.eval_on_selector_all("#legend .legend-item", "els => els.map(e => e.dataset.lane)")
     assert lanes == ["n1", "n3"]
     page.click('#legend .legend-item[data-lane="n3"]')
-    _eventually(lambda: [t["visible"] for t in _chart_data(page, '.chart[data-key="loss"]')] == [True, False])
+    _eventually(lambda: [t["visible"] for t in _chart_data(page, '#charts .chart[data-key="loss"]')] == [True, False])
 
     # smoothing: the drawn curve changes, the raw one stays behind it, faint
-    raw = [t["y"] for t in _chart_data(page, '.chart[data-key="loss"]')]
+    raw = [t["y"] for t in _chart_data(page, '#charts .chart[data-key="loss"]')]
     page.fill("#smoothing", "0.8")
-    _eventually(lambda: page.get_attribute('.chart[data-key="loss"]', "data-smoothing") == "0.8")
-    drawn = _chart_data(page, '.chart[data-key="loss"]')
+    _eventually(lambda: page.get_attribute('#charts .chart[data-key="loss"]', "data-smoothing") == "0.8")
+    drawn = _chart_data(page, '#charts .chart[data-key="loss"]')
     assert [t["meta"] for t in drawn] == ["raw", "smoothed", "raw", "smoothed"]
     assert drawn[0]["y"] == raw[0]  # the raw curve is kept as it was
     assert drawn[1]["y"] != raw[0] and len(drawn[1]["y"]) == len(raw[0])
@@ -256,7 +272,7 @@ def test_a_branch_keeps_its_colour_through_two_further_changes(
 
     def colours() -> tuple[str, list[str]]:
         legend = page.get_attribute('#legend .legend-item[data-lane="n1"]', "data-color") or ""
-        return legend, [t["color"] for t in _chart_data(page, '.chart[data-key="loss"]')]
+        return legend, [t["color"] for t in _chart_data(page, '#charts .chart[data-key="loss"]')]
 
     before = colours()
     for change, (start, lr) in enumerate([(40, 0.05), (60, 0.02)], start=2):
@@ -267,7 +283,7 @@ def test_a_branch_keeps_its_colour_through_two_further_changes(
         store.update_run(run, step=start + 19, heartbeat_at=time.time())
         page.wait_for_selector(f'.node[data-node="n{change}"]')
         _eventually(lambda c=change: any(f"n{c}" in (t["nodes"] or []) for t in
-                                         _chart_data(page, '.chart[data-key="loss"]')))  # fmt: skip
+                                         _chart_data(page, '#charts .chart[data-key="loss"]')))  # fmt: skip
         assert colours() == before  # the same lane, the same colour, in legend and chart
     # the branch now spans three nodes and is still one curve in the legend
     assert page.eval_on_selector_all("#legend .legend-item", "els => els.length") == 1

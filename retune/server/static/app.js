@@ -1,9 +1,9 @@
 // Retune dashboard: plain ES modules, no build step, no CDN. Talks only to /api.
-import { $, h } from "./util.js";
+import { fill, $, h } from "./util.js";
 import { runsPage } from "./runs.js";
 import { runPage } from "./run.js";
 
 const match = location.pathname.match(/^\/runs\/([^/]+)$/);
 (match ? runPage(decodeURIComponent(match[1])) : runsPage()).catch((err) => {
-  $("#main").replaceChildren(h("p", { class: "error", role: "alert" }, err.message));
+  fill($("#main"), h("p", { class: "error", role: "alert" }, err.message));
 });

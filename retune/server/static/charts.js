@@ -3,7 +3,7 @@
 // names the value, its node and its step. A shared toolbar picks the x axis (step, relative
 // time, wall time) and the smoothing (exponential, debiased as TensorBoard does, the raw curve
 // drawn faint behind).
-import { $, h, esc, fmt, cssVar, download, store } from "./util.js";
+import { fill, $, h, esc, fmt, cssVar, download, store } from "./util.js";
 
 // The TensorBoard smoothing: an exponential moving average, debiased so the start is not
 // pulled towards zero; nulls (NaN points) are kept as gaps.
@@ -136,10 +136,10 @@ export class ChartBoard {
       const grid = section.querySelector(".charts");
       const cards = members.map((k) => this.card(k));
       cards.forEach((c) => c.classList.toggle("pinned", pinned.includes(c.dataset.key)));
-      grid.replaceChildren(...cards);
+      fill(grid, ...cards);
       sections.push(section);
     }
-    this.container.replaceChildren(...sections);
+    fill(this.container, ...sections);
     for (const k of keys) { const chart = this.card(k).querySelector(".chart"); if (chart.data) Plotly.Plots.resize(chart); }
   }
 
@@ -163,7 +163,7 @@ export class ChartBoard {
     } catch (err) {
       card.dataset.error = err.message;
       if (chart.data) Plotly.purge(chart);
-      chart.replaceChildren(h("p", { class: "chart-error error", role: "alert" }, `${key}: ${err.message}`));
+      fill(chart, h("p", { class: "chart-error error", role: "alert" }, `${key}: ${err.message}`));
     }
   }
 

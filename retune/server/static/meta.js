@@ -1,5 +1,5 @@
 // A run's tags and note, editable in place (PUT /api/runs/{run}/tags and /note).
-import { h, api, enc } from "./util.js";
+import { fill, h, api, enc } from "./util.js";
 
 export function runMeta(root, run, refresh) {
   if (!root || root.contains(document.activeElement) && document.activeElement.matches("input, textarea")) return;  // never under the cursor
@@ -16,5 +16,5 @@ export function runMeta(root, run, refresh) {
   const note = h("textarea", { class: "note", rows: "1", placeholder: editable ? "a note about this run" : "", readonly: !editable }, run.note ?? "");
   const saveNote = h("button", { class: "small save-note", hidden: true, onclick: () => save("note", { note: note.value }) }, "save note");
   note.addEventListener("input", () => { saveNote.hidden = note.value === (run.note ?? ""); });
-  root.replaceChildren(h("div", { class: "tags" }, tags, editable ? add : ""), editable || run.note ? h("div", { class: "note-row" }, note, saveNote) : "", h("span", { class: "meta-error error", role: "alert" }));
+  fill(root, h("div", { class: "tags" }, tags, editable ? add : ""), editable || run.note ? h("div", { class: "note-row" }, note, saveNote) : "", h("span", { class: "meta-error error", role: "alert" }));
 }

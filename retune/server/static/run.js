@@ -1,8 +1,9 @@
 // The run page: charts with a legend of every branch, the control panel (or, on an ended run,
 // what can still be done), the tree, a node's details, the node comparison and the audit log.
-import { $, h, api, enc, fmt, dur, live, throttle, lanes, laneOf, diffText, commandText, outcomeText, nodeNumber, ENDED, store } from "./util.js";
-import { ChartBoard, chartToolbar } from "./charts.js";
+import { fill, $, h, api, enc, fmt, dur, live, throttle, lanes, laneOf, diffText, commandText, outcomeText, nodeNumber, ENDED, store } from "./util.js";
+import { ChartBoard, chartToolbar, plotTraces } from "./charts.js";
 import { runMeta } from "./meta.js";
+import { TreePicture } from "./treepic.js";
 
 const MAX_LANES = 64;  // what one /branches request may hold
 const state = { run: null, tree: [], keys: [], selected: null, compare: [], hidden: new Set(), commands: [] };
@@ -32,7 +33,7 @@ function laneName(lane) {
   return `${lane.nodes.length > 1 ? `${lane.id}…${lane.leaf}` : lane.id} (${how})`;
 }
 
-let board;
+let board, picture;
 function shownLanes() { return lanes(state.tree).slice(-MAX_LANES); }
 
 async function loadKey(key) {
@@ -46,7 +47,7 @@ function drawLegend() {
   const items = shownLanes().map((lane) => h("li", { class: `legend-item${state.hidden.has(lane.id) ? " hidden" : ""}`, "data-lane": lane.id, "data-color": lane.color,
     title: "click to show or hide", onclick: () => { state.hidden.has(lane.id) ? state.hidden.delete(lane.id) : state.hidden.add(lane.id); drawLegend(); board.redrawHidden(); } },
     h("span", { class: "swatch", style: `background:${lane.color}` }), laneName(lane)));
-  $("#legend").replaceChildren(...items);
+  fill($("#legend"), ...items);
 }
 
 // ---- control panel ---------------------------------------------------------------------------
@@ -71,7 +72,7 @@ function tunableRows(run) {
 function refreshTunables(run) {
   const body = $("#tunables tbody");
   if (!body) return;
-  if (body.dataset.shape !== panelShape(run)) { body.replaceChildren(...tunableRows(run)); body.dataset.shape = panelShape(run); return; }
+  if (body.dataset.shape !== panelShape(run)) { fill(body, ...tunableRows(run)); body.dataset.shape = panelShape(run); return; }
   for (const cell of body.querySelectorAll("td.live")) {
     const t = run.tunables.find((x) => x.name === cell.dataset.name);
     cell.textContent = shown(tunableValue(t, cell.dataset.group === "" ? null : Number(cell.dataset.group)));
@@ -169,7 +170,7 @@ function drawControls() {
   const card = $("#control");
   if (card.dataset.state !== key) {
     card.dataset.state = key;
-    card.replaceChildren(h("h2", {}, ENDED.includes(state.run.status) ? "what can still be done" : "control"), ...controls(state.run));
+    fill(card, h("h2", {}, ENDED.includes(state.run.status) ? "what can still be done" : "control"), ...controls(state.run));
   }
   if (!state.run.read_only && !ENDED.includes(state.run.status)) refreshTunables(state.run);
 }
@@ -190,7 +191,8 @@ function drawTree() {
       Object.keys(node.diff).length ? h("span", { class: "diff" }, diffText(node.diff) + " ") : "", key ? `${key} ${fmt(node.metrics[key].last)}` : "");
     return h("li", {}, label, node.children.length ? h("ul", {}, node.children.map((c) => item(byId[c]))) : "");
   };
-  $("#tree").replaceChildren(h("ul", {}, state.tree.filter((n) => n.parent === null).map(item)));
+  fill($("#tree"), h("ul", {}, state.tree.filter((n) => n.parent === null).map(item)));
+  picture?.refresh(state.tree, state.run.status, state.selected, state.compare).catch(() => {});
   $("#compare-bar").hidden = state.compare.length < 2;
   $("#compare-bar .what").textContent = `${state.compare.join(", ")} selected`;
 }
@@ -221,7 +223,7 @@ function drawNode() {
   const metrics = Object.entries(node.metrics);
   const values = h("input", { type: "text", id: "restore-values", placeholder: "optional: lr=1e-3 weight_decay=1e-4" });
   const canRestore = !state.run.read_only && !ENDED.includes(state.run.status) && node.checkpoints.length;
-  card.replaceChildren(
+  fill(card, 
     h("h2", {}, h("span", { class: "swatch", style: `background:${lane?.color}` }), `node ${node.id}`),
     kv([["made by", `${node.change_kind}${node.parent ? ` from ${node.parent}` : ""}, by ${node.created_by ?? "unknown"}`],
       ["steps", `${node.start_step} to ${node.end_step ?? "now"}`],
@@ -260,31 +262,46 @@ function exploreForm(node) {
       } }, "explore")));
 }
 
-// Several nodes side by side: hyperparameters that differ, then each metric's last and best.
+// Several nodes side by side (GET /api/runs/{run}/compare): the hyperparameters (those that
+// differ stand out), each metric's branches overlaid in their lanes' colours, and the metrics
+// aligned by step.
 async function drawCompare() {
-  const nodes = state.compare.map((id) => state.tree.find((n) => n.id === id)).filter(Boolean);
   const card = $("#compare");
   card.hidden = false;
-  let data = null;
-  try { data = await api(`/api/runs/${enc(state.run.id)}/compare?nodes=${nodes.map((n) => nodeNumber(n.id)).join(",")}`); } catch { data = null; }
-  const names = [...new Set(nodes.flatMap((n) => Object.keys(n.values)))].sort();
-  const keys = [...new Set(nodes.flatMap((n) => Object.keys(n.metrics)))].sort();
-  const head = h("tr", {}, h("th", {}, ""), nodes.map((n) => h("th", {}, h("span", { class: "swatch", style: `background:${laneOf(state.tree, n.id)?.color}` }), n.id)));
-  const rows = names.map((k) => {
-    const cells = nodes.map((n) => fmt(n.values[k]));
-    return h("tr", { class: new Set(cells).size > 1 ? "differs" : "" }, h("th", {}, k), cells.map((c) => h("td", {}, c)));
-  });
-  const mrows = keys.flatMap((k) => [["last", "last"], ["best", "best"]].map(([f, label]) => h("tr", {}, h("th", {}, `${k} (${label})`), nodes.map((n) => h("td", {}, fmt(n.metrics[k]?.[f]))))));
-  card.replaceChildren(h("h2", {}, `compare ${nodes.map((n) => n.id).join(", ")}`, h("button", { class: "small close", onclick: () => { card.hidden = true; } }, "close")),
-    h("div", { class: "scroll" }, h("table", { id: "compare-table" }, h("thead", {}, head), h("tbody", {}, rows, mrows))),
-    data?.metrics ? h("p", { class: "muted" }, "metrics aligned by step: use each chart's CSV download") : "");
+  const ids = state.compare.slice();
+  const colour = (id) => laneOf(state.tree, id)?.color;
+  const swatchHead = () => h("tr", {}, h("th", {}, ""), ids.map((id) => h("th", {}, h("span", { class: "swatch", style: `background:${colour(id)}` }), id)));
+  let data;
+  try {
+    data = await api(`/api/runs/${enc(state.run.id)}/compare?nodes=${ids.join(",")}&max_points=1000&rows=8`);
+  } catch (err) {
+    fill(card, h("h2", {}, `compare ${ids.join(", ")}`), h("p", { class: "error", role: "alert" }, err.message));
+    return;
+  }
+  const params = h("table", { id: "compare-table" }, h("thead", {}, swatchHead()), h("tbody", {}, data.hyperparameters.map((row) =>
+    h("tr", { class: row.differs ? "differs" : "", "data-hparam": row.name }, h("th", {}, row.name), ids.map((id) => h("td", {}, fmt(row.values[id])))))));
+  const charts = [];
+  const tables = [];
+  for (const [key, m] of Object.entries(data.metrics)) {
+    const div = h("div", { class: "chart compare-chart", "data-key": key });
+    charts.push(h("div", { class: "card chart-card" }, h("div", { class: "chart-head" }, h("span", { class: "chart-title" }, key)), div));
+    const traces = ids.map((id) => ({ name: id, color: colour(id), steps: m.branches[id].steps, values: m.branches[id].values,
+      times: m.branches[id].steps.map(() => 0), nodes: m.branches[id].steps.map(() => nodeNumber(id)) }));
+    setTimeout(() => plotTraces(div, key, traces, { x: "step", smoothing: 0 }), 0);
+    tables.push(h("h3", {}, `${key} by step`), h("div", { class: "scroll" }, h("table", { class: "aligned", "data-key": key }, h("thead", {}, h("tr", {}, h("th", {}, "step"), ids.map((id) => h("th", {}, id)))),
+      h("tbody", {}, m.aligned.steps.map((step, i) => h("tr", {}, h("td", {}, step), ids.map((id) => h("td", {}, fmt(m.aligned.values[id][i])))))))));
+  }
+  fill(card, h("h2", {}, `compare ${ids.join(", ")}`, h("button", { class: "small close", onclick: () => { card.hidden = true; } }, "close")),
+    data.diverge_step !== null && data.diverge_step !== undefined ? h("p", { class: "muted" }, `the branches part at step ${data.diverge_step}`) : "",
+    h("h3", {}, "hyperparameters"), h("div", { class: "scroll" }, params), h("div", { class: "charts" }, charts), tables);
+  card.scrollIntoView({ block: "start" });
 }
 
 // ---- audit ----------------------------------------------------------------------------------
 function drawAudit() {
   const card = $("#audit-card");
   card.hidden = !state.commands.length;
-  $("#audit tbody").replaceChildren(...state.commands.slice().reverse().map((c) => h("tr", { "data-command": c.id },
+  fill($("#audit tbody"), ...state.commands.slice().reverse().map((c) => h("tr", { "data-command": c.id },
     h("td", {}, c.id), h("td", {}, new Date(c.created_at * 1000).toLocaleTimeString()), h("td", {}, `${c.user ?? "unknown"} (${c.source})`),
     h("td", { class: "what" }, commandText(c)), h("td", { class: `cmd-${c.status}` }, outcomeText(c)))));
 }
@@ -293,7 +310,7 @@ async function refreshRun() {
   const base = `/api/runs/${enc(state.run.id)}`;
   const [run, tree, keys, commands] = await Promise.all([api(base), api(`${base}/tree`), api(`${base}/metrics`), api(`${base}/commands`)]);
   Object.assign(state, { run, tree: tree.nodes, keys, commands });
-  $("#run-status").replaceChildren(h("span", { class: `status status-${run.status}` }, run.status), ` · step ${run.step} · ${dur(run.duration)}`);
+  fill($("#run-status"), h("span", { class: `status status-${run.status}` }, run.status), ` · step ${run.step} · ${dur(run.duration)}`);
   runMeta($("#run-meta"), run, refreshRun);
   drawControls();
   drawTree();
@@ -309,12 +326,13 @@ export async function runPage(id) {
   const opts = store.get("chart-opts", { x: "step", smoothing: 0 });
   const charts = h("div", { id: "charts" });
   board = new ChartBoard(charts, `run:${state.run.id}`, loadKey, opts);
+  picture = new TreePicture(null, state.run.id, (id, shift) => selectNode(id, shift));
   board.redrawHidden = () => {
     for (const loaded of Object.values(board.loaded ?? {})) for (const t of loaded.traces) t.visible = !state.hidden.has(t.lane);
     board.redraw();
   };
   const toolbar = chartToolbar(opts, () => { store.set("chart-opts", opts); board.redraw(); });
-  $("#main").replaceChildren(
+  fill($("#main"), 
     h("div", { class: "run-head" }, h("p", { id: "run-status" }), h("div", { id: "run-meta" })),
     h("div", { class: "grid" },
       h("section", { class: "main-col" },
@@ -330,6 +348,7 @@ export async function runPage(id) {
             h("button", { class: "small", onclick: () => { state.compare = []; drawTree(); } }, "clear")),
           h("div", { id: "tree-picture" }), h("div", { id: "tree" })),
         h("div", { class: "card", id: "node-detail", hidden: true }))));
+  picture.root = $("#tree-picture");
   await refreshRun();
   live(throttle(refreshRun, 500));
 }

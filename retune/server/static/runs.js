@@ -2,7 +2,7 @@
 // last or best value, any hyperparameter), sorted and filtered; select runs to compare them:
 // their charts overlaid (one colour per run, side branches dashed), a hyperparameter table of
 // every node, and parallel coordinates (hyperparameters -> a chosen metric).
-import { $, h, s, api, enc, fmt, dur, live, throttle, lanes, nodeNumber, COLORS, store } from "./util.js";
+import { fill, $, h, s, api, enc, fmt, dur, live, throttle, lanes, nodeNumber, COLORS, store } from "./util.js";
 import { ChartBoard, chartToolbar } from "./charts.js";
 
 const STATUSES = ["running", "paused", "finished", "stopped", "crashed", "stale"];
@@ -61,14 +61,14 @@ function drawTable() {
   const header = (id, label) => h("th", { "data-column": id, class: view.sort.column === id ? `sorted ${view.sort.desc ? "desc" : "asc"}` : "", title: "sort",
     onclick: () => { view.sort = { column: id, desc: view.sort.column === id ? !view.sort.desc : false }; store.set("runs-sort", view.sort); drawTable(); } },
     label, view.sort.column === id ? (view.sort.desc ? " ▼" : " ▲") : "");
-  $("#runs thead").replaceChildren(h("tr", {}, h("th", {}, ""), header("name", "name"), shown.map((c) => header(c.id, c.label))));
-  $("#runs tbody").replaceChildren(...rows.map((r) => h("tr", { "data-run": r.id, class: view.selected.has(r.id) ? "chosen" : "" },
+  fill($("#runs thead"), h("tr", {}, h("th", {}, ""), header("name", "name"), shown.map((c) => header(c.id, c.label))));
+  fill($("#runs tbody"), ...rows.map((r) => h("tr", { "data-run": r.id, class: view.selected.has(r.id) ? "chosen" : "" },
     h("td", {}, h("input", { type: "checkbox", class: "select-run", "data-run": r.id, "aria-label": `select ${r.name}`, checked: view.selected.has(r.id), onchange: (e) => {
       e.target.checked ? view.selected.add(r.id) : view.selected.delete(r.id); drawTable();
     } })),
     h("td", {}, h("a", { href: `/runs/${enc(r.id)}` }, r.name), h("span", { class: "muted id" }, ` ${r.id}`)),
     shown.map((c) => h("td", { "data-column": c.id }, c.cell ? c.cell(r) : fmt(c.get(r)))))));
-  $("#columns-list").replaceChildren(...columnChooser(columns));
+  fill($("#columns-list"), ...columnChooser(columns));
   $("#runs-empty").hidden = view.runs.length > 0;
   const n = view.selected.size;
   $("#compare-runs").disabled = n < 2;
@@ -92,7 +92,7 @@ async function compareRuns() {
   const metric = h("select", { id: "hparams-metric", onchange: () => { cmp.metric = metric.value; drawHParams(); } },
     ...allKeys.map((k) => h("option", { value: k, selected: k === cmp.metric }, k)));
   $("#compare-view").hidden = false;
-  $("#compare-view").replaceChildren(
+  fill($("#compare-view"), 
     h("div", { class: "card" }, h("h2", {}, `comparing ${runs.length} runs`, h("button", { class: "small close", onclick: () => { $("#compare-view").hidden = true; } }, "close")),
       h("ul", { class: "legend", id: "compare-legend" }, cmp.runs.map((c) => h("li", { class: "legend-item", "data-run": c.run.id, "data-color": c.color },
         h("span", { class: "swatch", style: `background:${c.color}` }), c.run.name))),
@@ -135,12 +135,12 @@ function hparamRows() {
 function drawHParams() {
   const rows = hparamRows();
   const names = [...new Set(rows.flatMap((r) => Object.keys(r.values)))].sort();
-  $("#hparams-table").replaceChildren(
+  fill($("#hparams-table"), 
     h("thead", {}, h("tr", {}, h("th", {}, "run"), h("th", {}, "node"), names.map((k) => h("th", {}, k)), h("th", {}, `${cmp.metric ?? "metric"} last`), h("th", {}, "best"))),
     h("tbody", {}, rows.map((r) => h("tr", { "data-run": r.run.id, "data-node": r.node.id },
       h("td", {}, h("span", { class: "swatch", style: `background:${r.color}` }), r.run.name), h("td", {}, r.node.id),
       names.map((k) => h("td", { "data-hparam": k }, fmt(r.values[k]))), h("td", { class: "metric-last" }, fmt(r.metric?.last)), h("td", { class: "metric-best" }, fmt(r.metric?.best))))));
-  $("#parcoords-box").replaceChildren(parallelCoordinates(rows, names, cmp.metric));
+  fill($("#parcoords-box"), parallelCoordinates(rows, names, cmp.metric));
 }
 
 // Parallel coordinates as SVG: one vertical axis per hyperparameter (numbers on a linear or,
@@ -184,10 +184,10 @@ export async function runsPage() {
   $("#crumb").textContent = "runs";
   const filter = h("input", { type: "search", id: "filter", placeholder: "filter: name, tag, note" });
   const status = h("select", { id: "status-filter" }, h("option", { value: "" }, "any status"), ...STATUSES.map((st) => h("option", { value: st }, st)));
-  $("#main").replaceChildren(
+  fill($("#main"), 
     h("div", { class: "card runs-card" },
       h("div", { class: "toolbar wrap" }, filter, status, h("details", { id: "columns" }, h("summary", {}, "columns"), h("div", { id: "columns-list" })),
-        h("button", { id: "compare-runs", class: "primary", disabled: true, onclick: () => compareRuns().catch((e) => { $("#compare-view").hidden = false; $("#compare-view").replaceChildren(h("p", { class: "error", role: "alert" }, e.message)); }) }, "compare")),
+        h("button", { id: "compare-runs", class: "primary", disabled: true, onclick: () => compareRuns().catch((e) => { $("#compare-view").hidden = false; fill($("#compare-view"), h("p", { class: "error", role: "alert" }, e.message)); }) }, "compare")),
       h("div", { class: "scroll" }, h("table", { id: "runs" }, h("thead"), h("tbody"))),
       h("p", { id: "runs-empty", class: "muted", hidden: true }, "No runs yet. Start one with `retune demo`, or call retune.init() in your training script.")),
     h("div", { id: "compare-view", hidden: true }));

@@ -116,3 +116,9 @@ export const store = {
   get(key, fallback) { try { return JSON.parse(localStorage.getItem(`retune:${key}`)) ?? fallback; } catch { return fallback; } },
   set(key, value) { try { localStorage.setItem(`retune:${key}`, JSON.stringify(value)); } catch { /* private mode */ } },
 };
+
+// replaceChildren with nested arrays flattened and empty parts ("", null, false) left out.
+export function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false && c !== "").map((c) => c instanceof Node ? c : document.createTextNode(String(c))));
+  return el;
+}
