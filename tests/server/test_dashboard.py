@@ -243,8 +243,13 @@ def test_a_finished_run_reads_as_sentences_and_offers_what_can_still_be_done(
     # the legend names every branch; clicking one hides its curve
     lanes = page.eval_on_selector_all("#legend .legend-item", "els => els.map(e => e.dataset.lane)")
     assert lanes == ["n1", "n3"]
+    lane_names = lambda: [t["name"] for t in _chart_data(page, '#charts .chart[data-key="loss"]')]  # noqa: E731
+    assert lane_names() == ["n1…n2 (root)", "n3 (restore from n1)"]
     page.click('#legend .legend-item[data-lane="n3"]')
-    _eventually(lambda: [t["visible"] for t in _chart_data(page, '#charts .chart[data-key="loss"]')] == [True, False])
+    _eventually(lambda: lane_names() == ["n1…n2 (root)"])
+    assert "hidden" in (page.get_attribute('#legend .legend-item[data-lane="n3"]', "class") or "")
+    page.click('#legend .legend-item[data-lane="n3"]')
+    _eventually(lambda: len(lane_names()) == 2)
 
     # smoothing: the drawn curve changes, the raw one stays behind it, faint
     raw = [t["y"] for t in _chart_data(page, '#charts .chart[data-key="loss"]')]

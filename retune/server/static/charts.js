@@ -5,6 +5,19 @@
 // drawn faint behind).
 import { fill, $, h, esc, fmt, cssVar, download, store } from "./util.js";
 
+// Plotly (3.5 MB) is fetched when the first chart is drawn, not before the page shows.
+let loading = null;
+export function plotly() {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  loading = loading ?? new Promise((resolve, reject) => {
+    const script = h("script", { src: "/static/plotly.min.js" });
+    script.onload = () => resolve(window.Plotly);
+    script.onerror = () => { loading = null; reject(new Error("could not load the charting library")); };
+    document.head.append(script);
+  });
+  return loading;
+}
+
 // The TensorBoard smoothing: an exponential moving average, debiased so the start is not
 // pulled towards zero; nulls (NaN points) are kept as gaps.
 export function smooth(values, weight) {
@@ -140,7 +153,7 @@ export class ChartBoard {
       sections.push(section);
     }
     fill(this.container, ...sections);
-    for (const k of keys) { const chart = this.card(k).querySelector(".chart"); if (chart.data) Plotly.Plots.resize(chart); }
+    for (const k of keys) { const chart = this.card(k).querySelector(".chart"); if (chart.data && window.Plotly) Plotly.Plots.resize(chart); }
   }
 
   async draw(keys) {
@@ -155,6 +168,7 @@ export class ChartBoard {
         this.loaded = this.loaded ?? {};
         this.loaded[key] = await this.load(key);
       }
+      await plotly();
       const { traces, changes } = this.loaded[key];
       this.traces[key] = traces;
       chart.querySelector(":scope > .chart-error")?.remove();
@@ -162,7 +176,7 @@ export class ChartBoard {
       card.removeAttribute("data-error");
     } catch (err) {
       card.dataset.error = err.message;
-      if (chart.data) Plotly.purge(chart);
+      if (chart.data && window.Plotly) Plotly.purge(chart);
       fill(chart, h("p", { class: "chart-error error", role: "alert" }, `${key}: ${err.message}`));
     }
   }

@@ -1,12 +1,13 @@
 // The run page: charts with a legend of every branch, the control panel (or, on an ended run,
 // what can still be done), the tree, a node's details, the node comparison and the audit log.
 import { fill, $, h, api, enc, fmt, dur, live, throttle, lanes, laneOf, diffText, commandText, outcomeText, nodeNumber, ENDED, store } from "./util.js";
-import { ChartBoard, chartToolbar, plotTraces } from "./charts.js";
+import { ChartBoard, chartToolbar, plotTraces, plotly } from "./charts.js";
 import { runMeta } from "./meta.js";
 import { TreePicture } from "./treepic.js";
 
 const MAX_LANES = 64;  // what one /branches request may hold
-const state = { run: null, tree: [], keys: [], selected: null, compare: [], hidden: new Set(), commands: [] };
+const DRAWN_LANES = 16;  // drawn at first: the newest; the legend shows the others on a click
+const state = { run: null, tree: [], keys: [], selected: null, compare: [], hidden: new Set(), shown: new Set(), commands: [] };
 
 function laneTraces(key, fetched, allLanes) {
   const traces = [];
@@ -21,7 +22,7 @@ function laneTraces(key, fetched, allLanes) {
     if (index.length && index[0] > 0) index.unshift(index[0] - 1);
     const pick = (a) => index.map((i) => a[i]);
     traces.push({ name: laneName(lane), color: lane.color, dash: "solid", steps: pick(series.steps), values: pick(series.values),
-      times: pick(series.times ?? series.steps.map(() => 0)), nodes: pick(series.nodes), lane: lane.id, visible: !state.hidden.has(lane.id) });
+      times: pick(series.times ?? series.steps.map(() => 0)), nodes: pick(series.nodes), lane: lane.id });
   }
   return traces;
 }
@@ -34,18 +35,28 @@ function laneName(lane) {
 }
 
 let board, picture;
-function shownLanes() { return lanes(state.tree).slice(-MAX_LANES); }
+function shownLanes() { return lanes(state.tree); }
+function isVisible(lane, all) {
+  if (state.hidden.has(lane.id)) return false;
+  return state.shown.has(lane.id) || all.indexOf(lane) >= all.length - DRAWN_LANES;
+}
+function drawnLanes() { const all = shownLanes(); return all.filter((l) => isVisible(l, all)).slice(-MAX_LANES); }
 
 async function loadKey(key) {
-  const all = shownLanes();
+  const all = drawnLanes();
+  if (!all.length) return { traces: [], changes: [] };
   const query = new URLSearchParams([["key", key], ...all.map((l) => ["node", l.leaf]), ["max_points", "2000"]]);
   const fetched = await api(`/api/runs/${enc(state.run.id)}/branches?${query}`);
   return { traces: laneTraces(key, fetched, all), changes: state.tree.filter((n) => n.parent !== null).map((n) => n.start_step) };
 }
 
 function drawLegend() {
-  const items = shownLanes().map((lane) => h("li", { class: `legend-item${state.hidden.has(lane.id) ? " hidden" : ""}`, "data-lane": lane.id, "data-color": lane.color,
-    title: "click to show or hide", onclick: () => { state.hidden.has(lane.id) ? state.hidden.delete(lane.id) : state.hidden.add(lane.id); drawLegend(); board.redrawHidden(); } },
+  const all = shownLanes();
+  const items = all.map((lane) => h("li", { class: `legend-item${isVisible(lane, all) ? "" : " hidden"}`, "data-lane": lane.id, "data-color": lane.color,
+    title: "click to show or hide", onclick: () => {
+      if (isVisible(lane, all)) { state.hidden.add(lane.id); state.shown.delete(lane.id); } else { state.hidden.delete(lane.id); state.shown.add(lane.id); }
+      drawLegend(); board.draw(state.keys);
+    } },
     h("span", { class: "swatch", style: `background:${lane.color}` }), laneName(lane)));
   fill($("#legend"), ...items);
 }
@@ -287,7 +298,7 @@ async function drawCompare() {
     charts.push(h("div", { class: "card chart-card" }, h("div", { class: "chart-head" }, h("span", { class: "chart-title" }, key)), div));
     const traces = ids.map((id) => ({ name: id, color: colour(id), steps: m.branches[id].steps, values: m.branches[id].values,
       times: m.branches[id].steps.map(() => 0), nodes: m.branches[id].steps.map(() => nodeNumber(id)) }));
-    setTimeout(() => plotTraces(div, key, traces, { x: "step", smoothing: 0 }), 0);
+    plotly().then(() => plotTraces(div, key, traces, { x: "step", smoothing: 0 }));
     tables.push(h("h3", {}, `${key} by step`), h("div", { class: "scroll" }, h("table", { class: "aligned", "data-key": key }, h("thead", {}, h("tr", {}, h("th", {}, "step"), ids.map((id) => h("th", {}, id)))),
       h("tbody", {}, m.aligned.steps.map((step, i) => h("tr", {}, h("td", {}, step), ids.map((id) => h("td", {}, fmt(m.aligned.values[id][i])))))))));
   }
@@ -327,10 +338,6 @@ export async function runPage(id) {
   const charts = h("div", { id: "charts" });
   board = new ChartBoard(charts, `run:${state.run.id}`, loadKey, opts);
   picture = new TreePicture(null, state.run.id, (id, shift) => selectNode(id, shift));
-  board.redrawHidden = () => {
-    for (const loaded of Object.values(board.loaded ?? {})) for (const t of loaded.traces) t.visible = !state.hidden.has(t.lane);
-    board.redraw();
-  };
   const toolbar = chartToolbar(opts, () => { store.set("chart-opts", opts); board.redraw(); });
   fill($("#main"), 
     h("div", { class: "run-head" }, h("p", { id: "run-status" }), h("div", { id: "run-meta" })),
