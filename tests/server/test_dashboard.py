@@ -113,6 +113,17 @@ def page(site: dict[str, Any]) -> Iterator[Page]:
     context.close()
 
 
+def _no_table_overflows(page: Page) -> None:
+    """No table is wider than its card (tables meant to scroll sit in a .scroll box)."""
+    wide = page.evaluate(
+        """() => [...document.querySelectorAll('.card table')].filter(t => {
+             const card = t.closest('.card'); const box = t.closest('.scroll') || card;
+             return t.offsetParent !== null && box === card && t.scrollWidth > card.clientWidth;
+           }).map(t => t.id || t.className)"""
+    )
+    assert wide == []
+
+
 def _chart_data(page: Page, selector: str) -> list[dict[str, Any]]:
     return page.eval_on_selector(  # type: ignore[no-any-return]
         selector,
@@ -200,7 +211,7 @@ def test_a_finished_run_reads_as_sentences_and_offers_what_can_still_be_done(
     for control in ("#apply", "#pause", "#stop", "#continue", "#tunables"):
         assert page.query_selector(control) is None, control
     assert page.inner_text("#resume-command") == (
-        f"retune resume alpha --from latest -- python train.py --epochs 3"
+        "retune resume alpha --from latest -- python train.py --epochs 3"
     )
     assert page.query_selector("#compare-link") is not None
     # the audit log: sentences, the reason of a rejection as text, nothing raw
@@ -229,21 +240,22 @@ def test_a_finished_run_reads_as_sentences_and_offers_what_can_still_be_done(
     page.wait_for_selector('#compare table.aligned[data-key="loss"] tbody tr', timeout=5000)
     assert "[object" not in page.inner_text("#main")  # no part left unrendered
     # no empty card on the page, and no table wider than its card
-    assert page.evaluate(
-        """() => [...document.querySelectorAll('.card')].filter(c => !c.hidden &&
+    assert (
+        page.evaluate(
+            """() => [...document.querySelectorAll('.card')].filter(c => !c.hidden &&
              c.offsetParent !== null && c.innerText.trim() === '').length"""
-    ) == 0
-    assert page.evaluate(
-        """() => [...document.querySelectorAll('.card table')].filter(t => {
-             const card = t.closest('.card'); const box = t.closest('.scroll') || card;
-             return t.offsetParent !== null && box === card && t.scrollWidth > card.clientWidth;
-           }).length"""
-    ) == 0
+        )
+        == 0
+    )
+    _no_table_overflows(page)
 
     # the legend names every branch; clicking one hides its curve
     lanes = page.eval_on_selector_all("#legend .legend-item", "els => els.map(e => e.dataset.lane)")
     assert lanes == ["n1", "n3"]
-    lane_names = lambda: [t["name"] for t in _chart_data(page, '#charts .chart[data-key="loss"]')]  # noqa: E731
+
+    def lane_names() -> list[str]:
+        return [t["name"] for t in _chart_data(page, '#charts .chart[data-key="loss"]')]
+
     assert lane_names() == ["n1…n2 (root)", "n3 (restore from n1)"]
     page.click('#legend .legend-item[data-lane="n3"]')
     _eventually(lambda: lane_names() == ["n1…n2 (root)"])
@@ -254,16 +266,29 @@ def test_a_finished_run_reads_as_sentences_and_offers_what_can_still_be_done(
     # smoothing: the drawn curve changes, the raw one stays behind it, faint
     raw = [t["y"] for t in _chart_data(page, '#charts .chart[data-key="loss"]')]
     page.fill("#smoothing", "0.8")
-    _eventually(lambda: page.get_attribute('#charts .chart[data-key="loss"]', "data-smoothing") == "0.8")
+    _eventually(
+        lambda: page.get_attribute('#charts .chart[data-key="loss"]', "data-smoothing") == "0.8"
+    )
     drawn = _chart_data(page, '#charts .chart[data-key="loss"]')
     assert [t["meta"] for t in drawn] == ["raw", "smoothed", "raw", "smoothed"]
     assert drawn[0]["y"] == raw[0]  # the raw curve is kept as it was
     assert drawn[1]["y"] != raw[0] and len(drawn[1]["y"]) == len(raw[0])
     # smoothing never leaves the range of the raw values, and it is less jagged
     assert min(raw[0]) <= min(drawn[1]["y"]) and max(drawn[1]["y"]) <= max(raw[0])
-    jag = lambda ys: float(np.abs(np.diff(np.diff(ys))).sum())  # noqa: E731
+
+    def jag(ys: list[float]) -> float:
+        return float(np.abs(np.diff(np.diff(ys))).sum())
+
     assert jag(drawn[1]["y"]) < jag(raw[0]) / 2
     page.fill("#smoothing", "0")
+    # a chart's data as CSV: every point of every drawn branch, with its node and step
+    with page.expect_download() as download:
+        page.click('.chart-card[data-key="loss"] button.csv')
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0] == "metric,series,node,step,time,value"
+    drawn_points = page.get_attribute('#charts .chart[data-key="loss"]', "data-points")
+    assert len(lines) == 1 + int(drawn_points or 0) > 70  # 2 branches of about 40 and 30 points
+    assert lines[1].startswith("loss,n1…n2 (root),n1,0,")
 
 
 def test_a_branch_keeps_its_colour_through_two_further_changes(
@@ -271,9 +296,12 @@ def test_a_branch_keeps_its_colour_through_two_further_changes(
 ) -> None:
     store: Store = site["store"]
     run = site["ids"]["steer"]
+    store.update_run(run, heartbeat_at=time.time())  # live: as its trainer's flush writes it
     page.goto(f"{site['url']}/runs/{run}")
     page.wait_for_selector('.chart[data-key="loss"] .main-svg')
     assert page.query_selector("#apply") is not None and page.query_selector("#pause") is not None
+    page.wait_for_selector("#tunables tbody tr")
+    _no_table_overflows(page)  # the control table fits its card on a 1366x768 screen
 
     def colours() -> tuple[str, list[str]]:
         legend = page.get_attribute('#legend .legend-item[data-lane="n1"]', "data-color") or ""
@@ -287,14 +315,20 @@ def test_a_branch_keeps_its_colour_through_two_further_changes(
         _points(store, run, change, start, start + 20, 0.5)
         store.update_run(run, step=start + 19, heartbeat_at=time.time())
         page.wait_for_selector(f'.node[data-node="n{change}"]')
-        _eventually(lambda c=change: any(f"n{c}" in (t["nodes"] or []) for t in
-                                         _chart_data(page, '#charts .chart[data-key="loss"]')))  # fmt: skip
+        label = f"n{change}"
+
+        def drawn(label: str = label) -> bool:
+            traces = _chart_data(page, '#charts .chart[data-key="loss"]')
+            return any(label in (t["nodes"] or []) for t in traces)
+
+        _eventually(drawn)
         assert colours() == before  # the same lane, the same colour, in legend and chart
     # the branch now spans three nodes and is still one curve in the legend
     assert page.eval_on_selector_all("#legend .legend-item", "els => els.length") == 1
 
 
 def test_a_paused_run_shows_continue_prominently(site: dict[str, Any], page: Page) -> None:
+    site["store"].update_run(site["ids"]["held"], heartbeat_at=time.time())
     page.goto(f"{site['url']}/runs/{site['ids']['held']}")
     page.wait_for_selector("#paused-banner #continue")
     assert page.query_selector("#pause") is None

@@ -6,7 +6,7 @@ import { runMeta } from "./meta.js";
 import { TreePicture } from "./treepic.js";
 
 const MAX_LANES = 64;  // what one /branches request may hold
-const DRAWN_LANES = 16;  // drawn at first: the newest; the legend shows the others on a click
+const DRAWN_LANES = 8;  // drawn at first: the newest; the legend shows the others on a click
 const state = { run: null, tree: [], keys: [], selected: null, compare: [], hidden: new Set(), shown: new Set(), commands: [] };
 
 function laneTraces(key, fetched, allLanes) {
@@ -203,7 +203,7 @@ function drawTree() {
     return h("li", {}, label, node.children.length ? h("ul", {}, node.children.map((c) => item(byId[c]))) : "");
   };
   fill($("#tree"), h("ul", {}, state.tree.filter((n) => n.parent === null).map(item)));
-  picture?.refresh(state.tree, state.run.status, state.selected, state.compare).catch(() => {});
+  if (state.picture) picture?.refresh(state.tree, state.run.status, state.selected, state.compare).catch(() => {});
   $("#compare-bar").hidden = state.compare.length < 2;
   $("#compare-bar .what").textContent = `${state.compare.join(", ")} selected`;
 }
@@ -329,9 +329,12 @@ async function refreshRun() {
   drawAudit();
   if (state.selected) drawNode();
   await board.draw(keys);
+  state.picture = true;  // the picture after the charts: they come first on a loaded server
+  await picture.refresh(state.tree, state.run.status, state.selected, state.compare).catch(() => {});
 }
 
 export async function runPage(id) {
+  plotly().catch(() => {});  // fetched while the data is read
   state.run = await api(`/api/runs/${enc(id)}`);
   $("#crumb").textContent = `${state.run.name} (${state.run.id})`;
   const opts = store.get("chart-opts", { x: "step", smoothing: 0 });
