@@ -74,7 +74,8 @@ function tunableRows(run) {
       const input = h("input", { class: "value", type: "text", placeholder: "new value", "data-name": t.name, "data-group": i ?? "" });
       const quick = t.name === "lr" ? [0.1, 0.5, 2].map((f) => h("button", { class: "small", "data-scale": f, onclick: () => send("scale", { factors: { lr: f }, group: i }) }, `×${f}`)) : [];
       rows.push(h("tr", {}, h("td", { class: "name" }, t.name), h("td", {}, i === null ? "-" : `${i}${name ? ` ${name}` : ""}`),
-        h("td", { class: "live", "data-name": t.name, "data-group": i ?? "" }, shown(tunableValue(t, i))), h("td", {}, input), h("td", { class: "quick" }, ...quick)));
+        h("td", { class: "live", "data-name": t.name, "data-group": i ?? "" }, shown(tunableValue(t, i))),
+        h("td", {}, h("div", { class: "new-value" }, input, quick.length ? h("span", { class: "quick" }, ...quick) : ""))));
     }
   }
   return rows;
@@ -168,7 +169,7 @@ function controls(run) {
   return [
     paused ? h("div", { class: "banner paused", id: "paused-banner" }, h("strong", {}, "Paused"), ` at step ${run.step}. Training waits until you continue.`,
       h("button", { id: "continue", class: "primary big", onclick: () => send("continue") }, "continue")) : "",
-    h("table", { id: "tunables" }, h("thead", {}, h("tr", {}, ...["tunable", "group", "live", "new value", ""].map((c) => h("th", {}, c)))), h("tbody")),
+    h("table", { id: "tunables" }, h("thead", {}, h("tr", {}, ...["tunable", "group", "live", "new value"].map((c) => h("th", {}, c)))), h("tbody")),
     h("div", { class: "toolbar wrap" }, h("button", { id: "apply", class: "primary", onclick: applyEdits }, "apply"),
       paused ? "" : h("button", { id: "pause", onclick: () => send("pause") }, "pause"),
       h("button", { id: "stop", onclick: () => send("stop") }, "stop"), h("button", { id: "checkpoint", onclick: () => send("checkpoint", {}) }, "checkpoint now")),
@@ -198,7 +199,7 @@ function drawTree() {
     const lane = laneOf(state.tree, node.id);
     const label = h("span", { class: `node${node.id === current ? " current" : ""}${state.compare.includes(node.id) ? " selected" : ""}${state.selected === node.id ? " focused" : ""}`,
       "data-node": node.id, tabindex: "0", onclick: (e) => selectNode(node.id, e.shiftKey), onkeydown: (e) => { if (e.key === "Enter") selectNode(node.id, e.shiftKey); } },
-      h("span", { class: "swatch", style: `background:${lane?.color}` }), `${node.id} `, h("span", { class: "muted" }, `${node.start_step}..${node.end_step ?? "…"} ${node.change_kind} `),
+      h("span", { class: "swatch", style: `background:${lane?.color}` }), `${node.id} `, h("span", { class: "muted" }, `${node.start_step}–${node.end_step ?? "now"} ${node.change_kind} `),
       Object.keys(node.diff).length ? h("span", { class: "diff" }, diffText(node.diff) + " ") : "", key ? `${key} ${fmt(node.metrics[key].last)}` : "");
     return h("li", {}, label, node.children.length ? h("ul", {}, node.children.map((c) => item(byId[c]))) : "");
   };
@@ -348,6 +349,7 @@ export async function runPage(id) {
       h("section", { class: "main-col" },
         h("div", { class: "card legend-card" }, toolbar, h("ul", { id: "legend", class: "legend" })),
         charts,
+        h("div", { class: "card", id: "tree-picture-card" }, h("h2", {}, "tree picture"), h("div", { id: "tree-picture" })),
         h("div", { class: "card", id: "compare", hidden: true }),
         h("div", { class: "card", id: "audit-card", hidden: true }, h("h2", {}, "audit log"),
           h("div", { class: "scroll" }, h("table", { id: "audit" }, h("thead", {}, h("tr", {}, ...["#", "time", "who", "what", "outcome"].map((c) => h("th", {}, c)))), h("tbody"))))),
@@ -356,7 +358,7 @@ export async function runPage(id) {
         h("div", { class: "card tree" }, h("h2", {}, "tree"),
           h("div", { id: "compare-bar", hidden: true }, h("span", { class: "what" }), h("button", { id: "compare-nodes", class: "small primary", onclick: drawCompare }, "compare"),
             h("button", { class: "small", onclick: () => { state.compare = []; drawTree(); } }, "clear")),
-          h("div", { id: "tree-picture" }), h("div", { id: "tree" })),
+          h("div", { id: "tree" })),
         h("div", { class: "card", id: "node-detail", hidden: true }))));
   picture.root = $("#tree-picture");
   await refreshRun();

@@ -20,7 +20,7 @@ export class TreePicture {
     const signature = JSON.stringify([status, tree.map((n) => [n.id, n.end_step, n.children.length, n.checkpoints.length])]);
     if (signature !== this.signature) {
       const res = await fetch(`/api/runs/${encodeURIComponent(this.runId)}/tree.svg`);
-      if (!res.ok) { fill(this.root, ); return; }
+      if (!res.ok) { this.root.closest(".card")?.setAttribute("hidden", ""); return; }
       const doc = new DOMParser().parseFromString(await res.text(), "image/svg+xml");
       const svg = doc.documentElement;
       if (svg.nodeName !== "svg") return;

@@ -83,7 +83,7 @@ export function commandText(c) {
   const has = (d) => d && Object.keys(d).length;
   if (c.kind === "set") words.push(has(diff) ? diffText(diff) : valuesText(p.values));
   else if (c.kind === "scale") { words.push(Object.entries(p.factors ?? {}).map(([k, f]) => `${k} x${fmt(f)}`).join(", ")); if (has(diff)) extra.push(diffText(diff)); }
-  else if (c.kind === "restore") { words.push(`to ${p.target ?? "?"}`); if (has(p.set)) words.push(`with ${valuesText(p.set)}`); if (has(diff)) extra.push(diffText(diff)); }
+  else if (c.kind === "restore") { words.push(`to ${p.target ?? "?"}`); if (has(diff)) words.push(`with ${diffText(diff)}`); else if (has(p.set)) words.push(`with ${valuesText(p.set)}`); }
   else if (c.kind === "checkpoint") { if (p.tag) words.push(`tagged ${p.tag}`); }
   else if (c.kind === "explore") {
     words.push(valuesText(p.values));
