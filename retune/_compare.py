@@ -172,7 +172,9 @@ class Comparison:
         for branch in branches[1:]:
             shared = np.intersect1d(shared, branch.steps, assume_unique=False)
         shared = shared[shared >= self.diverge_step]
-        if len(shared) > rows > 0:
+        if rows <= 0:
+            shared = shared[:0]
+        elif len(shared) > rows:
             picks = np.unique(np.linspace(0, len(shared) - 1, rows).round().astype(np.int64))
             shared = shared[picks]
         return shared, [branch.at(shared) for branch in branches]
@@ -206,6 +208,7 @@ class Comparison:
                     "end_step": node.end_step,
                     "change_kind": node.change_kind,
                     "diff": node.diff,
+                    "info": node.info,
                 }
                 for node in self.nodes
             ],

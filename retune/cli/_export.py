@@ -69,12 +69,12 @@ def _compare(args: argparse.Namespace, store: Store) -> int:
 
 # -- export ------------------------------------------------------------------------------------
 def _export_args(p: argparse.ArgumentParser) -> None:
-    run_arg(p)
+    p.add_argument("run", nargs="?", help="run id, or name (the latest run with that name)")
     p.add_argument("--to", required=True, nargs="+", metavar=("TARGET", "DIR"),
                    help="mlflow, or tensorboard DIR, csv DIR, parquet DIR (a folder, created "
                    "if missing)")  # fmt: skip
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default, "
-                   "$MLFLOW_TRACKING_URI or ./mlruns)")  # fmt: skip
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own: "
+                   "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")  # fmt: skip
     p.add_argument("--experiment", help="MLflow experiment name (default: the run's name)")
 
 
@@ -82,14 +82,23 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace, store: Store) -> int:
     from retune.export import TARGETS, export
 
-    target, dest = args.to[0], (args.to[1] if len(args.to) > 1 else None)
+    words = list(args.to)
+    run = args.run
+    if run is None:  # `retune export --to csv DIR RUN`: --to took the run too
+        wanted = 1 if words and words[0] == "mlflow" else 2
+        if len(words) == wanted + 1:
+            run = words.pop()
+        else:
+            raise InvalidArgument("name the run to export: retune export RUN --to TARGET [DIR]")
+    args.to = words
+    target, dest = words[0], (words[1] if len(words) > 1 else None)
     if len(args.to) > 2 or target not in TARGETS:
         raise InvalidArgument(f"--to takes a target ({', '.join(TARGETS)}) and, except for "
                               f"mlflow, a folder; got {' '.join(args.to)!r}")  # fmt: skip
     if target == "mlflow":
         if dest is not None:
             raise InvalidArgument("--to mlflow takes no folder; use --tracking-uri URI")
-        summary = export(store, args.run, "mlflow", tracking_uri=args.tracking_uri,
+        summary = export(store, run, "mlflow", tracking_uri=args.tracking_uri,
                          experiment=args.experiment)  # fmt: skip
     else:
         if dest is None:
@@ -97,7 +106,7 @@ def _export(args: argparse.Namespace, store: Store) -> int:
                                   f"{target} DIR")  # fmt: skip
         if args.tracking_uri is not None or args.experiment is not None:
             raise InvalidArgument("--tracking-uri and --experiment are for --to mlflow")
-        summary = export(store, args.run, target, dest=dest)
+        summary = export(store, run, target, dest=dest)
     if args.json:
         emit_json(summary.to_dict())
     else:

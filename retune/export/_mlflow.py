@@ -12,8 +12,9 @@ run's name), with:
   MLflow stores NaN as NaN and +/-inf as the largest finite double.
 * **tags**: ``retune.run_id``, ``retune.run_name``, ``retune.node`` (``n3``), ``retune.parent``,
   ``retune.change_kind``, ``retune.start_step``, ``retune.end_step``, ``retune.diff`` (the
-  change, as ``retune show`` writes it) and ``retune.diff_json``; ``mlflow.parentRunId`` on
-  every node but the root.
+  change, as ``retune show`` writes it), ``retune.diff_json`` and ``retune.info`` (the node's
+  free-form info as JSON: an exploration's score, ...; updated by every export);
+  ``mlflow.parentRunId`` on every node but the root.
 
 **Idempotent.** Existing runs are found by their ``retune.run_id`` / ``retune.node`` tags and
 brought up to date instead of duplicated. Each node's MLflow run records, per metric, the last
@@ -129,6 +130,7 @@ def _node_tags(record: RunRecord, node: NodeRecord) -> dict[str, str]:
         "retune.end_step": "" if node.end_step is None else str(node.end_step),
         "retune.diff": diff_text(node.diff) or "(root)",
         "retune.diff_json": _json.dumps(node.diff),
+        "retune.info": _json.dumps(node.info),
     }
 
 

@@ -1,8 +1,8 @@
 """CSV and Parquet exports: a run's ``nodes``, ``metrics`` and ``commands`` as three tables.
 
 ``DIR/nodes.{csv,parquet}``: one row per node (``node``, ``label``, ``parent``, steps, the
-change, its ``diff`` and ``values`` as JSON, and one ``hp.NAME`` column per hyperparameter,
-named as :func:`retune._compare.flat_hyperparameters` names them).
+change, its ``diff``, ``values`` and ``info`` as JSON, and one ``hp.NAME`` column per
+hyperparameter, named as :func:`retune._compare.flat_hyperparameters` names them).
 ``DIR/metrics.{csv,parquet}``: one row per point (``run_id``, ``node``, ``key``, ``step``,
 ``value``, ``time``), key by key in step order; NaN and inf kept (CSV writes ``nan``,
 ``inf``, ``-inf``). ``DIR/commands.{csv,parquet}``: the audit log, one row per command.
@@ -16,6 +16,7 @@ leaves the previous tables as they were.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ _NODE_COLUMNS = [
     "created_at",
     "diff",
     "values",
+    "info",
 ]
 _COMMAND_COLUMNS = [
     "run_id",
@@ -113,6 +115,7 @@ def _node_rows(store: Store, record: RunRecord) -> tuple[list[str], list[list[An
                 node.created_at,
                 _json.dumps(node.diff),
                 _json.dumps(node.values),
+                _json.dumps(node.info),
             ]
             + [values.get(name) for name in names]
         )
@@ -193,11 +196,18 @@ def _metrics_csv(store: Store, record: RunRecord, folder: Path) -> tuple[Path, i
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(_METRIC_COLUMNS)
         for chunk in store.iter_metric_chunks(record.id):
-            head = (record.id, chunk.node, chunk.key)
-            writer.writerows(
-                (*head, step, value, time)
-                for step, value, time in zip(
-                    chunk.steps.tolist(), chunk.values.tolist(), chunk.times.tolist(), strict=True
+            quoted = io.StringIO()  # the key may need CSV quoting: once per chunk
+            csv.writer(quoted, lineterminator="").writerow([record.id, chunk.node, chunk.key, ""])
+            head = quoted.getvalue()
+            handle.write(  # floats as repr: exact, and nan / inf / -inf spelled out
+                "".join(
+                    f"{head}{step},{value!r},{time!r}\n"
+                    for step, value, time in zip(
+                        chunk.steps.tolist(),
+                        chunk.values.tolist(),
+                        chunk.times.tolist(),
+                        strict=True,
+                    )
                 )
             )
             points += len(chunk.steps)

@@ -352,6 +352,15 @@ class Store(ABC):
         """The run's events with ``id > after_id``, oldest first."""
 
     # -- lifecycle --------------------------------------------------------------------------
+    def change_token(self) -> object | None:
+        """An opaque value that differs after any other connection committed to this store.
+
+        A poller compares it with the value it read before its last query and skips the query
+        when it is equal (nothing new can be there). ``None`` means the backend cannot tell
+        cheaply: poll every time. Any thread; never raises (``None`` on trouble).
+        """
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Release connections. The store must not be used afterwards."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -93,9 +94,14 @@ class SqlStore(Store):
         self.read_only = False
         """True when the SQLite file or its folder is not writable: reads work, writes raise."""
         self._is_sqlite = url.startswith("sqlite")
+        self._token_uri: str | None = None
+        self._token_connection: sqlite3.Connection | None = None
+        self._token_lock = threading.Lock()
         try:
             if self._is_sqlite:
                 path = self._sqlite_path(url)
+                if path is not None:
+                    self._token_uri = f"file:{quote(path)}?mode=ro"
                 mode = self._sqlite_mode(url, path, create=create)
                 self.read_only = mode == "ro"
                 if self.read_only:
@@ -282,7 +288,28 @@ class SqlStore(Store):
         taken by BEGIN IMMEDIATE, already serializes every write)."""
         conn.execute(select(runs.c.id).where(runs.c.id == run_id).with_for_update())
 
+    def change_token(self) -> object | None:
+        """SQLite: ``PRAGMA data_version`` on a connection of its own, which changes exactly
+        when another connection (any process, or this store's own pool) commits: a few
+        microseconds instead of a query through SQLAlchemy. PostgreSQL: ``None``."""
+        if self._token_uri is None:
+            return None
+        with self._token_lock:
+            try:
+                if self._token_connection is None:
+                    self._token_connection = sqlite3.connect(
+                        self._token_uri, uri=True, check_same_thread=False
+                    )
+                row = self._token_connection.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error:
+                return None
+        return int(row[0]) if row else None
+
     def close(self) -> None:
+        with self._token_lock:
+            if self._token_connection is not None:
+                self._token_connection.close()
+                self._token_connection = None
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()

@@ -50,7 +50,7 @@ def build_tree_run(store: Store, name: str = "tree") -> str:
                       values=values((0.1, 0.01)), diff={"lr[head]": [0.1, 0.01]}, created_by="mia")  # fmt: skip
     store.create_node(run.id, parent=1, start_step=10, change_kind="restore",
                       values=values((0.1, 0.1), wd=1e-4), diff={"weight_decay": [0.0, 1e-4]},
-                      created_by="mia")  # fmt: skip
+                      created_by="mia", info={"score": 0.5})  # fmt: skip
     store.create_node(run.id, parent=2, start_step=20, change_kind="set",
                       values=values((0.1, 0.01), clip=0.5), diff={"clip": [1.0, 0.5]},
                       created_by="mia")  # fmt: skip
@@ -98,7 +98,7 @@ def tree_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store
         yield store, build_tree_run(store)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The store URL of a real training's tree (run `trained`: n1, n2 lr, n3 weight_decay)."""
     url = f"sqlite:///{tmp_path_factory.mktemp('trained') / 'retune.db'}"

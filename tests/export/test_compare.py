@@ -69,11 +69,12 @@ def test_cli_compare_of_a_real_training_shows_what_differs_and_aligned_metrics(
     ],
 )
 def test_cli_compare_refuses_bad_input_in_one_line(
-    trained: str, args: list[str], message: str
+    trained: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = retune_cli("compare", "trained", *args, "--store", trained)
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.count("\n") == 1 and message in out.stderr
+    assert main(["compare", "trained", *args, "--store", trained]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.count("\n") == 1 and message in out.err
 
 
 def test_flat_hyperparameters_split_groups_only_where_they_differ() -> None:
@@ -99,6 +100,8 @@ def test_compare_diverge_step_and_nan_and_open_branches(tree_store: tuple[Store,
     steps, columns = result.aligned("loss", rows=100)
     assert steps.tolist() == list(range(10, 25))
     assert [c[0] for c in columns] == [1 / 11] * 3
+    assert result.aligned("loss", rows=0)[0].tolist() == []
+    assert result.aligned("loss", rows=3)[0].tolist() == [10, 17, 24]  # spread, last included
     data = result.to_dict(max_points=3)
     assert data["metrics"]["loss"]["branches"]["n1"]["total"] == 30
     assert len(data["metrics"]["loss"]["branches"]["n1"]["steps"]) <= 3
@@ -117,6 +120,7 @@ def test_api_compare_serves_the_diff_and_downsampled_series(tree_store: tuple[St
     body = response.json()
     assert [n["id"] for n in body["nodes"]] == ["n3", "n4"]
     assert body["nodes"][1]["diff"] == {"clip": [1.0, 0.5]}
+    assert body["nodes"][0]["info"] == {"score": 0.5}
     rows = {h["name"]: h for h in body["hyperparameters"]}
     assert rows["weight_decay"]["values"] == {"n3": 0.0001, "n4": 0.0}
     assert rows["betas"]["differs"] is False

@@ -501,7 +501,7 @@ def test_tags_are_capped(store: Store) -> None:
 
 def test_notes_round_trip_and_reject_control_characters(store: Store) -> None:
     run_id = _run_with_root(store, "noted")
-    text = "lr 1e-3 looked best.\n\tSee <b>n3</b> & \"n5\" — ünïcode"
+    text = 'lr 1e-3 looked best.\n\tSee <b>n3</b> & "n5" — ünïcode'
     assert store.set_run_note(run_id, text).note == text
     assert store.get_run(run_id).note == text
     with pytest.raises(InvalidArgument):
