@@ -7,6 +7,8 @@ Importing ``retune`` never imports torch, keras or transformers.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from retune.control import Controller, connect
 from retune.errors import (
     CheckpointCorrupt,
@@ -27,10 +29,14 @@ from retune.errors import (
 )
 from retune.session import MetricSeries, Run, RunSnapshot, init, load
 
+if TYPE_CHECKING:
+    from retune.store import Store
+    from retune.viz import TreeFigure
+
 __version__ = "0.1.0"
 
 
-def plot_tree(run: object, store: object = None, **options: object) -> object:
+def plot_tree(run: Any, store: str | Store | None = None, **options: Any) -> TreeFigure:
     """The tuning tree of ``run`` as a picture (a ``retune.viz.TreeFigure``: inline SVG in a
     notebook, ``.save(path)`` to write it). ``run`` is a run id or name (read from ``store``,
     a URL or Store, default ``$RETUNE_STORE``), a :class:`Run`, a :class:`Controller` or a
@@ -38,7 +44,7 @@ def plot_tree(run: object, store: object = None, **options: object) -> object:
     (see ``retune.viz.tree_picture``). Imports the drawing code on first use."""
     from retune.viz import plot_tree as draw
 
-    return draw(run, store, **options)  # type: ignore[arg-type]
+    return draw(run, store, **options)
 
 
 __all__ = [

@@ -29,8 +29,8 @@ def parse_tag_changes(words: list[str]) -> tuple[list[str], list[str]]:
 def _tag_args(p: argparse.ArgumentParser) -> None:
     run_arg(p)
     # REMAINDER keeps "-draft" a tag to remove, not an unknown option
-    p.add_argument("changes", nargs=argparse.REMAINDER, metavar="[+TAG|-TAG ...]",
-                   help="tags to add (+TAG or TAG) and remove (-TAG); none: list the tags")  # fmt: skip
+    what = "tags to add (+TAG or TAG) and remove (-TAG); none: list the tags"
+    p.add_argument("changes", nargs=argparse.REMAINDER, metavar="[+TAG|-TAG ...]", help=what)
     p.epilog = "e.g. retune tag mnist +baseline -draft"
 
 

@@ -13,6 +13,7 @@ a new track. Each track takes one lane; a lane is reused once the tracks on it h
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,8 +22,10 @@ from retune.session._tree import TreeNode
 
 __all__ = ["Chain", "Edge", "NodeBox", "TreeLayout", "edge_label", "layout_tree"]
 
-CONTINUING_KINDS = frozenset({"set", "scale", "resume"})
-"""Changes that continue training from where the parent stopped (no jump back in steps)."""
+CONTINUING_KINDS = frozenset({"set", "scale", "resume", "guard", "explore"})
+"""Changes that may continue training from where the parent stopped; a child of these kinds
+continues its parent's track only when it starts at or after the parent's end (a ``guard`` or
+``explore`` node that went back to an earlier checkpoint is a branch, like a ``restore``)."""
 
 MIN_CHAIN = 3
 """The fewest nodes :func:`layout_tree` collapses into one chain segment."""
@@ -163,6 +166,23 @@ def _preorder(nodes: Sequence[TreeNode], continuation: Mapping[int, int]) -> lis
     return order
 
 
+class _Lane:
+    """The step ranges taken on one lane, sorted and disjoint: a free test is one bisection."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def free(self, lo: int, hi: int) -> bool:
+        at = bisect.bisect_right(self.starts, hi)  # spans starting at or before hi
+        return at == 0 or self.ends[at - 1] < lo
+
+    def take(self, lo: int, hi: int) -> None:
+        at = bisect.bisect_right(self.starts, lo)
+        self.starts.insert(at, lo)
+        self.ends.insert(at, hi)
+
+
 def layout_tree(
     nodes: Sequence[TreeNode],
     *,
@@ -210,18 +230,14 @@ def layout_tree(
     min_step = min(n.start_step for n in nodes)
     max_step = max(ends.values())
     gap = max(1, (max_step - min_step) // 200)  # tracks on one lane never touch
-    lanes: list[list[tuple[int, int]]] = []
+    lanes: list[_Lane] = []
     lane_of: dict[int, int] = {}
     for track in tracks:
-        lo, hi = by_id[track[0]].start_step, ends[track[-1]]
-        for index, spans in enumerate(lanes):
-            if all(hi + gap < a or lo > b + gap for a, b in spans):
-                spans.append((lo, hi))
-                lane = index
-                break
-        else:
-            lane = len(lanes)
-            lanes.append([(lo, hi)])
+        lo, hi = by_id[track[0]].start_step - gap, ends[track[-1]] + gap
+        lane = next((i for i, spans in enumerate(lanes) if spans.free(lo, hi)), len(lanes))
+        if lane == len(lanes):
+            lanes.append(_Lane())
+        lanes[lane].take(lo, hi)
         for node_id in track:
             lane_of[node_id] = lane
 

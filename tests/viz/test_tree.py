@@ -115,7 +115,9 @@ def test_hostile_names_are_escaped(big_run: BigRun, snapshot: retune.RunSnapshot
     root = _parse(svg)
     assert "<script" not in svg and not [e for e in root.iter() if "script" in e.tag]
     title = root.find(f"{SVG}title")
-    assert title is not None and 'big <script>alert("x")</script>&\'"]]>\ufffd' in (title.text or "")
+    assert title is not None and 'big <script>alert("x")</script>&\'"]]>\ufffd' in (
+        title.text or ""
+    )
     assert root.get("data-run") == big_run.run_id
 
 
@@ -129,8 +131,8 @@ def test_unknown_colour_metric_is_a_clear_error(snapshot: retune.RunSnapshot) ->
 def test_plot_tree_shows_itself_in_a_notebook(big_run: BigRun) -> None:
     figure = retune.plot_tree(big_run.run_id, big_run.store, collapse_chains=True)
     assert len(repr(figure)) < 200 and "500 nodes" in repr(figure)
-    assert figure._repr_svg_().startswith("<svg")  # type: ignore[attr-defined]
-    assert figure._repr_html_().count("<svg") == 1  # type: ignore[attr-defined]
+    assert figure._repr_svg_().startswith("<svg")
+    assert figure._repr_html_().count("<svg") == 1
     from_snapshot = plot_tree(read_snapshot(big_run.store, big_run.run_id))
     assert len(re.findall(r'class="rt-node[ "]', from_snapshot.svg)) == 500
     with pytest.raises(InvalidArgument, match="plot_tree takes"):
@@ -143,9 +145,7 @@ def test_import_retune_does_not_load_the_drawing_code() -> None:
 
 
 # -- the layout on hand-made trees ---------------------------------------------------------
-def _node(
-    id: int, parent: int | None, start: int, end: int | None, kind: str = "set"
-) -> TreeNode:
+def _node(id: int, parent: int | None, start: int, end: int | None, kind: str = "set") -> TreeNode:
     return TreeNode(id, parent, (), start, end, kind, {}, {"lr": [0.1, 0.01]}, None, 0.0, ())
 
 
