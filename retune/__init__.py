@@ -47,6 +47,16 @@ def plot_tree(run: Any, store: str | Store | None = None, **options: Any) -> Tre
     return draw(run, store, **options)
 
 
+def plot_metric(run: object, *keys: str, **options: object) -> object:
+    """A live chart of ``keys`` for ``run`` in a notebook (``retune[notebook]``): branches
+    overlaid, a marker at each change, redrawn while the run trains. ``run`` is a live
+    :class:`Run` or a run id or name (``store=`` names the store). See
+    :func:`retune.notebook.plot_metric`. Imports plotly on first use."""
+    from retune.notebook import plot_metric as draw
+
+    return draw(run, *keys, **options)
+
+
 __all__ = [
     "CheckpointCorrupt",
     "CheckpointNotFound",
@@ -71,5 +81,6 @@ __all__ = [
     "connect",
     "init",
     "load",
+    "plot_metric",
     "plot_tree",
 ]

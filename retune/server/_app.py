@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException
 
 from retune import _json
 from retune.control import current_user, submit
+from retune.control._explore import describe_exploration, list_explorations
 from retune.errors import InvalidArgument, NodeNotFound, RetuneError, redact
 from retune.server._security import SecurityPolicy
 from retune.session._snapshot import MetricSeries, read_snapshot
@@ -458,6 +459,17 @@ def create_app(
         command_id: Annotated[int, PathParam(ge=0, le=INT32_MAX)],
     ) -> JSONResponse:
         return _json_response((await blocking(store.get_command, command_id)).__dict__)
+
+    @app.get("/api/runs/{run}/explorations", summary="The run's explorations, oldest first")
+    async def explorations(run: str) -> JSONResponse:
+        record = await blocking(store.get_run, run)
+        return _json_response(await blocking(list_explorations, store, record.id))
+
+    @app.get("/api/commands/{command_id}/exploration", summary="One exploration's state")
+    async def exploration(
+        command_id: Annotated[int, PathParam(ge=0, le=INT32_MAX)],
+    ) -> JSONResponse:
+        return _json_response(await blocking(describe_exploration, store, command_id))
 
     @app.get("/api/events", summary="Server-Sent Events: a 'runs' event whenever anything moves")
     async def events(

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CheckpointPolicy", "Checkpointer"]
 
-KEPT_REASONS = frozenset({"change", "user", "command"})
+KEPT_REASONS = frozenset({"change", "user", "command", "explore"})
 
 
 class CheckpointPolicy:
