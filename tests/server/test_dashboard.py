@@ -89,6 +89,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                           result={"diff": {"lr[body]": [0.1, 0.05]}})  # fmt: skip
     store.submit_command(alpha, "set", {"values": {"lr": -1}, "group": 0}, source="cli", user="mia",
                          status="rejected", reason="lr must be >= 0, got -1")  # fmt: skip
+    explore = store.submit_command(alpha, "explore", {"values": {"lr": [0.01, 0.003]}, "steps": 5,
+                                   "metric": "val/loss", "goal": "min", "from": "c1",
+                                   "then": "best", "max_candidates": 16, "group": None,
+                                   "mode": "rescale", "score": "last"},
+                                   source="ui", user="mia")  # fmt: skip
+    store.resolve_command(explore.id, status="applied", applied_step=39, node=3,
+                          result={"winner": {"node": 3, "values": {"lr": 0.01}},
+                                  "candidates": [{"node": 3, "score": 0.2}]})  # fmt: skip
     for name in LR:
         store.update_run(ids[name], status="finished", step=39, ended_at=time.time())
     live = _run(store, "steer", 0.1, status="running")
@@ -219,6 +227,10 @@ def test_a_finished_run_reads_as_sentences_and_offers_what_can_still_be_done(
     assert "{" not in audit and "}" not in audit
     assert "set lr[body] 0.1 -> 0.05, group 0, mode rescale" in audit
     assert "rejected: lr must be >= 0, got -1" in audit
+    assert (
+        "explore lr in 0.01 / 0.003, 5 steps each, scored by min val/loss, from c1, then best,"
+        " winner node 3, values lr 0.01" in audit
+    )
     # a node's details are a table of words too
     page.click('.node[data-node="n3"]')
     detail = page.inner_text("#node-detail")

@@ -91,6 +91,8 @@ export function commandText(c) {
     if (p.metric) extra.push(`scored by ${p.goal ?? "min"} ${p.metric}`);
     if (p.from) extra.push(`from ${p.from}`);
     if (p.then) extra.push(`then ${p.then}`);
+    const winner = c.result?.winner;
+    if (winner !== undefined && winner !== null) extra.push(`winner ${typeof winner === "number" ? `n${winner}` : fmt(winner)}`);
   } else words.push(valuesText(Object.fromEntries(Object.entries(p).filter(([, v]) => v !== null && typeof v !== "object"))));
   if (["set", "scale", "restore"].includes(c.kind)) {
     if (p.group !== undefined && p.group !== null) extra.push(`group ${p.group}`);
