@@ -194,9 +194,10 @@ function drawTree() {
   const byId = Object.fromEntries(state.tree.map((n) => [n.id, n]));
   const live = !ENDED.includes(state.run.status);
   const current = live ? state.tree.filter((n) => n.end_step === null).map((n) => n.id).pop() : null;
+  const laneByNode = new Map(lanes(state.tree).flatMap((l) => l.nodes.map((id) => [id, l])));  // one pass, not one per node
   const item = (node) => {
     const key = metricKey(node);
-    const lane = laneOf(state.tree, node.id);
+    const lane = laneByNode.get(node.id);
     const label = h("span", { class: `node${node.id === current ? " current" : ""}${state.compare.includes(node.id) ? " selected" : ""}${state.selected === node.id ? " focused" : ""}`,
       "data-node": node.id, tabindex: "0", onclick: (e) => selectNode(node.id, e.shiftKey), onkeydown: (e) => { if (e.key === "Enter") selectNode(node.id, e.shiftKey); } },
       h("span", { class: "swatch", style: `background:${lane?.color}` }), `${node.id} `, h("span", { class: "muted" }, `${node.start_step}–${node.end_step ?? "now"} ${node.change_kind} `),
