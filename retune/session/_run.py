@@ -572,6 +572,7 @@ class Run:
         ``CommandRejected`` with the reason (nothing changes). See ``docs/explore.md``.
         """
         from retune.control._commands import explore_payload, submit
+        from retune.session._steer import command_source
 
         payload = explore_payload(
             {**(values or {}), **kwargs},
@@ -585,7 +586,7 @@ class Run:
             group=group,
             mode=mode,
         )
-        command = submit(self.store, self.id, "explore", payload, source="python")
+        command = submit(self.store, self.id, "explore", payload, source=command_source())
         self._inbox.append(command)  # the next step() applies it (the poller may be later)
         return command
 
