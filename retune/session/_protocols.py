@@ -75,6 +75,9 @@ class CheckpointSaver(Protocol):
 
     def load(self, record: CheckpointRecord) -> Any: ...
 
+    def wait(self, timeout: float | None = None) -> Any:
+        """Wait until the save being written in the background (if any) is listed or failed."""
+
 
 class TrainingSession(StatefulRun, Protocol):
     """What a command handler may see and do of a live run."""

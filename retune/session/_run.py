@@ -21,7 +21,7 @@ from typing import Any
 from retune.control import Knob, KnobValues, LiveTunables
 from retune.errors import InvalidArgument, RetuneError, StopTraining, StoreError
 from retune.session import _lifecycle
-from retune.session._checkpointer import Checkpointer, CheckpointPolicy
+from retune.session._checkpointer import Checkpointer, CheckpointPolicy, PendingCheckpoint
 from retune.session._control import Applier
 from retune.session._handlers import HANDLERS
 from retune.session._loop import LoopPosition
@@ -238,12 +238,12 @@ class Run:
         """Scheduled checkpoint; queued commands; hold while paused; the stop (checkpointed)."""
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
-        saved = False
+        scheduled: PendingCheckpoint | None = None
         if self._step >= self._next_checkpoint:
             every = self.checkpointer.policy.every_n_steps or _NEVER
             self._next_checkpoint = (self._step // every + 1) * every
-            self.checkpointer.save("schedule")
-            saved = True
+            scheduled = self.checkpointer.save_async("schedule")  # written in the background
+        saved = scheduled is not None
         self._reschedule()
         if self._inbox:
             saved = False  # a command may change the state after the scheduled checkpoint
@@ -255,6 +255,8 @@ class Run:
                 saved = False
                 self._applier.apply_pending(self)
         if self._signal or self.flags.stop_requested:
+            if saved and scheduled is not None:  # the stop relies on it: it must be listed
+                saved = scheduled.wait() is not None
             self._stop_here(already_saved=saved)
 
     def _reschedule(self) -> None:
@@ -482,7 +484,7 @@ class Run:
     def _on_epoch_end(self) -> None:
         every = self.checkpointer.policy.every_n_epochs
         if every and self.loop.epoch % every == 0:
-            self.checkpointer.save("schedule")
+            self.checkpointer.save_async("schedule")
 
     def tree(self) -> list[TreeNode]:
         """The run's tree as stored now (buffered metrics are flushed first)."""
@@ -567,6 +569,7 @@ class Run:
         if self.flags.stop_requested and status == "finished":
             status = "stopped"
         self._release()
+        self.checkpointer.close()  # the save in flight is listed (or recorded failed) first
         lost: RetuneError | None = None
         try:
             self._writer.close()
