@@ -29,7 +29,7 @@ from retune.session._protocols import SessionFlags
 from retune.session._snapshot import RunSnapshot, read_snapshot
 from retune.session._state import apply_state
 from retune.session._tree import TreeNode
-from retune.session._writer import MetricWriter
+from retune.session._writer import NO_GROUP, MetricWriter
 from retune.store import CheckpointRecord, CommandRecord, RunRecord, Store, open_store
 
 __all__ = ["Run"]
@@ -166,7 +166,8 @@ class Run:
             tick=lambda: self._applier.poll(self),
             after_flush=self._refresh_tunables,
         )
-        self._buffer = self._writer.buffer
+        self._columns = self._writer.columns(node)  # this node's metric buffers
+        self._group = NO_GROUP  # the group of the names the last call logged
         _lifecycle.track(self)
 
     # -- identity ---------------------------------------------------------------------------
@@ -214,19 +215,42 @@ class Run:
         if self._ended:
             raise InvalidArgument(f"run {self.name} ({self.id}) has ended; start a new one")
         values = kwargs if metrics is None else _merged(metrics, kwargs)
-        if values.keys() <= self._known_keys:
-            for value in values.values():
-                if type(value) is not float:
-                    values = self._checked(values)
-                    break
-        else:
-            values = self._checked(values)
-        self._step += 1
+        step = self._step + 1
         if values:
-            self._buffer.append((self._step, self._node, time.time(), values))
-        if self._inbox or self._step >= self._next_boundary:
+            group = self._group
+            if tuple(values) == group.keys:  # the names of the last call, in the same order
+                try:  # the array takes floats, and converts what float() would (or raises)
+                    group.values.extend(values.values())
+                except Exception:
+                    self._writer.undo_partial(group)
+                    self._append(step, values)  # the full check says what is wrong
+                else:
+                    group.times.append(time.time())
+                    group.steps.append(step)  # last: the call is complete for the writer
+            else:
+                self._append(step, values)
+        self._step = step
+        if self._inbox or step >= self._next_boundary:
             self._at_boundary()
-        return self._step
+        return step
+
+    def _append(self, step: int, values: Mapping[Any, Any]) -> None:
+        """Append a call whose names differ from the last call's: names seen together before
+        (this node) are not checked again; anything else is checked whole first
+        (``InvalidArgument``, nothing recorded)."""
+        group = self._columns.groups.get(tuple(values))
+        if group is not None:
+            try:
+                group.values.extend(values.values())
+            except Exception:
+                self._writer.undo_partial(group)
+            else:
+                group.times.append(time.time())
+                group.steps.append(step)
+                self._group = group
+                return
+        checked = self._checked(values)
+        self._group = self._columns.append(step, checked)
 
     def _checked(self, values: Mapping[Any, Any]) -> dict[str, float]:
         checked = _coerce_metrics(values)
@@ -332,9 +356,15 @@ class Run:
             diff=diff,
             created_by=who,
         )
-        self._node = node.id
+        self._set_node(node.id)
         self._live_records = self.tunables.records()
         self.store.update_run(self.id, tunables=self._live_records)
+
+    def _set_node(self, node: int) -> None:
+        """Train on ``node`` from now: its points go to fresh columns."""
+        self._node = node
+        self._columns = self._writer.columns(node)
+        self._group = NO_GROUP
 
     def loop_state(self) -> dict[str, int]:
         """Epoch, batch, data seed and global step, as a checkpoint stores them."""
@@ -501,9 +531,9 @@ class Run:
         :meth:`step`'s (``InvalidArgument``, nothing recorded)."""
         if self._ended:
             raise InvalidArgument(f"run {self.name} ({self.id}) has ended; start a new one")
-        values = self._checked(_merged(metrics, kwargs))
+        values = _merged(metrics, kwargs)
         if values:
-            self._buffer.append((self._step, self._node, time.time(), values))
+            self._append(self._step, values)
 
     def flush(self) -> None:
         """Write every buffered point now (the background thread does this every second)."""
