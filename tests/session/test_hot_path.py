@@ -86,6 +86,7 @@ def test_points_belong_to_the_node_they_were_logged_on(store_url: str) -> None:
     snap = retune.load("nodes", store=store_url)
     first, second = snap.nodes
     n1, n2 = snap.branch("n1").metric("loss"), snap.branch("n2").metric("loss")
+    assert first.end_step is not None
     assert n1.steps.tolist() == list(range(1, first.end_step + 1))
     assert n2.steps.tolist()[-3:] == [second.start_step + k for k in (1, 2, 3)]
     assert n2.values.tolist()[-3:] == [0.0, 1.0, 2.0]
