@@ -14,7 +14,9 @@ logged, step and value (TensorBoard stores float32: compared after the same roun
 contender that drops or alters points cannot look fast. Reported: microseconds per step, the
 overhead over a bare loop that computes the same three floats, the ratios of those overheads
 (competitor / Retune), and how many full (generation 2) garbage collections ran inside the
-timings.
+timings. Beside the wall time, the CPU time of the whole process (every thread, the
+writer's included) per step: on a shared machine the wall time also counts the time the
+process waited for a core.
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ TARGETS = {"retune_us_per_step": 1.0, "tensorboard / retune": 20.0, "mlflow / re
 
 @dataclass(frozen=True)
 class Sample:
-    """One timed run: seconds in all, seconds of the final flush/close, full GCs inside."""
+    """One timed run: seconds in all, seconds of the final flush/close, full GCs inside, and
+    the CPU seconds of the whole process (every thread) meanwhile."""
 
     total: float
     close: float
     full_gcs: int
+    cpu: float
 
 
 class _FullCollections:
@@ -74,14 +78,16 @@ def _clock(loop: Callable[[], None], close: Callable[[], Any]) -> Sample:
     counter = _FullCollections()
     gc.callbacks.append(counter)
     try:
+        cpu = time.process_time()
         start = time.perf_counter()
         loop()
         looped = time.perf_counter()
         close()
         end = time.perf_counter()
+        cpu = time.process_time() - cpu
     finally:
         gc.callbacks.remove(counter)
-    return Sample(end - start, end - looped, counter.count)
+    return Sample(end - start, end - looped, counter.count, cpu)
 
 
 def expected_points(steps: int, first_step: int) -> dict[str, tuple[list[int], list[float]]]:
@@ -313,6 +319,9 @@ def main() -> int:
     full_gcs = {name: [s.full_gcs for s in runs] for name, runs in samples.items()}
     cost = {name: t.median for name, t in per_step.items()}
     p90 = {name: _p90(t.runs) for name, t in per_step.items()}
+    cpu = {
+        name: statistics.median(s.cpu / steps[name] for s in runs) for name, runs in samples.items()
+    }
     overhead = {name: c - cost["bare loop"] for name, c in cost.items()}
     ratios = {  # on per-step overhead (cost minus the bare loop's)
         f"{name} / retune": overhead[name] / overhead["retune"]
@@ -334,6 +343,7 @@ def main() -> int:
             f"{steps[name]:,}",
             f"{cost[name] * 1e6:,.2f}",
             f"{p90[name] * 1e6:,.2f}",
+            f"{cpu[name] * 1e6:,.2f}",
             f"{per_step[name].best * 1e6:,.2f}-{per_step[name].worst * 1e6:,.2f}",
             f"{overhead[name] * 1e6:,.2f}",
             f"{close_s[name] * 1e3:,.1f}",
@@ -348,8 +358,8 @@ def main() -> int:
         "final flush/close inside the timing",
         file=out,
     )
-    headers = ["contender", "steps", "us/step", "p90", "range", "overhead us/step", "close ms"]
-    headers.append("full GCs")
+    headers = ["contender", "steps", "us/step", "p90", "cpu us/step", "range"]
+    headers += ["overhead us/step", "close ms", "full GCs"]
     print(table(headers, rows), file=out)
     for key, ratio in ratios.items():
         print(
@@ -360,7 +370,8 @@ def main() -> int:
     print(
         f"retune: {cost['retune'] * 1e6:.2f} us/step incl. final flush; target <= "
         f"{TARGETS['retune_us_per_step']:g}: {'met' if met['retune_us_per_step'] else 'NOT met'}"
-        f"; then finish() {statistics.median(FINISH_S) * 1e3:,.1f} ms",
+        f" (process CPU time: {cpu['retune'] * 1e6:.2f} us/step); then finish() "
+        f"{statistics.median(FINISH_S) * 1e3:,.1f} ms",
         file=out,
     )
     result = {
@@ -370,6 +381,7 @@ def main() -> int:
         "us_per_step": {k: [s * 1e6 for s in t.runs] for k, t in per_step.items()},
         "median_us_per_step": {k: v * 1e6 for k, v in cost.items()},
         "p90_us_per_step": {k: v * 1e6 for k, v in p90.items()},
+        "cpu_us_per_step": {k: v * 1e6 for k, v in cpu.items()},
         "retune_finish_ms": [s * 1e3 for s in FINISH_S],
         "overhead_us_per_step": {k: v * 1e6 for k, v in overhead.items()},
         "close_ms": {k: v * 1e3 for k, v in close_s.items()},

@@ -76,13 +76,14 @@ def render_logging_overhead(r: dict[str, Any]) -> str:
             f"{steps[name]:,}",
             f"{r['median_us_per_step'][name]:,.2f}",
             f"{r['p90_us_per_step'][name]:,.2f}" if "p90_us_per_step" in r else "",
+            f"{r['cpu_us_per_step'][name]:,.2f}" if "cpu_us_per_step" in r else "",
             f"{min(runs):,.2f}-{max(runs):,.2f}",
             f"{r['overhead_us_per_step'][name]:,.2f}",
             f"{r['close_ms'][name]:,.1f}",
             f"{sum(r['full_gcs'][name])}/{repeat}",
         ])  # fmt: skip
-    headers = ["contender", "steps", "µs/step (median)", "p90", "range", "overhead µs/step",
-               "close / flush ms", "full GCs"]  # fmt: skip
+    headers = ["contender", "steps", "µs/step (median)", "p90", "CPU µs/step", "range",
+               "overhead µs/step", "close / flush ms", "full GCs"]  # fmt: skip
     ratios, costs, targets, met = (
         r["ratios_on_overhead"], r["ratios_on_cost"], r["targets"], r["targets_met"]
     )  # fmt: skip
@@ -104,7 +105,8 @@ def render_logging_overhead(r: dict[str, Any]) -> str:
         f"({_x(costs['tensorboard / retune'])}), MLflow / Retune "
         f"**{_x(ratios['mlflow / retune'])}** ({_x(costs['mlflow / retune'])}). Targets: Retune "
         f"at most {targets['retune_us_per_step']:g} µs per step including the final flush "
-        f"({verdict('retune_us_per_step')}: {r['median_us_per_step']['retune']:.2f}; then "
+        f"({verdict('retune_us_per_step')}: {r['median_us_per_step']['retune']:.2f} wall, "
+        f"{r.get('cpu_us_per_step', {}).get('retune', float('nan')):.2f} process CPU; then "
         f"`finish()` {_median(r.get('retune_finish_ms', [0.0])):,.1f} ms), at least "
         f"{targets['tensorboard / retune']:g}x below TensorBoard "
         f"({verdict('tensorboard / retune')}) and {targets['mlflow / retune']:g}x below MLflow "
@@ -282,10 +284,14 @@ def render_checkpoint_stall(r: dict[str, Any]) -> str:
             f"{r['loop_s'][name]:.3f}",
             "" if name == "none" else f"{r['median_stall_s'][name] * 1e3:,.0f}",
             "" if name == "none" else f"{r['blocked_s'][name] * 1e3:,.0f}",
+            "" if name == "none" else
+            f"{r['slowed_s'][name] * 1e3:,.0f} ({r['steps_beside_save'][name]:.0f})",
             "" if name == "none" else f"{r['final_wait_s'][name] * 1e3:,.0f}",
             ratio,
         ])  # fmt: skip
     ratio = r["ratio_to_torch_save"]["retune (async)"]
+    blocked = r["blocked_ratio_to_torch_save"]["retune (async)"]
+    load = r.get("load_average")
     lines = [
         _header(
             r,
@@ -296,13 +302,23 @@ def render_checkpoint_stall(r: dict[str, Any]) -> str:
         ),
         "",
         markdown_table(
-            ["contender", "loop s", "stall ms", "blocked ms", "final wait ms", "/ torch.save"],
+            [
+                "contender",
+                "loop s",
+                "stall ms",
+                "blocked ms",
+                "slowed ms (steps beside)",
+                "final wait ms",
+                "stall / torch.save",
+            ],
             rows,
         ),
         "",
         f"Retune's background save stalls training **{_x(ratio)}** as long as a synchronous "
-        f"`torch.save` of the same state (target: at most {r['target']:g}x: "
-        f"{_met(r['target_met'])}).",
+        f"`torch.save` of the same state, slowed steps included (target: at most "
+        f"{r['target']:g}x: {_met(r['target_met'])}); the training thread is blocked at the "
+        f"boundary **{_x(blocked)}** as long."
+        + (f" Load average when it ended: {load:.1f} on this machine." if load else ""),
     ]
     return "\n".join(lines)
 

@@ -204,7 +204,7 @@ class Checkpointer:
         encoded = encode_in_memory(capture_state(run), copy=True)
         pending = PendingCheckpoint(reason, tag, step, node)
         thread = threading.Thread(
-            target=self._phase2, args=(encoded, pending), name=f"retune-save-{run.id}"
+            target=self._phase2, args=(encoded, pending, True), name=f"retune-save-{run.id}"
         )
         thread.daemon = True  # run.finish() and exit wait for it (close())
         self._in_flight, self._thread = pending, thread
@@ -232,8 +232,13 @@ class Checkpointer:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
-    def _phase2(self, encoded: EncodedState, pending: PendingCheckpoint) -> None:
-        """Write, then list (background thread); never raises: failures are recorded."""
+    def _phase2(
+        self, encoded: EncodedState, pending: PendingCheckpoint, background: bool = False
+    ) -> None:
+        """Write, then list; never raises: failures are recorded. On the background thread
+        (``background``) at a lower CPU priority than training (:func:`_yield_cpu`)."""
+        if background:
+            _yield_cpu()
         try:
             pending.record = self._write(
                 encoded, pending.reason, pending.tag, pending.step, pending.node
@@ -360,6 +365,21 @@ class Checkpointer:
         ]
         excess = scheduled[: -self.policy.keep_last]
         run.store.delete_checkpoints(run.id, [c.id for c in excess])
+
+
+BACKGROUND_NICE = 10
+"""How much lower the background save's threads run than training (Linux niceness)."""
+
+
+def _yield_cpu() -> None:
+    """Lower this thread's CPU priority (Linux: per thread; the hashing and writing threads
+    it starts inherit it). On a machine with an idle core the save runs at full speed; when
+    every core is busy, training keeps its share and the save takes longer instead."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
+    except (AttributeError, OSError):  # not Linux/POSIX, or not permitted: run as it is
+        pass
 
 
 def _test_hook_block(step: int) -> None:
