@@ -18,6 +18,7 @@ __all__ = [
     "CheckpointNotFound",
     "CommandRejected",
     "InvalidArgument",
+    "MissingExtra",
     "NodeNotFound",
     "RetuneError",
     "RunNotFound",
@@ -77,6 +78,14 @@ class InvalidArgument(RetuneError, ValueError):
 
     code = "invalid_argument"
     http_status = 400
+
+
+class MissingExtra(RetuneError, ImportError):
+    """An optional feature needs a package that is not installed; the message names the
+    extra to install (``pip install 'retune[mlflow]'``)."""
+
+    code = "missing_extra"
+    http_status = 501
 
 
 class RunNotFound(RetuneError, KeyError):

@@ -16,6 +16,9 @@ pg_lsclusters -h | awk '{print $4}' | grep -q online || pg_ctlcluster "$version"
 as_postgres() { su postgres -c "$1"; }
 as_postgres "psql -tAc \"SELECT 1 FROM pg_roles WHERE rolname='retune'\"" | grep -q 1 \
   || as_postgres "psql -qc \"CREATE ROLE retune LOGIN PASSWORD 'retune'\"" >&2
-as_postgres "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='retune_test'\"" | grep -q 1 \
-  || as_postgres "createdb -O retune retune_test" >&2
+# one database per pytest-xdist worker (tests/_postgres.py): retune_test, retune_test_gw0, ...
+for db in retune_test retune_test_gw{0..7}; do
+  as_postgres "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='$db'\"" | grep -q 1 \
+    || as_postgres "createdb -O retune $db" >&2
+done
 echo "postgresql+psycopg://retune:retune@127.0.0.1:5432/retune_test"

@@ -164,3 +164,32 @@ def test_checkpoint_stall_verification_catches_a_late_or_altered_state() -> None
     trainer.step(6)  # what a save reading the live tensors after step 6 would hold
     with pytest.raises(SystemExit, match=r"\['0\.bias'\] differs"):
         stall._same(trainer.state_dict(), saved, "state")
+
+
+def test_export_benchmark_counts_what_it_wrote_and_renders(tmp_path: Path) -> None:
+    export_bench = _load("export")
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    run_id = export_bench.build_store(url, 4_000)
+    from retune.export import export
+    from retune.store import open_store
+
+    with open_store(url) as store:
+        assert export(store, run_id, "csv", dest=str(tmp_path / "csv")).points == 4_000
+    export_bench._check("csv", tmp_path / "csv", 4_000)
+    with pytest.raises(SystemExit, match="read back 4000 points, expected 4001"):
+        export_bench._check("csv", tmp_path / "csv", 4_001)
+    one = {"seconds": 2.0, "peak_mb": 4.0, "points": 1_000_000}
+    naive = {"seconds": 4.0, "peak_mb": 100.0, "points": 1_000_000}
+    block = {k: one for k in ("csv", "parquet", "tensorboard")} | {
+        "naive-csv": naive, "naive-parquet": naive}  # fmt: skip
+    result = {
+        "machine": "m", "recorded_at": 0, "points": 1_000_000, "mlflow_points": 1_000,
+        "results": {"full": block, "quarter": block, "mlflow": {**one, "points": 1_000}},
+        "summary": {"csv_vs_naive_memory": 25.0, "parquet_vs_naive_memory": 25.0,
+                    "csv_vs_naive_time": 2.0, "parquet_vs_naive_time": 2.0},
+    }  # fmt: skip
+    text = report.render_export(result)
+    assert (
+        "| `retune export --to csv` (streamed) | 1,000,000 | 2.00 | 500,000 | 4.0 | 4.0 |" in text
+    )
+    assert "**25x less**" in text

@@ -294,6 +294,29 @@ def create_app(
     ) -> JSONResponse:
         return _json_response(await blocking(read_branches, run, key, node, max_points))
 
+    def read_compare(run: str, nodes: str, metric: list[str] | None, max_points: int,
+                     rows: int) -> dict[str, Any]:  # fmt: skip
+        from retune._compare import compare
+
+        refs = [_node(ref) for ref in nodes.split(",") if ref.strip()]
+        result = compare(store, run, refs, metrics=metric or None)
+        return result.to_dict(max_points=max_points, rows=rows)
+
+    @app.get(
+        "/api/runs/{run}/compare",
+        summary="Nodes side by side: the hyperparameter diff and each branch's metrics by step",
+    )
+    async def compare_nodes(
+        run: str,
+        nodes: Annotated[str, Query(description="the nodes, comma-separated: n3,n5,n7 or 3,5,7")],
+        metric: Annotated[
+            list[str] | None, Query(description="only these metrics (repeatable); default all")
+        ] = None,
+        max_points: int = Query(2000, ge=3, le=100_000),
+        rows: int = Query(10, ge=0, le=1000),
+    ) -> JSONResponse:
+        return _json_response(await blocking(read_compare, run, nodes, metric, max_points, rows))
+
     @app.get("/api/runs/{run}/metrics", summary="The run's metric keys")
     async def metric_keys(run: str) -> JSONResponse:
         record = await blocking(store.get_run, run)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 from retune.store._records import (
     CheckpointRecord,
@@ -96,6 +98,30 @@ class Store(ABC):
         """Set the given fields of a run; ``None`` leaves a field alone. ``meta`` is merged."""
 
     @abstractmethod
+    def set_run_tags(
+        self,
+        run_id: str,
+        tags: Sequence[str] | None = None,
+        *,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+    ) -> RunRecord:
+        """Replace the run's tags with ``tags`` (when given), then add and remove, atomically.
+
+        Stored sorted and unique; works whatever the run's status. Raises:
+            InvalidArgument: a tag fails :func:`check_tag`, or more than ``MAX_TAGS`` result
+                (nothing changes).
+            RunNotFound: no run has that id.
+        """
+
+    @abstractmethod
+    def set_run_note(self, run_id: str, note: str) -> RunRecord:
+        """Replace the run's free-text note (``""`` clears it); any status.
+
+        Raises ``InvalidArgument`` (see :func:`check_note`) or ``RunNotFound``.
+        """
+
+    @abstractmethod
     def reopen_run(self, run_id: str) -> RunRecord:
         """Mark an ended run ``running`` again unconditionally: clears the end time and error,
         sets a fresh heartbeat. A resuming process uses :meth:`attach_run` instead."""
@@ -130,8 +156,16 @@ class Store(ABC):
         values: dict[str, Any],
         diff: dict[str, Any],
         created_by: str | None,
+        info: dict[str, Any] | None = None,
     ) -> NodeRecord:
         """Add a node numbered one past the run's highest node number (``n1`` is the root)."""
+
+    @abstractmethod
+    def update_node_info(self, run_id: str, node: int, info: dict[str, Any]) -> NodeRecord:
+        """Merge ``info`` into the node's ``info`` (top-level keys replaced), atomically.
+
+        Raises ``RunNotFound`` when the run or node does not exist.
+        """
 
     @abstractmethod
     def end_node(self, run_id: str, node: int, end_step: int) -> None:
@@ -164,6 +198,44 @@ class Store(ABC):
         end: int | None = None,
     ) -> MetricSeries:
         """Every stored point of ``key`` with ``start <= step <= end`` (bounds optional)."""
+
+    def iter_metric_chunks(
+        self,
+        run_id: str,
+        *,
+        keys: Sequence[str] | None = None,
+        nodes: Sequence[int] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> Iterator[MetricChunk]:
+        """Every stored point of the run (or of ``keys`` / ``nodes``, within ``start <= step
+        <= end``), as a stream of chunks: the way exports read runs of any size.
+
+        Order: keys in sorted order; within a key, chunks in order of their first step (chunks
+        of different nodes interleave; points are not merged across chunks); within a chunk,
+        points in step order. Each chunk holds one node's points of one key; no chunk is empty.
+        Backends read the store page by page, so memory stays bounded by a page, not by the
+        run; each page is one read transaction, so points appended while the iteration runs
+        may or may not appear (none appears twice). The arrays are read-only.
+
+        This default reads one key at a time through :meth:`read_metric` (memory bounded by
+        the largest key); backends override it with a paged read.
+
+        Raises:
+            StoreUnavailable, StoreError: as every read.
+        """
+        wanted = sorted(set(keys)) if keys is not None else self.metric_keys(run_id)
+        for key in wanted:
+            series = self.read_metric(run_id, key, nodes=nodes, start=start, end=end)
+            parts = []
+            for node in np.unique(series.nodes).tolist():
+                index = np.flatnonzero(series.nodes == node)
+                parts.append((int(series.steps[index[0]]), node, index))
+            for _first, node, index in sorted(parts):
+                arrays = [series.steps[index], series.values[index], series.times[index]]
+                for array in arrays:
+                    array.flags.writeable = False
+                yield MetricChunk(node, key, *arrays)
 
     @abstractmethod
     def metric_keys(self, run_id: str) -> list[str]:
@@ -280,6 +352,15 @@ class Store(ABC):
         """The run's events with ``id > after_id``, oldest first."""
 
     # -- lifecycle --------------------------------------------------------------------------
+    def change_token(self) -> object | None:
+        """An opaque value that differs after any other connection committed to this store.
+
+        A poller compares it with the value it read before its last query and skips the query
+        when it is equal (nothing new can be there). ``None`` means the backend cannot tell
+        cheaply: poll every time. Any thread; never raises (``None`` on trouble).
+        """
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Release connections. The store must not be used afterwards."""

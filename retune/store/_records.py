@@ -18,6 +18,9 @@ __all__ = [
     "COMMAND_KINDS",
     "COMMAND_STATUSES",
     "LIVE_STATUSES",
+    "MAX_NOTE_LENGTH",
+    "MAX_TAGS",
+    "MAX_TAG_LENGTH",
     "RUN_STATUSES",
     "CheckpointRecord",
     "CommandRecord",
@@ -26,14 +29,17 @@ __all__ = [
     "MetricSeries",
     "NodeRecord",
     "RunRecord",
+    "check_note",
+    "check_tag",
 ]
 
 RunStatus = Literal["running", "paused", "finished", "crashed", "stopped"]
 RUN_STATUSES: tuple[str, ...] = ("running", "paused", "finished", "crashed", "stopped")
 LIVE_STATUSES: frozenset[str] = frozenset({"running", "paused"})
 
-ChangeKind = Literal["start", "set", "scale", "restore", "resume"]
-CHANGE_KINDS: tuple[str, ...] = ("start", "set", "scale", "restore", "resume")
+ChangeKind = Literal["start", "set", "scale", "restore", "resume", "explore", "guard"]
+CHANGE_KINDS: tuple[str, ...] = ("start", "set", "scale", "restore", "resume", "explore", "guard")
+"""``explore``: a candidate of an exploration; ``guard``: a recovery made by the guard."""
 
 CommandKind = Literal["set", "scale", "pause", "continue", "stop", "checkpoint", "restore"]
 COMMAND_KINDS: tuple[str, ...] = (
@@ -52,6 +58,33 @@ CommandStatus = Literal["pending", "applying", "applied", "rejected"]
 COMMAND_STATUSES: tuple[str, ...] = ("pending", "applying", "applied", "rejected")
 
 
+MAX_TAGS = 32
+MAX_TAG_LENGTH = 64
+MAX_NOTE_LENGTH = 20_000
+
+
+def check_tag(tag: object) -> str:
+    """A tag as stored: 1-64 printable characters without spaces or commas, or ValueError."""
+    if not isinstance(tag, str) or not tag:
+        raise ValueError(f"a tag is a non-empty string, got {tag!r}")
+    if len(tag) > MAX_TAG_LENGTH:
+        raise ValueError(f"a tag has at most {MAX_TAG_LENGTH} characters, got {len(tag)}")
+    if not tag.isprintable() or any(c.isspace() or c == "," for c in tag):
+        raise ValueError(f"a tag has no spaces, commas or control characters, got {tag!r}")
+    return tag
+
+
+def check_note(note: object) -> str:
+    """A run's note as stored (any printable text and newlines, bounded), or ValueError."""
+    if not isinstance(note, str):
+        raise ValueError(f"a note is a string, got {type(note).__name__}")
+    if len(note) > MAX_NOTE_LENGTH:
+        raise ValueError(f"a note has at most {MAX_NOTE_LENGTH} characters, got {len(note)}")
+    if any(not (c.isprintable() or c in "\n\t") for c in note):
+        raise ValueError("a note has no control characters other than newlines and tabs")
+    return note
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One run: the whole tuning history of one model.
@@ -60,6 +93,7 @@ class RunRecord:
     time it reported anything (epoch seconds). ``meta`` holds what ``retune.init`` captured
     automatically (model summary, optimizer, scheduler, environment, git, command line, host,
     seeds); ``config`` is the user's own configuration; ``tunables`` the declared knobs.
+    ``tags`` (sorted, unique) and ``note`` are what people wrote about the run.
     """
 
     id: str
@@ -73,6 +107,8 @@ class RunRecord:
     meta: dict[str, Any]
     tunables: list[dict[str, Any]]
     error: str | None
+    tags: list[str] = field(default_factory=list)
+    note: str = ""
 
     @property
     def duration(self) -> float | None:
@@ -87,7 +123,8 @@ class NodeRecord:
 
     ``id`` is the node's number within its run (shown as ``n{id}``). ``end_step`` is ``None``
     while the node is open. ``values`` are the full tunable values at the node's start, ``diff``
-    maps a tunable to ``[old, new]`` relative to the parent.
+    maps a tunable to ``[old, new]`` relative to the parent. ``info`` is free-form JSON the
+    process that made the node adds about it (an exploration's score, the guard's reason).
     """
 
     run_id: str
@@ -100,6 +137,7 @@ class NodeRecord:
     diff: dict[str, Any]
     created_by: str | None
     created_at: float
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

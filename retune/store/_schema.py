@@ -38,6 +38,8 @@ runs = Table(
     Column("meta", JSON, nullable=False),
     Column("tunables", JSON, nullable=False),
     Column("error", Text, nullable=True),
+    Column("tags", JSON, nullable=False, server_default="[]"),  # since v0.2.0
+    Column("note", Text, nullable=False, server_default=""),  # since v0.2.0
     Index("ix_runs_name_created", "name", "created_at"),
 )
 
@@ -54,6 +56,7 @@ nodes = Table(
     Column("diff", JSON, nullable=False),
     Column("created_by", String(255), nullable=True),
     Column("created_at", Float, nullable=False),
+    Column("info", JSON, nullable=False, server_default="{}"),  # since v0.2.0
 )
 
 metric_chunks = Table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy import delete as sql_delete
@@ -51,6 +53,7 @@ from retune.store._base import Store
 from retune.store._liveness import STALE_AFTER, is_live
 from retune.store._records import (
     LIVE_STATUSES,
+    MAX_TAGS,
     CheckpointRecord,
     CommandRecord,
     EventRecord,
@@ -58,6 +61,8 @@ from retune.store._records import (
     MetricSeries,
     NodeRecord,
     RunRecord,
+    check_note,
+    check_tag,
 )
 from retune.store._schema import checkpoints, commands, events, metric_chunks, nodes, runs
 
@@ -89,9 +94,14 @@ class SqlStore(Store):
         self.read_only = False
         """True when the SQLite file or its folder is not writable: reads work, writes raise."""
         self._is_sqlite = url.startswith("sqlite")
+        self._token_uri: str | None = None
+        self._token_connection: sqlite3.Connection | None = None
+        self._token_lock = threading.Lock()
         try:
             if self._is_sqlite:
                 path = self._sqlite_path(url)
+                if path is not None:
+                    self._token_uri = f"file:{quote(path)}?mode=ro"
                 mode = self._sqlite_mode(url, path, create=create)
                 self.read_only = mode == "ro"
                 if self.read_only:
@@ -278,7 +288,28 @@ class SqlStore(Store):
         taken by BEGIN IMMEDIATE, already serializes every write)."""
         conn.execute(select(runs.c.id).where(runs.c.id == run_id).with_for_update())
 
+    def change_token(self) -> object | None:
+        """SQLite: ``PRAGMA data_version`` on a connection of its own, which changes exactly
+        when another connection (any process, or this store's own pool) commits: a few
+        microseconds instead of a query through SQLAlchemy. PostgreSQL: ``None``."""
+        if self._token_uri is None:
+            return None
+        with self._token_lock:
+            try:
+                if self._token_connection is None:
+                    self._token_connection = sqlite3.connect(
+                        self._token_uri, uri=True, check_same_thread=False
+                    )
+                row = self._token_connection.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error:
+                return None
+        return int(row[0]) if row else None
+
     def close(self) -> None:
+        with self._token_lock:
+            if self._token_connection is not None:
+                self._token_connection.close()
+                self._token_connection = None
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()
@@ -299,6 +330,8 @@ class SqlStore(Store):
             meta=m["meta"],
             tunables=m["tunables"],
             error=m["error"],
+            tags=list(m["tags"] or []),
+            note=m["note"] or "",
         )
 
     def create_run(
@@ -419,6 +452,46 @@ class SqlStore(Store):
                 reason = f"the run ended ({status}) before it was applied"
                 self._reject_queued(conn, run_id, reason, time.time())
 
+    def set_run_tags(
+        self,
+        run_id: str,
+        tags: Sequence[str] | None = None,
+        *,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+    ) -> RunRecord:
+        try:
+            for tag in [*(tags or ()), *add, *remove]:
+                check_tag(tag)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        with self._tx(write=True, run_id=run_id) as conn:
+            self._lock_run(conn, run_id)
+            found = conn.execute(select(runs.c.tags).where(runs.c.id == run_id)).one_or_none()
+            if found is None:
+                raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+            result = set(found[0] or []) if tags is None else set(tags)
+            result = (result | set(add)) - set(remove)
+            if len(result) > MAX_TAGS:
+                raise InvalidArgument(
+                    f"a run has at most {MAX_TAGS} tags, this would give it {len(result)}"
+                )
+            conn.execute(update(runs).where(runs.c.id == run_id).values(tags=sorted(result)))
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
+        return self._run(row)
+
+    def set_run_note(self, run_id: str, note: str) -> RunRecord:
+        try:
+            check_note(note)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        with self._tx(write=True, run_id=run_id) as conn:
+            result = conn.execute(update(runs).where(runs.c.id == run_id).values(note=note))
+            if result.rowcount == 0:
+                raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
+        return self._run(row)
+
     def reopen_run(self, run_id: str) -> RunRecord:
         with self._tx(write=True) as conn:
             result = conn.execute(
@@ -504,6 +577,7 @@ class SqlStore(Store):
             diff=m["diff"],
             created_by=m["created_by"],
             created_at=m["created_at"],
+            info=dict(m["info"] or {}),
         )
 
     def create_node(
@@ -516,6 +590,7 @@ class SqlStore(Store):
         values: dict[str, Any],
         diff: dict[str, Any],
         created_by: str | None,
+        info: dict[str, Any] | None = None,
     ) -> NodeRecord:
         with self._tx(write=True, run_id=run_id) as conn:
             self._lock_run(conn, run_id)
@@ -535,11 +610,24 @@ class SqlStore(Store):
                     diff=_json.jsonable(diff),
                     created_by=created_by,
                     created_at=time.time(),
+                    info=_json.jsonable(info or {}),
                 )
             )
             row = conn.execute(
                 select(nodes).where(and_(nodes.c.run_id == run_id, nodes.c.id == node_id))
             ).one()
+        return self._node(row)
+
+    def update_node_info(self, run_id: str, node: int, info: dict[str, Any]) -> NodeRecord:
+        where = and_(nodes.c.run_id == run_id, nodes.c.id == node)
+        with self._tx(write=True, run_id=run_id) as conn:
+            self._lock_run(conn, run_id)
+            current = conn.execute(select(nodes.c.info).where(where)).one_or_none()
+            if current is None:
+                raise NodeNotFound(f"run {run_id} has no node n{node}")
+            merged = {**(current[0] or {}), **_json.jsonable(info)}
+            conn.execute(update(nodes).where(where).values(info=merged))
+            row = conn.execute(select(nodes).where(where)).one()
         return self._node(row)
 
     def end_node(self, run_id: str, node: int, end_step: int) -> None:
@@ -645,6 +733,62 @@ class SqlStore(Store):
             times=_readonly(time_arr[keep]),
             nodes=_readonly(node_arr[keep]),
         )
+
+    ITER_PAGE = 32
+    """Chunk rows per read transaction of :meth:`iter_metric_chunks` (a chunk is one flush of
+    one key: up to tens of thousands of points)."""
+
+    def iter_metric_chunks(
+        self,
+        run_id: str,
+        *,
+        keys: Sequence[str] | None = None,
+        nodes: Sequence[int] | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> Iterator[MetricChunk]:
+        # Keyset pagination in the order of ix_metric_chunks_run_key (run_id, key, first_step;
+        # id breaks ties): each page is one short read transaction and an index range scan.
+        c = metric_chunks.c
+        base = select(c.id, c.node, c.key, c.first_step, c.steps, c["values"], c.times).where(
+            c.run_id == run_id
+        )
+        if keys is not None:
+            base = base.where(c.key.in_(sorted(set(keys))))
+        if nodes is not None:
+            base = base.where(c.node.in_(list(nodes)))
+        if start is not None:
+            base = base.where(c.last_step >= start)
+        if end is not None:
+            base = base.where(c.first_step <= end)
+        base = base.order_by(c.key, c.first_step, c.id).limit(self.ITER_PAGE)
+        after: tuple[str, int, int] | None = None
+        while True:
+            query = base
+            if after is not None:
+                query = query.where(tuple_(c.key, c.first_step, c.id) > tuple_(*after))
+            with self._tx(write=False) as conn:
+                rows = conn.execute(query).all()
+            for chunk_id, node, key, first_step, steps_b, values_b, times_b in rows:
+                after = (key, first_step, chunk_id)
+                steps = np.frombuffer(steps_b, dtype="<i8").astype(np.int64)
+                values = np.frombuffer(values_b, dtype="<f8").astype(np.float64)
+                times = np.frombuffer(times_b, dtype="<f8").astype(np.float64)
+                keep = np.argsort(steps, kind="stable")
+                if start is not None:
+                    keep = keep[steps[keep] >= start]
+                if end is not None:
+                    keep = keep[steps[keep] <= end]
+                if len(keep):
+                    yield MetricChunk(
+                        node,
+                        key,
+                        _readonly(steps[keep]),
+                        _readonly(values[keep]),
+                        _readonly(times[keep]),
+                    )
+            if len(rows) < self.ITER_PAGE:
+                return
 
     def metric_keys(self, run_id: str) -> list[str]:
         with self._tx(write=False) as conn:

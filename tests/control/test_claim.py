@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import torch
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import create_engine, insert
 
 import retune
 from retune.control import connect, submit
 from retune.errors import CommandRejected
 from retune.store import open_store
 from retune.store._schema import commands
+from tests._postgres import fresh_postgres
 from tests.control.test_end_to_end import Trainer
 
 
@@ -77,13 +78,8 @@ def test_a_command_claimed_elsewhere_is_not_applied(store_url: str) -> None:
 def test_a_command_committed_after_a_higher_id_is_still_applied() -> None:
     """PostgreSQL hands out ids at insert but commits in any order: polling all pending
     commands (deduplicated by id) never skips the one that commits late."""
-    url = os.environ.get("RETUNE_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("no PostgreSQL configured: set RETUNE_TEST_POSTGRES_URL")
+    url = fresh_postgres()
     engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
     run = retune.init("order", store=url, poll_interval=3600, flush_interval=3600)
     knob = run.tunable("clip", 1.0, bounds=(0, None))
     row = {

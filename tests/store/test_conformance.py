@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterable
 
 import numpy as np
 import pytest
@@ -133,6 +134,47 @@ def test_read_metric_filters_by_range_and_node_and_sorts(store: Store) -> None:
     assert window.steps.tolist() == [2, 3, 4, 5]
     assert store.read_metric(run_id, "x", nodes=[2]).values.tolist() == [50.0, 60.0]
     assert len(store.read_metric(run_id, "missing").steps) == 0
+
+
+def test_iter_metric_chunks_streams_every_point_in_order_page_by_page(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = _run_with_root(store)
+    store.create_node(
+        run_id, parent=1, start_step=4, change_kind="set", values={}, diff={}, created_by=None
+    )
+    store.append_metrics(run_id, [_chunk(1, "x", [3, 4], [3.0, 4.0])])
+    store.append_metrics(run_id, [_chunk(1, "x", [1, 2], [1.0, math.nan])])
+    store.append_metrics(run_id, [_chunk(2, "x", [6, 5], [60.0, 50.0]), _chunk(2, "a", [5], [9.0])])
+    for step in range(7, 40):  # more chunk rows than one page of the paged backends
+        store.append_metrics(run_id, [_chunk(2, "x", [step], [float(step)])])
+    if hasattr(type(store), "ITER_PAGE"):
+        monkeypatch.setattr(type(store), "ITER_PAGE", 4)
+
+    def flat(chunks: Iterable[MetricChunk]) -> list[tuple[str, int, int, float | str]]:
+        return [
+            (c.key, c.node, s, v if v == v else "nan")  # NaN != NaN
+            for c in chunks
+            for s, v in zip(c.steps.tolist(), c.values.tolist(), strict=True)
+        ]
+
+    chunks = list(store.iter_metric_chunks(run_id))
+    assert all(len(c.steps) == len(c.values) == len(c.times) > 0 for c in chunks)
+    assert all(not c.steps.flags.writeable for c in chunks)
+    points = flat(chunks)
+    assert [p[0] for p in points] == ["a"] + ["x"] * 39  # keys sorted, every point once
+    x = [(n, s) for k, n, s, _ in points if k == "x"]
+    assert x == [(1, 1), (1, 2), (1, 3), (1, 4)] + [(2, s) for s in range(5, 40)]
+    assert points[2][3] == "nan"
+    window = flat(store.iter_metric_chunks(run_id, keys=["x"], nodes=[2], start=6, end=8))
+    assert [(n, s, v) for _, n, s, v in window] == [(2, 6, 60.0), (2, 7, 7.0), (2, 8, 8.0)]
+    assert list(store.iter_metric_chunks(run_id, keys=["missing"])) == []
+    # the interface's default (for third-party backends) streams the same points
+    assert flat(Store.iter_metric_chunks(store, run_id)) == points
+    assert (
+        flat(Store.iter_metric_chunks(store, run_id, keys=["x"], nodes=[2], start=6, end=8))
+        == window
+    )
 
 
 def test_returned_arrays_are_read_only_snapshots(store: Store) -> None:
@@ -429,3 +471,64 @@ def test_a_command_queued_on_an_ended_run_is_rejected_in_the_same_transaction(
     assert store.get_command(queued.id).status == "rejected"
     assert "ended (finished)" in (store.get_command(queued.id).reason or "")
     assert [c for c in store.list_commands(run_id) if c.status in ("pending", "applying")] == []
+
+
+def test_tags_replace_add_remove_sorted_unique_on_any_status(store: Store) -> None:
+    run_id = _run_with_root(store, "tagged")
+    assert store.get_run(run_id).tags == []
+    store.update_run(run_id, status="finished", ended_at=time.time())
+    assert store.set_run_tags(run_id, ["b", "a", "b"]).tags == ["a", "b"]
+    assert store.set_run_tags(run_id, add=["c"], remove=["a"]).tags == ["b", "c"]
+    assert store.set_run_tags(run_id, []).tags == []
+    assert store.get_run(run_id).status == "finished"
+
+
+@pytest.mark.parametrize("bad", ["", "two words", "a,b", "x" * 65, "bell\a"])
+def test_a_bad_tag_is_rejected_and_changes_nothing(store: Store, bad: str) -> None:
+    run_id = _run_with_root(store, "tagged")
+    store.set_run_tags(run_id, ["keep"])
+    with pytest.raises(InvalidArgument):
+        store.set_run_tags(run_id, add=["fine", bad])
+    assert store.get_run(run_id).tags == ["keep"]
+
+
+def test_tags_are_capped(store: Store) -> None:
+    run_id = _run_with_root(store, "tagged")
+    with pytest.raises(InvalidArgument, match="at most"):
+        store.set_run_tags(run_id, [f"t{i}" for i in range(33)])
+    assert store.get_run(run_id).tags == []
+
+
+def test_notes_round_trip_and_reject_control_characters(store: Store) -> None:
+    run_id = _run_with_root(store, "noted")
+    text = 'lr 1e-3 looked best.\n\tSee <b>n3</b> & "n5" — ünïcode'
+    assert store.set_run_note(run_id, text).note == text
+    assert store.get_run(run_id).note == text
+    with pytest.raises(InvalidArgument):
+        store.set_run_note(run_id, "nul\x00")
+    assert store.get_run(run_id).note == text
+    with pytest.raises(RunNotFound):
+        store.set_run_note("nope", "x")
+    with pytest.raises(RunNotFound):
+        store.set_run_tags("nope", ["x"])
+
+
+def test_node_info_is_stored_and_merged(store: Store) -> None:
+    run_id = _run_with_root(store, "info")
+    node = store.create_node(
+        run_id,
+        parent=1,
+        start_step=5,
+        change_kind="explore",
+        values={"lr": 0.1},
+        diff={"lr": [0.2, 0.1]},
+        created_by="u",
+        info={"score": math.inf, "metric": "loss"},
+    )
+    assert node.info == {"score": "Infinity", "metric": "loss"}
+    merged = store.update_node_info(run_id, node.id, {"score": 0.5, "winner": True})
+    assert merged.info == {"score": 0.5, "metric": "loss", "winner": True}
+    assert store.list_nodes(run_id)[0].info == {}
+    assert store.list_nodes(run_id)[1].info == merged.info
+    with pytest.raises(NodeNotFound):
+        store.update_node_info(run_id, 99, {"x": 1})

@@ -80,4 +80,8 @@ def test_a_store_written_by_0_1_0_asks_for_an_upgrade_then_works(tmp_path: Path)
     assert run.config == {"made_by": "retune 0.1.0"} and run.status == "finished"
     assert store.read_metric(run.id, "loss").steps.tolist() == list(range(1, 101))
     assert [c.tag for c in store.list_checkpoints(run.id)] == ["old"]
+    # v0.2.0's columns come with their defaults on old rows, and take new values
+    assert run.tags == [] and run.note == ""
+    assert all(node.info == {} for node in store.list_nodes(run.id))
+    assert store.set_run_tags(run.id, ["old"]).tags == ["old"]
     store.close()

@@ -191,7 +191,7 @@ def test_a_server_that_never_answers_times_out_with_a_clear_message() -> None:
 def test_a_postgres_database_without_a_store_is_not_created_by_reading() -> None:
     from sqlalchemy import create_engine, inspect, text
 
-    from tests.store.conftest import postgres_url
+    from tests._postgres import postgres_url
 
     url = postgres_url()
     engine = create_engine(url)
