@@ -45,12 +45,16 @@ browser:
 	  fi; }
 
 # The store's conformance suite also runs on a real PostgreSQL (scripts/postgres.sh starts one).
+# Tests run on every core (pytest-xdist, one test file per worker at a time: a file's shared
+# trainer or browser is started once); TEST_WORKERS=1 runs them in one process.
+TEST_WORKERS ?= auto
 test: lint browser
 	RETUNE_TEST_POSTGRES_URL="$${RETUNE_TEST_POSTGRES_URL:-$$(bash scripts/postgres.sh)}" \
-	  $(VENV)/bin/pytest -p no:cacheprovider
+	  $(VENV)/bin/pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 screenshots: $(VENV)/.installed-dev browser
 	$(PY) scripts/screenshots.py
+	$(PY) scripts/notebook_screenshots.py
 
 # Each benchmark writes benchmarks/results/NAME.json; report.py renders them into
 # docs/benchmarks.md (the figures there are generated). BENCH_FLAGS=--quick: reduced sizes.

@@ -40,7 +40,7 @@ def _fit(with_retune: bool, store_dir: str, index: int) -> list[float]:
         def __init__(self) -> None:
             super().__init__()
             self.net = torch.nn.Sequential(
-                torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10)
+                torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10)
             )
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

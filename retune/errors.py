@@ -29,6 +29,7 @@ __all__ = [
     "StoreNotFound",
     "StoreUnavailable",
     "CommandTimeout",
+    "JobTimeout",
     "StopTraining",
     "redact",
 ]
@@ -175,6 +176,13 @@ class CommandTimeout(RetuneError, TimeoutError):
     """A command is still pending after the time a caller was willing to wait."""
 
     code = "command_timeout"
+    http_status = 504
+
+
+class JobTimeout(RetuneError, TimeoutError):
+    """A notebook job did not reach what a caller waited for (a step, its end) in time."""
+
+    code = "job_timeout"
     http_status = 504
 
 

@@ -7,15 +7,23 @@ import os
 import subprocess
 import sys
 
+from retune._files import write_text_file
 from retune._format import diff_text, draw_tree
 from retune.checkpoint import resolve_checkpoint
 from retune.cli._control import report
-from retune.cli._registry import Group, emit_json, run_arg, seconds_arg, wait_args
+from retune.cli._registry import (
+    Group,
+    emit_json,
+    int_arg,
+    run_arg,
+    seconds_arg,
+    wait_args,
+)
 from retune.control import Controller, parse_assignments
 from retune.control._parse import parse_group
 from retune.errors import InvalidArgument
 from retune.session._init import RESUME_FROM_ENV, RESUME_RUN_ENV
-from retune.session._snapshot import read_snapshot
+from retune.session._snapshot import RunSnapshot, read_snapshot
 from retune.store import CheckpointRecord, Store
 
 __all__ = ["COMMANDS"]
@@ -129,9 +137,52 @@ def _resume(args: argparse.Namespace, store: Store) -> int:
         raise InvalidArgument(f"cannot run {cmd[0]!r}: {e}") from e
 
 
-@COMMANDS.command("tree", "the run's tuning tree: nodes, diffs, metrics, checkpoints", run_arg)
+def picture_args(p: argparse.ArgumentParser) -> None:
+    """The options of the tree picture (``tree --svg`` and ``report``)."""
+    p.add_argument(
+        "--color-by",
+        metavar="METRIC",
+        help="colour nodes by this metric's last value (default: a validation loss)",
+    )
+    p.add_argument(
+        "--goal",
+        choices=["min", "max"],
+        help="which end of --color-by is best (default: from its name)",
+    )
+    p.add_argument("--collapse", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold chains of single-child changes into one segment "
+                   "(default: for trees of more than 120 nodes)")  # fmt: skip
+
+
+def _tree_args(p: argparse.ArgumentParser) -> None:
+    run_arg(p)
+    p.add_argument("--svg", metavar="FILE", help="write the tree as an SVG picture to FILE")
+    picture_args(p)
+    p.add_argument("--width", type=int_arg("--width"), help="picture width in pixels")
+
+
+def _write_svg(args: argparse.Namespace, snapshot: RunSnapshot) -> int:
+    from retune.viz import tree_picture
+
+    picture = tree_picture(snapshot, color_by=args.color_by, goal=args.goal, width=args.width,
+                           collapse_chains=args.collapse)  # fmt: skip
+    write_text_file(args.svg, picture.svg)
+    if args.json:
+        emit_json({"run": snapshot.id, "svg": args.svg, "nodes": len(picture.layout.nodes),
+                   "lanes": picture.layout.lanes, "color_by": picture.color_by,
+                   "best": picture.best, "current": picture.current})  # fmt: skip
+    else:
+        print(f"wrote {args.svg}: {len(picture.layout.nodes)} nodes on "
+              f"{picture.layout.lanes} lanes")  # fmt: skip
+    return 0
+
+
+@COMMANDS.command("tree", "the run's tuning tree: nodes, diffs, metrics, checkpoints (--svg: "
+                  "as a picture)", _tree_args)  # fmt: skip
 def _tree(args: argparse.Namespace, store: Store) -> int:
     snapshot = read_snapshot(store, args.run)
+    if args.svg is not None:
+        return _write_svg(args, snapshot)
     nodes = snapshot.tree()
     if args.json:
         emit_json(

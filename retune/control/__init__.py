@@ -20,6 +20,7 @@ from retune.control._live import LiveTunables
 from retune.control._parse import parse_assignments, parse_value
 from retune.control._schedulers import SchedulerControl
 from retune.control._tunables import TunableSpec, discover_optimizer, validate
+from retune.control._values import TunableValues
 
 __all__ = [
     "KIND_ALIASES",
@@ -30,6 +31,7 @@ __all__ = [
     "LiveTunables",
     "SchedulerControl",
     "TunableSpec",
+    "TunableValues",
     "canonical_kind",
     "connect",
     "current_user",

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from retune.control._commands import restore_payload, submit
+from retune.control._commands import explore_payload, restore_payload, submit
 from retune.errors import CommandRejected, CommandTimeout
 from retune.store import CommandRecord, RunRecord, Store, open_store
 
@@ -150,6 +150,54 @@ class Controller:
         branch, optionally with new values: ``ctl.restore("n3@1200", set={"lr": 1e-3})``."""
         payload = restore_payload(target, set, group, mode)
         return self.send("restore", payload, wait=wait, timeout=timeout)
+
+    def explore(
+        self,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        steps: int,
+        metric: str,
+        goal: str = "min",
+        score: str = "last",
+        start: str | None = None,
+        then: str = "best",
+        max_candidates: int | None = None,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        wait: bool = False,
+        timeout: float = 3600.0,
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """Try every combination of values from one checkpoint, ``steps`` steps each, and
+        keep the best: ``ctl.explore(lr=[1e-3, 3e-4, 1e-4], steps=300, metric="val_loss")``.
+
+        ``score`` is ``"last"`` (the metric's last point) or ``"mean:K"``; ``goal`` ``min`` or
+        ``max``; ``start`` a checkpoint (``c3``, ``n3@1200``; default: a new one at the next
+        step boundary); ``then`` ``best`` (continue from the winner's end state) or ``stay``
+        (go back to where the run was). With ``wait=True`` this returns once the exploration
+        has ended (its ``result`` holds every candidate's node and score, and the winner).
+        See ``docs/explore.md``.
+        """
+        payload = explore_payload(
+            {**(values or {}), **kwargs},
+            steps=steps,
+            metric=metric,
+            goal=goal,
+            score=score,
+            start=start,
+            then=then,
+            max_candidates=max_candidates,
+            group=group,
+            mode=mode,
+        )
+        return self.send("explore", payload, wait=wait, timeout=timeout)
+
+    def exploration(self, command_id: int) -> dict[str, Any]:
+        """What an exploration is doing or did, as JSON-ready data (see ``describe``)."""
+        from retune.control._explore import describe_exploration
+
+        return describe_exploration(self.store, command_id)
 
     def pause(self, *, wait: bool = False, timeout: float = 60.0) -> CommandRecord:
         """Hold training at the next step boundary (it keeps polling and heartbeating)."""

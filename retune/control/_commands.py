@@ -6,8 +6,9 @@ with the reason in the same transaction (no poller ever sees it pending), and th
 the same reason as an exception; nothing reaches the trainer.
 
 Kinds: ``set``, ``scale``, ``pause``, ``continue`` (un-pause), ``stop``, ``checkpoint``,
-``restore``. ``resume`` is accepted as the old name of ``continue`` and stored as
-``continue``: "resume" now only means continuing a run in a new process.
+``restore``, ``explore`` (try candidate values from one checkpoint: ``docs/explore.md``).
+``resume`` is accepted as the old name of ``continue`` and stored as ``continue``: "resume"
+now only means continuing a run in a new process.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ from retune.errors import CommandRejected, InvalidArgument, RetuneError, RunNotL
 from retune.store import LIVE_STATUSES, CommandRecord, RunRecord, Store, current_user
 
 __all__ = [
+    "EXPLORE_CEILING",
+    "EXPLORE_DEFAULT_CAP",
     "KIND_ALIASES",
     "SCHEDULER_MODES",
     "SOURCES",
     "canonical_kind",
+    "check_candidates",
     "current_user",
+    "explore_payload",
+    "parse_score",
     "restore_payload",
     "submit",
 ]
@@ -34,6 +40,14 @@ SOURCES = ("python", "cli", "ui", "notebook", "api")
 SCHEDULER_MODES = ("rescale", "constant")
 KIND_ALIASES = {"resume": "continue"}
 """Old command names still accepted at submission, and the name stored for each."""
+
+
+EXPLORE_DEFAULT_CAP = 16
+"""How many candidates an exploration may have unless it raises its own ``max_candidates``."""
+EXPLORE_CEILING = 256
+"""The most candidates any exploration may have (``max_candidates`` cannot go beyond)."""
+_MAX_EXPLORE_STEPS = 10**9
+_MAX_METRIC = 255  # the store's metric key column
 
 
 def canonical_kind(kind: str) -> str:
@@ -128,6 +142,121 @@ def _check_restore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> 
     return {"target": target, "set": normalized, "group": group, "mode": mode}
 
 
+def parse_score(text: Any) -> int | None:
+    """An exploration's scoring rule: ``"last"`` -> None (the metric's last point),
+    ``"mean:K"`` -> K (the mean of its last K points, K >= 1, ASCII digits).
+
+    Raises :class:`InvalidArgument` otherwise.
+    """
+    if text == "last":
+        return None
+    if isinstance(text, str) and text.startswith("mean:"):
+        digits = text[5:]
+        if digits.isascii() and digits.isdigit() and len(digits) <= 9 and int(digits) >= 1:
+            return int(digits)
+    raise InvalidArgument(f"score must be 'last' or 'mean:K' with K >= 1, got {text!r:.60}")
+
+
+def _check_metric_name(metric: Any) -> str:
+    if not isinstance(metric, str) or not metric.strip():
+        raise InvalidArgument(f"explore needs a metric name (e.g. val_loss), got {metric!r:.60}")
+    if len(metric) > _MAX_METRIC or "\x00" in metric or not metric.isprintable():
+        raise InvalidArgument(
+            f"metric name {metric[:40]!r} must be printable text of at most {_MAX_METRIC} chars"
+        )
+    return metric
+
+
+def _check_steps(steps: Any) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise InvalidArgument(f"explore's steps must be a whole number, got {steps!r:.60}")
+    if not 0 < steps <= _MAX_EXPLORE_STEPS:
+        raise InvalidArgument(f"explore's steps must be 1 to {_MAX_EXPLORE_STEPS}, got {steps}")
+    return steps
+
+
+def _check_cap(cap: Any) -> int:
+    if cap is None:
+        return EXPLORE_DEFAULT_CAP
+    if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= EXPLORE_CEILING:
+        raise InvalidArgument(
+            f"max_candidates must be a whole number from 1 to {EXPLORE_CEILING}, got {cap!r:.60}"
+        )
+    return cap
+
+
+def check_candidates(
+    specs: list[TunableSpec], values: Any, group: int | str | None, cap: int
+) -> dict[str, list[Any]]:
+    """Validate an exploration's ``{name: [values...]}`` against ``specs``; normalized.
+
+    Every name must be a declared tunable, every list non-empty without repeats, every value
+    valid (type, finite, bounds), and the product of the list lengths at most ``cap``.
+    Raises :class:`InvalidArgument` with the reason. Used at submission and again when the
+    training process applies the exploration.
+    """
+    if not isinstance(values, Mapping) or not values:
+        raise InvalidArgument("explore needs at least one name=value1,value2,...")
+    out: dict[str, list[Any]] = {}
+    count = 1
+    for name, choices in values.items():
+        if not isinstance(choices, (list, tuple)):
+            raise InvalidArgument(f"explore's {name} needs a list of values, got {choices!r:.60}")
+        if not choices:
+            raise InvalidArgument(f"explore's {name} has an empty list of values")
+        normalized = [validate(specs, name, value, group) for value in choices]
+        seen: set[str] = set()
+        for value in normalized:
+            if repr(value) in seen:
+                raise InvalidArgument(f"explore's {name} lists {value!r} twice")
+            seen.add(repr(value))
+        out[str(name)] = [list(v) if isinstance(v, tuple) else v for v in normalized]
+        count *= len(normalized)
+    if count > cap:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in out.items())
+        raise InvalidArgument(
+            f"explore would try {sizes} = {count} candidates, more than the cap of {cap}; "
+            f"give fewer values or raise max_candidates (--max-candidates, at most "
+            f"{EXPLORE_CEILING})"
+        )
+    return out
+
+
+def _check_explore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+    from retune.checkpoint import resolve_checkpoint
+    from retune.errors import CheckpointNotFound
+
+    known = {"values", "steps", "metric", "goal", "score", "from", "then", "max_candidates",
+             "group", "mode"}  # fmt: skip
+    unknown = sorted(str(k) for k in payload if k not in known)
+    if unknown:
+        raise InvalidArgument(f"explore does not take {', '.join(unknown)}")
+    group = _group(payload)
+    cap = _check_cap(payload.get("max_candidates"))
+    values = check_candidates(_specs(run), payload.get("values"), group, cap)
+    steps = _check_steps(payload.get("steps"))
+    metric = _check_metric_name(payload.get("metric"))
+    goal = payload.get("goal", "min")
+    if goal not in ("min", "max"):
+        raise InvalidArgument(f"goal must be min or max, got {goal!r:.60}")
+    score = payload.get("score", "last")
+    parse_score(score)
+    then = payload.get("then", "best")
+    if then not in ("best", "stay"):
+        raise InvalidArgument(f"then must be best or stay, got {then!r:.60}")
+    start = payload.get("from")
+    if start is not None:
+        if not isinstance(start, str) or not start:
+            raise InvalidArgument("from must name a checkpoint: c3, latest, n3 or n3@1200")
+        try:
+            resolve_checkpoint(store, run.id, start)
+        except CheckpointNotFound as e:
+            raise InvalidArgument(str(e)) from e
+    return {"values": values, "steps": steps, "metric": metric, "goal": goal, "score": score,
+            "from": start, "then": then, "max_candidates": cap, "group": group,
+            "mode": _mode(payload)}  # fmt: skip
+
+
 _CHECKS = {
     "set": _check_set,
     "scale": _check_scale,
@@ -136,6 +265,7 @@ _CHECKS = {
     "stop": _check_plain,
     "checkpoint": _check_checkpoint,
     "restore": _check_restore,
+    "explore": _check_explore,
 }
 
 
@@ -144,6 +274,30 @@ def restore_payload(
 ) -> dict[str, Any]:
     """The payload of a ``restore`` command, as every surface builds it."""
     return {"target": target, "set": dict(values or {}), "group": group, "mode": mode}
+
+
+def explore_payload(
+    values: Mapping[str, Any],
+    *,
+    steps: int,
+    metric: str,
+    goal: str = "min",
+    score: str = "last",
+    start: str | None = None,
+    then: str = "best",
+    max_candidates: int | None = None,
+    group: int | str | None = None,
+    mode: str = "rescale",
+) -> dict[str, Any]:
+    """The payload of an ``explore`` command, as every surface builds it.
+
+    A single value (not a list) stands for a one-element list; a tuple is one value of a
+    tuple-valued tunable only inside a list (``betas=[(0.9, 0.99), (0.9, 0.999)]``).
+    """
+    lists = {name: list(v) if isinstance(v, list) else [v] for name, v in values.items()}
+    return {"values": lists, "steps": steps, "metric": metric, "goal": goal, "score": score,
+            "from": start, "then": then, "max_candidates": max_candidates, "group": group,
+            "mode": mode}  # fmt: skip
 
 
 def submit(

@@ -18,6 +18,7 @@ from retune.errors import InvalidArgument
 __all__ = [
     "INT64_MAX",
     "parse_assignments",
+    "parse_candidates",
     "parse_count",
     "parse_group",
     "parse_int",
@@ -137,6 +138,33 @@ def parse_assignments(words: Sequence[str]) -> dict[str, Any]:
             raise InvalidArgument(f"{key} is given twice")
         try:
             out[key] = parse_value(raw)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"{key}: {e}") from e
+    return out
+
+
+def parse_candidates(words: Sequence[str]) -> dict[str, list[Any]]:
+    """``["lr=1e-3,3e-4", "weight_decay=0"]`` -> ``{"lr": [0.001, 0.0003], "weight_decay": [0]}``.
+
+    The values an exploration tries: commas separate candidates. A tuple-valued tunable
+    separates its candidates with ``;`` instead (``betas=0.9,0.99;0.9,0.999``). Raises
+    :class:`InvalidArgument` for a word without ``=``, an empty name, an empty candidate
+    (``lr=1e-3,``), a name given twice and an integer beyond 64 bits; types and bounds are
+    checked by :func:`~retune.control.validate` later.
+    """
+    out: dict[str, list[Any]] = {}
+    for word in words:
+        key, sep, raw = word.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise InvalidArgument(f"expected name=value1,value2,..., got {word!r}")
+        if key in out:
+            raise InvalidArgument(f"{key} is given twice")
+        parts = raw.split(";") if ";" in raw else raw.split(",")
+        if not raw or any(not part.strip() for part in parts):
+            raise InvalidArgument(f"{key} has an empty value in {raw!r}")
+        try:
+            out[key] = [parse_value(part.strip()) for part in parts]
         except InvalidArgument as e:
             raise InvalidArgument(f"{key}: {e}") from e
     return out

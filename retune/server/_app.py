@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException
 
 from retune import _json
 from retune.control import current_user, submit
+from retune.control._explore import describe_exploration, list_explorations
 from retune.errors import InvalidArgument, NodeNotFound, RetuneError, redact
 from retune.server._security import SecurityPolicy
 from retune.session._snapshot import MetricSeries, read_snapshot
@@ -210,6 +211,34 @@ def create_app(
         snapshot = await blocking(read_snapshot, store, run)
         return _json_response({"nodes": [n.to_dict() for n in snapshot.tree()]})
 
+    @app.get(
+        "/api/runs/{run}/tree.svg",
+        summary="The tuning tree as an SVG picture (steps on x, one lane per branch)",
+        response_class=Response,
+        responses={200: {"content": {"image/svg+xml": {}}, "description": "the picture"}},
+    )
+    async def tree_picture(
+        run: str,
+        color_by: Annotated[
+            str | None, Query(description="colour nodes by this metric's last value")
+        ] = None,
+        goal: Annotated[
+            Literal["min", "max"] | None, Query(description="which end of color_by is best")
+        ] = None,
+        collapse: Annotated[
+            bool | None, Query(description="fold chains (default: above 120 nodes)")
+        ] = None,
+        width: Annotated[int | None, Query(ge=200, le=100_000)] = None,
+    ) -> Response:
+        from retune.viz import tree_svg
+
+        svg = await blocking(tree_svg, store, run, color_by=color_by, goal=goal, width=width,
+                             collapse_chains=collapse)  # fmt: skip
+        # the picture holds no script; if a name ever slipped through, nothing could run
+        headers = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                   "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}  # fmt: skip
+        return Response(svg, media_type="image/svg+xml", headers=headers)
+
     def read_metric(  # noqa: PLR0917 - the query parameters, passed along
         run: str, key: str, branch: str | None, start: int | None, end: int | None, max_points: int
     ) -> dict[str, Any]:
@@ -346,6 +375,17 @@ def create_app(
         command_id: Annotated[int, PathParam(ge=0, le=INT32_MAX)],
     ) -> JSONResponse:
         return _json_response((await blocking(store.get_command, command_id)).__dict__)
+
+    @app.get("/api/runs/{run}/explorations", summary="The run's explorations, oldest first")
+    async def explorations(run: str) -> JSONResponse:
+        record = await blocking(store.get_run, run)
+        return _json_response(await blocking(list_explorations, store, record.id))
+
+    @app.get("/api/commands/{command_id}/exploration", summary="One exploration's state")
+    async def exploration(
+        command_id: Annotated[int, PathParam(ge=0, le=INT32_MAX)],
+    ) -> JSONResponse:
+        return _json_response(await blocking(describe_exploration, store, command_id))
 
     @app.get("/api/events", summary="Server-Sent Events: a 'runs' event whenever anything moves")
     async def events(

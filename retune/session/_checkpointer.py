@@ -62,7 +62,7 @@ __all__ = ["WHEN_BUSY", "CheckpointPolicy", "Checkpointer", "PendingCheckpoint"]
 
 log = logging.getLogger("retune")
 
-KEPT_REASONS = frozenset({"change", "user", "command"})
+KEPT_REASONS = frozenset({"change", "user", "command", "explore"})
 WHEN_BUSY = ("wait", "skip")
 """What a background save due while another is in flight does."""
 

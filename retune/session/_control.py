@@ -27,7 +27,7 @@ __all__ = ["Applier"]
 
 log = logging.getLogger("retune")
 
-Handler = Callable[[TrainingSession, CommandRecord], dict[str, Any]]
+Handler = Callable[[TrainingSession, CommandRecord], dict[str, Any] | None]
 
 
 class Applier:
@@ -35,7 +35,9 @@ class Applier:
 
     A handler returns the command's result (recorded with it) or raises: ``CommandRejected``
     becomes ``rejected`` with its message; any other exception becomes ``rejected`` with the
-    exception's type and message. Training goes on either way.
+    exception's type and message. Training goes on either way. A handler that returns
+    ``None`` has started something that outlasts this boundary (an exploration): it stays
+    ``applying`` and the handler's work resolves it later.
     """
 
     def __init__(self, handlers: dict[str, Handler]) -> None:
@@ -84,7 +86,7 @@ class Applier:
     def apply_now(self, run: TrainingSession, command: CommandRecord) -> CommandRecord:
         """Apply one command at once (training thread); raise ``CommandRejected`` if rejected."""
         self._apply(run, command, retry=False)
-        resolved = run.store.get_command(command.id)
+        resolved = run.store.get_command(command.id)  # an exploration is still ``applying``
         if resolved.status == "rejected":
             raise CommandRejected(resolved.reason or "rejected", command_id=command.id)
         return resolved
@@ -122,7 +124,8 @@ class Applier:
             log.debug("command %s failed:\n%s", command.id, traceback.format_exc())
             self._resolve(run, command, "rejected", reason=f"{type(e).__name__}: {e}")
         else:
-            self._resolve(run, command, "applied", result=result)
+            if result is not None:
+                self._resolve(run, command, "applied", result=result)
         return True
 
     @staticmethod

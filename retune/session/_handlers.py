@@ -7,7 +7,11 @@ training thread at a step boundary; it returns the command's result (recorded wi
 raises ``CommandRejected`` with the reason, and then nothing has changed.
 
 Kinds: ``set``, ``scale``, ``pause``, ``continue`` (un-pause; ``resume`` is its old name and
-stays an alias), ``stop``, ``checkpoint``, ``restore``.
+stays an alias), ``stop``, ``checkpoint``, ``restore``, ``explore``.
+
+While an exploration runs, ``set``, ``scale``, ``restore`` and ``explore`` are rejected with
+the reason (they would change the state the candidates are compared on); ``stop`` ends the
+exploration instead of the run; ``pause``, ``continue`` and ``checkpoint`` apply as usual.
 """
 
 from __future__ import annotations
@@ -18,16 +22,27 @@ from typing import Any
 from retune.checkpoint import resolve_checkpoint
 from retune.control import validate
 from retune.errors import CommandRejected, InvalidArgument, RetuneError
+from retune.session._explore import Exploration
 from retune.session._protocols import SessionFlags, TrainingSession
 from retune.store import CheckpointRecord, CommandRecord
 
 __all__ = ["HANDLERS", "SessionFlags", "TrainingSession"]
 
 
-Handler = Callable[[TrainingSession, CommandRecord], dict[str, Any]]
+Handler = Callable[[TrainingSession, CommandRecord], dict[str, Any] | None]
+
+
+def _not_while_exploring(session: TrainingSession, kind: str) -> None:
+    exploration = session.exploration
+    if exploration is not None:
+        raise CommandRejected(
+            f"an exploration (command {exploration.command_id}) is running: {kind} is refused "
+            "until it ends; `retune stop RUN` ends the exploration"
+        )
 
 
 def _change(session: TrainingSession, command: CommandRecord, kind: str) -> dict[str, Any]:
+    _not_while_exploring(session, kind)
     payload = command.payload
     group, mode = payload.get("group"), payload.get("mode", "rescale")
     before = session.checkpointer.save("change")  # so that any change can be undone
@@ -72,7 +87,11 @@ def on_continue(session: TrainingSession, command: CommandRecord) -> dict[str, A
 
 
 def on_stop(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
-    """End training at this boundary; the run checkpoints there before it stops."""
+    """End training at this boundary; the run checkpoints there before it stops. During an
+    exploration it ends the exploration instead (the run goes back to where it was when the
+    exploration began); a second stop stops the run."""
+    if session.exploration is not None:
+        return session.exploration.cancel(command)
     session.flags.stop_requested = True
     session.flags.paused = False
     return {}
@@ -101,6 +120,7 @@ def on_restore(session: TrainingSession, command: CommandRecord) -> dict[str, An
     is invalid; if a setter fails after the state was restored, the state from just before the
     restore is put back.
     """
+    _not_while_exploring(session, "restore")
     payload = command.payload
     session.checkpointer.wait()  # a background save in flight is listed first: "latest" sees it
     record = _target(session, payload.get("target"))
@@ -141,6 +161,12 @@ def on_restore(session: TrainingSession, command: CommandRecord) -> dict[str, An
     return {"checkpoint": record.label, "diff": diff, "left": before.label, "mode": mode}
 
 
+def on_explore(session: TrainingSession, command: CommandRecord) -> None:
+    """Start an exploration (see ``_explore``); it resolves the command when it ends."""
+    _not_while_exploring(session, "explore")
+    Exploration(session, command).begin()
+
+
 HANDLERS: dict[str, Handler] = {
     "set": on_set,
     "scale": on_scale,
@@ -150,5 +176,6 @@ HANDLERS: dict[str, Handler] = {
     "stop": on_stop,
     "checkpoint": on_checkpoint,
     "restore": on_restore,
+    "explore": on_explore,
 }
 """Every command kind a training process applies, by kind."""

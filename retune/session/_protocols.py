@@ -12,12 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from retune.store import CheckpointRecord, Store
+from retune.store import CheckpointRecord, CommandRecord, Store
 
 if TYPE_CHECKING:
     from retune.control import LiveTunables
 
-__all__ = ["CheckpointSaver", "RunIdentity", "SessionFlags", "StatefulRun", "TrainingSession"]
+__all__ = [
+    "ActiveExploration",
+    "CheckpointSaver",
+    "RunIdentity",
+    "SessionFlags",
+    "StatefulRun",
+    "TrainingSession",
+]
 
 
 @dataclass
@@ -79,8 +86,29 @@ class CheckpointSaver(Protocol):
         """Wait until the save being written in the background (if any) is listed or failed."""
 
 
+class ActiveExploration(Protocol):
+    """An exploration the session is running (see ``_explore``): fed every step boundary."""
+
+    command_id: int
+
+    def after_step(self, values: dict[str, float]) -> None:
+        """The step just completed, with its metrics (may switch candidates)."""
+
+    def observe(self, values: dict[str, float]) -> None:
+        """Metrics logged at the current step."""
+
+    def cancel(self, command: CommandRecord) -> dict[str, Any]:
+        """End the exploration on a ``stop``; returns the stop command's result."""
+
+    def interrupt(self, reason: str) -> None:
+        """The run is ending: record the exploration as interrupted."""
+
+
 class TrainingSession(StatefulRun, Protocol):
     """What a command handler may see and do of a live run."""
+
+    exploration: ActiveExploration | None
+    """The exploration being run, if any (commands that change values wait for its end)."""
 
     @property
     def checkpointer(self) -> CheckpointSaver: ...

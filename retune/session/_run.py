@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from retune.control import Knob, KnobValues, LiveTunables
+from retune.control import Knob, LiveTunables, TunableValues
 from retune.errors import InvalidArgument, RetuneError, StopTraining, StoreError
-from retune.session import _lifecycle
+from retune.session import _lifecycle, _steer
 from retune.session._checkpointer import Checkpointer, CheckpointPolicy, PendingCheckpoint
 from retune.session._control import Applier
 from retune.session._handlers import HANDLERS
 from retune.session._loop import LoopPosition
-from retune.session._protocols import SessionFlags
+from retune.session._protocols import ActiveExploration, SessionFlags
 from retune.session._snapshot import RunSnapshot, read_snapshot
 from retune.session._state import apply_state
 from retune.session._tree import TreeNode
@@ -73,6 +73,11 @@ def _coerce_metrics(metrics: Mapping[Any, Any]) -> dict[str, float]:
         except (TypeError, ValueError, RuntimeError) as e:
             raise InvalidArgument(f"metric {key!r} must be a single number: {e}") from e
     return out
+
+
+def _floats(values: Mapping[str, Any]) -> dict[str, float]:
+    """A call's values (already accepted by the buffer) as floats, for the exploration."""
+    return {key: float(value) for key, value in values.items()}
 
 
 def _port_free(port: int) -> bool:
@@ -136,6 +141,7 @@ class Run:
         self.unclaimed_parts: dict[str, Any] = {}
         """Parts of the last loaded checkpoint no :meth:`add_state` has claimed yet."""
         self.flags = SessionFlags()
+        self.exploration: ActiveExploration | None = None
         self.loop = LoopPosition(data_seed)
         self.loop.should_stop = lambda: self.flags.stop_requested
         self.loop.on_epoch_end = self._on_epoch_end
@@ -190,9 +196,11 @@ class Run:
         return self._node
 
     @property
-    def hp(self) -> KnobValues:
-        """Current values of the user's knobs: ``run.hp.clip_norm``, ``run.hp["clip_norm"]``."""
-        return self.tunables.hp
+    def hp(self) -> TunableValues:
+        """Every tunable's current value: user knobs (``run.hp.clip_norm``,
+        ``run.hp["clip_norm"]``) and optimizer values per param group (``run.hp["lr"]`` is a
+        list). A table in a notebook."""
+        return TunableValues(self.tunables)
 
     @property
     def ended(self) -> bool:
@@ -231,7 +239,7 @@ class Run:
                 self._append(step, values)
         self._step = step
         if self._inbox or step >= self._next_boundary:
-            self._at_boundary()
+            self._at_boundary(values)
         return step
 
     def _append(self, step: int, values: Mapping[Any, Any]) -> None:
@@ -258,8 +266,9 @@ class Run:
         return checked
 
     # -- the step boundary ------------------------------------------------------------------
-    def _at_boundary(self) -> None:
-        """Scheduled checkpoint; queued commands; hold while paused; the stop (checkpointed)."""
+    def _at_boundary(self, values: Mapping[str, Any]) -> None:
+        """Scheduled checkpoint; the exploration's step; queued commands; hold while paused;
+        the stop (checkpointed)."""
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         scheduled: PendingCheckpoint | None = None
@@ -269,9 +278,13 @@ class Run:
             scheduled = self.checkpointer.save_async("schedule")  # written in the background
         saved = scheduled is not None
         self._reschedule()
+        if self.exploration is not None:
+            saved = False  # it may have restored another state
+            self.exploration.after_step(_floats(values))
         if self._inbox:
             saved = False  # a command may change the state after the scheduled checkpoint
             self._applier.apply_pending(self)
+        self._reschedule()  # an exploration began or ended
         while self.flags.paused and not self.flags.stop_requested and not self._signal:
             if self._applier.wake.wait(self._poll_interval):
                 self._applier.wake.clear()
@@ -284,7 +297,12 @@ class Run:
             self._stop_here(already_saved=saved)
 
     def _reschedule(self) -> None:
-        if self.training_thread is None or self._signal or self._stopped_here:
+        if (
+            self.training_thread is None
+            or self._signal
+            or self._stopped_here
+            or self.exploration is not None  # it counts every step
+        ):
             self._next_boundary = 0
         else:
             self._next_boundary = self._next_checkpoint
@@ -482,18 +500,131 @@ class Run:
         set: Mapping[str, Any] | None = None,
         group: int | str | None = None,
         mode: str = "rescale",
+        timeout: float = 120.0,
+        **values: Any,
     ) -> CommandRecord:
-        """Go back to a checkpoint now, on a new branch, optionally with new values.
+        """Go back to a checkpoint, on a new branch, optionally with new values:
+        ``run.restore("n2@300", lr=3e-4)`` (or ``set={"lr": 3e-4}``).
 
-        ``target`` is ``c3``, ``latest``, a node ``n3`` or ``n3@1200``. Call it from the
-        training thread between steps; from elsewhere use ``retune.connect(run).restore()``.
-        Raises ``CommandRejected`` with the reason when it cannot be done (nothing changes).
+        ``target`` is ``c3``, ``latest``, a node ``n3`` or ``n3@1200``. From the training
+        thread (between steps) it is applied at once; from another thread (a notebook cell
+        while training runs in the background) it is applied at the next step boundary and
+        this call waits for that (see ``retune.session._steer``). Returns the applied command;
+        raises ``CommandRejected`` with the reason when it cannot be done (nothing changes).
         """
-        from retune.control._commands import restore_payload, submit
+        from retune.control._commands import restore_payload
 
-        payload = restore_payload(target, set, group, mode)
-        command = submit(self.store, self.id, "restore", payload, source="python")
-        return self._applier.apply_now(self, command)
+        payload = restore_payload(target, {**(set or {}), **values}, group, mode)
+        return _steer.send(self, "restore", payload, timeout=timeout)
+
+    def set(
+        self,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """Set tunables to new values: ``run.set(lr=1e-3)``; a new node from the next step.
+
+        The same command path as ``retune set`` (validated at submission and against the live
+        optimizer, recorded, applied at a step boundary; see :meth:`restore` for where and
+        when). ``group`` picks one param group; ``mode`` is what an attached LR scheduler does
+        (``rescale`` keeps its shape, ``constant`` holds the value). Names that clash with the
+        keywords go in ``values``. Returns the applied command or raises ``CommandRejected``.
+        """
+        payload = {"values": {**(values or {}), **kwargs}, "group": group, "mode": mode}
+        return _steer.send(self, "set", payload, timeout=timeout)
+
+    def scale(
+        self,
+        factors: Mapping[str, float] | None = None,
+        /,
+        *,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        timeout: float = 60.0,
+        **kwargs: float,
+    ) -> CommandRecord:
+        """Multiply tunables (per group, keeping their ratios): ``run.scale(lr=0.5)``; like
+        :meth:`set` otherwise."""
+        payload = {"factors": {**(factors or {}), **kwargs}, "group": group, "mode": mode}
+        return _steer.send(self, "scale", payload, timeout=timeout)
+
+    def request_stop(self) -> None:
+        """Ask the training thread to stop cleanly at its next step boundary (any thread, a
+        signal handler too; no command is recorded). There it checkpoints and ``step()``
+        raises ``StopTraining`` (``run.epochs()``/``run.batches()`` end instead). The flag is
+        set before the boundary is moved, so a boundary running meanwhile cannot miss it."""
+        self.flags.stop_requested = True
+        self._next_boundary = 0
+
+    # -- notebooks (retune[notebook]) -------------------------------------------------------
+    def start(self, train: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``train(run, *args, **kwargs)`` in a background thread; returns a
+        :class:`retune.notebook.Job` at once (see there; ``total=`` gives the expected
+        number of steps for a progress bar). Made for Jupyter: cells stay free to
+        ``run.set(...)``, ``run.plot(...)``, ``job.stop()``."""
+        from retune.notebook import start
+
+        return start(train, self, *args, **kwargs)
+
+    def plot(self, *keys: str, **options: Any) -> Any:
+        """A live chart of metrics ``keys`` (all when none), branches overlaid, a marker at
+        each change; keeps updating while the run trains (:func:`retune.notebook.plot_metric`)."""
+        from retune.notebook import plot_metric
+
+        return plot_metric(self, *keys, **options)
+
+    def dashboard(self, port: int = 8765, *, height: int = 720) -> Any:
+        """The dashboard page of this run, served from this process, as an inline frame."""
+        from retune.notebook import dashboard
+
+        return dashboard(self, port=port, height=height)
+
+    def explore(
+        self,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        steps: int,
+        metric: str,
+        goal: str = "min",
+        score: str = "last",
+        start: str | None = None,
+        then: str = "best",
+        max_candidates: int | None = None,
+        group: int | str | None = None,
+        mode: str = "rescale",
+        **kwargs: Any,
+    ) -> CommandRecord:
+        """Queue an exploration: ``run.explore(lr=[1e-3, 3e-4, 1e-4], steps=300,
+        metric="val_loss")``. Returns the command, ``pending``: the training loop runs it
+        from its next step boundary on (each candidate restored from one checkpoint, trained
+        ``steps`` steps, scored), then continues from the best (``then="best"``) or from
+        where it was (``then="stay"``). Any thread may call it; read the progress with
+        ``retune.connect(run).exploration(command.id)``. A bad spec raises
+        ``CommandRejected`` with the reason (nothing changes). See ``docs/explore.md``.
+        """
+        from retune.control._commands import explore_payload, submit
+
+        payload = explore_payload(
+            {**(values or {}), **kwargs},
+            steps=steps,
+            metric=metric,
+            goal=goal,
+            score=score,
+            start=start,
+            then=then,
+            max_candidates=max_candidates,
+            group=group,
+            mode=mode,
+        )
+        command = submit(self.store, self.id, "explore", payload, source="python")
+        self._inbox.append(command)  # the next step() applies it (the poller may be later)
+        return command
 
     def epochs(self, count: int) -> Iterator[int]:
         """``for epoch in run.epochs(n)``: starts at the restored epoch after a resume; ends
@@ -534,6 +665,8 @@ class Run:
         values = _merged(metrics, kwargs)
         if values:
             self._append(self._step, values)
+            if self.exploration is not None:
+                self.exploration.observe(_floats(values))
 
     def flush(self) -> None:
         """Write every buffered point now (the background thread does this every second)."""
@@ -646,6 +779,8 @@ class Run:
                 self.store.close()
 
     def _mark_ended(self, status: str, error: str | None) -> None:
+        if self.exploration is not None:
+            self.exploration.interrupt(f"the run ended ({status}) during the exploration")
         now = time.time()
         self.store.update_run(
             self.id,

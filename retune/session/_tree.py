@@ -13,7 +13,7 @@ import numpy as np
 from retune.errors import NodeNotFound
 from retune.store import CheckpointRecord, NodeRecord
 
-__all__ = ["TreeNode", "branch_mask", "build_tree", "path_to", "summarize"]
+__all__ = ["TreeNode", "branch_mask", "build_tree", "lower_is_better", "path_to", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,18 @@ class TreeNode:
         }
 
 
+def lower_is_better(key: str) -> bool:
+    """Whether a metric improves downwards: true unless its name says accuracy, AUC, F1 or
+    score."""
+    return not any(word in key.lower() for word in ("acc", "auc", "f1", "score"))
+
+
 def summarize(values: np.ndarray, key: str) -> dict[str, float | int | None]:
     """Last value and best (min for loss-like keys, max for accuracy-like keys) of a series."""
     finite = values[np.isfinite(values)]
-    lower_is_better = not any(word in key.lower() for word in ("acc", "auc", "f1", "score"))
     best: float | None = None
     if len(finite):
-        best = float(finite.min() if lower_is_better else finite.max())
+        best = float(finite.min() if lower_is_better(key) else finite.max())
     last = float(values[-1]) if len(values) else None
     return {"last": last, "best": best, "count": len(values)}
 

@@ -41,7 +41,9 @@ ChangeKind = Literal["start", "set", "scale", "restore", "resume", "explore", "g
 CHANGE_KINDS: tuple[str, ...] = ("start", "set", "scale", "restore", "resume", "explore", "guard")
 """``explore``: a candidate of an exploration; ``guard``: a recovery made by the guard."""
 
-CommandKind = Literal["set", "scale", "pause", "continue", "stop", "checkpoint", "restore"]
+CommandKind = Literal[
+    "set", "scale", "pause", "continue", "stop", "checkpoint", "restore", "explore"
+]
 COMMAND_KINDS: tuple[str, ...] = (
     "set",
     "scale",
@@ -50,6 +52,7 @@ COMMAND_KINDS: tuple[str, ...] = (
     "stop",
     "checkpoint",
     "restore",
+    "explore",
 )
 """Command kinds as stored. ``continue`` un-pauses a paused run; submission also accepts its
 old name ``resume`` and stores ``continue`` (``resume`` now only means continuing a run in a
