@@ -4,18 +4,22 @@ Run with ``.venv/bin/python benchmarks/dashboard.py`` (part of ``make bench``; n
 chromium). Measured against a real ``uvicorn`` server on loopback:
 
 1. ``GET /api/runs/{run}/metrics/loss?max_points=2000`` on a 1,000,000-point metric;
-2. the tree picture of the 500-node run below: ``GET /api/runs/{run}/tree.svg`` (read, layout,
+2. ``GET /api/runs`` and headless Chromium loading the runs page with 1,000 runs (each with
+   three metrics and two hyperparameters) until every row is on the page (a new browser
+   context per load, cache disabled);
+3. the tree picture of the 500-node run below: ``GET /api/runs/{run}/tree.svg`` (read, layout,
    SVG), and headless Chromium opening that URL in a new context until all 500 nodes are in
    its document (the picture the dashboard, notebook and report embed);
-3. headless Chromium loading the run page of a run with 500 nodes and 200,000 points per
+4. headless Chromium loading the run page of a run with 500 nodes and 200,000 points per
    metric until every chart is drawn and the whole tree is on the page: cold (a new browser
    context per load and the cache disabled over CDP, so plotly.min.js is fetched and parsed
    every time; checked by counting cache hits, which must be 0) and warm (one context, cache
    on, after a first untimed load). The docs quote the cold figure.
 
 After each timed request or load, outside the timing, the result is checked: the spike
-survives downsampling; the picture parses as XML with all 500 nodes and 499 edges; every chart
-has points and all 500 tree nodes are on the page.
+survives downsampling; all 1,000 runs are listed with their last metric; the picture
+parses as XML with all 500 nodes and 499 edges; every chart has points and all 500 tree
+nodes are on the page.
 """
 
 from __future__ import annotations
@@ -72,6 +76,58 @@ def _fill(store_url: str, name: str, points: int, nodes: int, keys: tuple[str, .
     store.update_run(run.id, step=points, status="finished")
     store.close()
     return run.id
+
+
+def _fill_runs(store_url: str, count: int) -> None:
+    """``count`` finished runs, each with lr / weight decay and 50 points of three metrics."""
+    from retune.store import MetricChunk, open_store
+
+    store = open_store(store_url)
+    steps = np.arange(50, dtype=np.int64)
+    for index in range(count):
+        lr = 10 ** -(1 + index % 4)
+        decay = 1e-4 * (index % 3)
+        tunables = [{"name": "lr", "type": "float", "value": lr},
+                    {"name": "weight_decay", "type": "float", "value": decay}]  # fmt: skip
+        run = store.create_run(f"sweep-{index}", config={}, meta={}, tunables=tunables,
+                               root_values={"lr": lr}, created_by="bench")  # fmt: skip
+        values = 1.0 / (1 + steps * lr * 10)
+        chunks = [MetricChunk(1, key, steps, values + shift, np.zeros(50))
+                  for key, shift in (("loss", 0.0), ("val/loss", 0.1), ("acc", -1.0))]  # fmt: skip
+        store.append_metrics(run.id, chunks, step=49)
+        store.update_run(run.id, status="finished", ended_at=time.time())
+    store.close()
+
+
+RUNS_READY = "document.querySelectorAll('#runs tbody tr').length === 1000"
+RUNS_CHECK = """() => [...document.querySelectorAll('#runs tbody tr')].filter(
+  (r) => r.querySelector('td[data-column="last:val/loss"]')?.textContent.trim() !== '-').length"""
+
+
+def runs_page_loads(base: str, repeat: int) -> list[float]:
+    """Cold loads of the runs page (new context, cache disabled) until all 1,000 rows show."""
+    from playwright.sync_api import sync_playwright
+
+    from retune.server._headless import CHROMIUM, CHROMIUM_ARGS
+
+    out = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for _ in range(repeat):
+            context = browser.new_context(viewport={"width": 1920, "height": 1080})
+            page = context.new_page()
+            cdp = context.new_cdp_session(page)
+            cdp.send("Network.enable")
+            cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+            start = time.perf_counter()
+            page.goto(base)
+            page.wait_for_function(RUNS_READY, timeout=60_000)
+            out.append(time.perf_counter() - start)
+            if page.evaluate(RUNS_CHECK) != 1000:
+                raise SystemExit("dashboard: the runs page did not show every run's val/loss")
+            context.close()
+        browser.close()
+    return out
 
 
 # Every chart drawn (plotly puts several .main-svg in one chart, so count per chart) with
@@ -234,6 +290,20 @@ def main() -> int:
         url = f"sqlite:///{Path(folder) / 'dash.db'}"
         big = _fill(url, "million", 1_000_000, 1, ("loss",))
         tree = _fill(url, "tree", 200_000, 500, ("loss", "acc", "lr"))
+        runs_url = f"sqlite:///{Path(folder) / 'runs.db'}"
+        _fill_runs(runs_url, 1000)
+        runs_server, runs_base = serve_in_thread(open_store(runs_url), port=_free_port())
+        list_times = []
+        try:
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                listed = httpx.get(f"{runs_base}api/runs", timeout=30).json()
+                list_times.append(time.perf_counter() - start)
+                if len(listed) != 1000 or any("val/loss" not in r["last_metrics"] for r in listed):
+                    raise SystemExit("dashboard: /api/runs lost runs or their last metrics")
+            runs_pages = runs_page_loads(runs_base, args.repeat)
+        finally:
+            runs_server.should_exit = True
         server, base = serve_in_thread(open_store(url), port=_free_port())
         api_times = []
         for _ in range(args.repeat):
@@ -258,6 +328,10 @@ def main() -> int:
         "settings": {"repeat": args.repeat},
         "api_1M_to_2000_s": statistics.median(api_times),
         "api_runs_s": api_times,
+        "api_runs_1000_s": statistics.median(list_times),
+        "api_runs_1000_runs_s": list_times,
+        "runs_page_1000_s": statistics.median(runs_pages),
+        "runs_page_1000_runs_s": runs_pages,
         "tree_svg_api_s": statistics.median(picture["api_s"]),
         "tree_svg_chromium_s": statistics.median(picture["chromium_s"]),
         "tree_svg_api_runs_s": picture["api_s"],
@@ -278,6 +352,8 @@ def main() -> int:
     rows = [
         ["API: 1,000,000-point metric -> 2,000 points", f"{result['api_1M_to_2000_s']:.3f}",
          "< 0.2"],
+        ["API: runs list, 1,000 runs with last metrics", f"{result['api_runs_1000_s']:.3f}", "-"],
+        ["Chromium: runs page, 1,000 runs, cold", f"{result['runs_page_1000_s']:.3f}", "< 1"],
         ["API: tree.svg, 500 nodes", f"{result['tree_svg_api_s']:.3f}", "< 2"],
         ["Chromium: tree.svg, 500 nodes, cold", f"{result['tree_svg_chromium_s']:.3f}", "< 2"],
         ["Chromium: run page, cold (cache disabled)", f"{result['page_cold_s']:.3f}", "< 2"],

@@ -2,7 +2,8 @@
 
 Trains the digits demo in a subprocess, changes lr and restores from the root with another
 weight decay (two branches), serves the dashboard, and has headless Chromium capture the runs
-page, the run page and the tree.
+page, the run page and the tree, once in the light and once in the dark colour scheme
+(``NAME.png`` and ``NAME-dark.png``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
 def _wait_step(store: str, name: str, step: int) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
             if open_store(store).get_run(name).step >= step:
@@ -41,7 +42,8 @@ def main() -> int:
         store = str(Path(folder) / "retune.db")
         cli = [sys.executable, "-m", "retune"]
         trainer = subprocess.Popen(
-            [*cli, "demo", "--epochs", "12", "--step-delay", "0.03", "--store", store],
+            [*cli, "demo", "--epochs", "12", "--step-delay", "0.03", "--no-ui", "--exit",
+             "--store", store],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait_step(store, "digits-cnn", 70)
@@ -54,17 +56,23 @@ def main() -> int:
         run_id = open_store(store).get_run("digits-cnn").id
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.goto(url)
-            page.wait_for_selector("#runs tbody tr")
-            page.screenshot(path=str(OUT / "runs.png"))
-            page.goto(f"{url}runs/{run_id}")
-            page.wait_for_selector('.chart[data-key="loss"] .main-svg')
-            page.wait_for_selector('.node[data-node="n3"]')
-            time.sleep(1.5)
-            page.screenshot(path=str(OUT / "run.png"), full_page=True)
-            page.click('.node[data-node="n1"]')
-            page.locator("aside").screenshot(path=str(OUT / "tree.png"))
+            for scheme, suffix in (("light", ""), ("dark", "-dark")):
+                context = browser.new_context(viewport={"width": 1500, "height": 1000},
+                                              color_scheme=scheme)  # type: ignore[arg-type]  # fmt: skip
+                page = context.new_page()
+                page.goto(url)
+                page.wait_for_selector("#runs tbody tr")
+                page.screenshot(path=str(OUT / f"runs{suffix}.png"))
+                page.goto(f"{url}runs/{run_id}")
+                page.wait_for_selector('#charts .chart[data-key="loss"] .main-svg')
+                page.wait_for_selector('.node[data-node="n3"]')
+                page.wait_for_selector("#tree-picture svg")
+                page.wait_for_function("[...document.querySelectorAll('#charts .chart')].every("
+                                       "(c) => Number(c.dataset.points || 0) > 0)")  # fmt: skip
+                page.screenshot(path=str(OUT / f"run{suffix}.png"), full_page=True)
+                page.click('.node[data-node="n1"]')
+                page.locator("aside").screenshot(path=str(OUT / f"tree{suffix}.png"))
+                context.close()
             browser.close()
         server.should_exit = True
         trainer.wait(timeout=180)

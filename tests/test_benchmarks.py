@@ -155,6 +155,17 @@ def test_report_refuses_a_doc_without_the_block(tmp_path: Path) -> None:
         report.render("# no markers\n", {"dashboard": {}})
 
 
+def test_checkpoint_stall_verification_catches_a_late_or_altered_state() -> None:
+    stall = _load("checkpoint_stall")
+    trainer = stall.Trainer(width=8, layers=2, step_ms=0.01)
+    trainer.step(5)
+    saved = stall._expected(trainer, 5)
+    stall._same(trainer.state_dict(), saved, "state")  # the bias holds 5: equal
+    trainer.step(6)  # what a save reading the live tensors after step 6 would hold
+    with pytest.raises(SystemExit, match=r"\['0\.bias'\] differs"):
+        stall._same(trainer.state_dict(), saved, "state")
+
+
 def test_export_benchmark_counts_what_it_wrote_and_renders(tmp_path: Path) -> None:
     export_bench = _load("export")
     url = f"sqlite:///{tmp_path / 'bench.db'}"

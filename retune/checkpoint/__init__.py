@@ -1,7 +1,8 @@
 """Checkpoints: the full training state as raw tensor blobs plus a JSON manifest, no pickle.
 
 * :class:`ObjectStore` — content-addressed blobs at a folder or any fsspec URL.
-* :func:`encode_state` / :func:`decode_state` — state tree <-> manifest + blobs;
+* :func:`encode_state` / :func:`decode_state` — state tree <-> manifest + blobs
+  (:func:`encode_in_memory` + :meth:`EncodedState.write`: the same in two phases);
   :func:`manifest_hashes` — the blobs a manifest refers to.
 * :func:`collect_garbage` — delete blobs no checkpoint needs (``retune gc``), safely.
 * :func:`iterate_batches` / :func:`num_batches` / :func:`epoch_seed` — the seeded per-epoch
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 from retune.checkpoint._codec import (
     FORMAT_VERSION,
+    EncodedState,
     decode_state,
+    encode_in_memory,
     encode_state,
     manifest_blobs,
     manifest_hashes,
@@ -28,11 +31,13 @@ from retune.checkpoint._targets import resolve_checkpoint
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
     "FORMAT_VERSION",
+    "EncodedState",
     "GcReport",
     "ObjectStore",
     "collect_garbage",
     "decode_state",
     "digest",
+    "encode_in_memory",
     "encode_state",
     "epoch_seed",
     "iterate_batches",

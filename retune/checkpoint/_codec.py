@@ -45,7 +45,15 @@ from retune.errors import CheckpointCorrupt, InvalidArgument
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FORMAT_VERSION", "decode_state", "encode_state", "manifest_blobs", "manifest_hashes"]
+__all__ = [
+    "FORMAT_VERSION",
+    "EncodedState",
+    "decode_state",
+    "encode_in_memory",
+    "encode_state",
+    "manifest_blobs",
+    "manifest_hashes",
+]
 
 FORMAT_VERSION = 1
 PACK_BELOW = 64 * 1024
@@ -78,10 +86,18 @@ def _import_torch() -> Any:
 # -- encoding ------------------------------------------------------------------------------
 
 
-class _Encoder:
-    def __init__(self, objects: ObjectStore, pack_below: int) -> None:
-        self.objects = objects
+class EncodedState:
+    """A state tree encoded in memory (phase 1 of a save): the manifest's nodes, and the bytes
+    of every array, not yet hashed or stored. :meth:`write` stores them (phase 2).
+
+    Built with ``copy=True`` it holds its own copy of every array (tensors cloned to fresh CPU
+    memory), so the live objects may change while :meth:`write` runs on another thread.
+    """
+
+    def __init__(self, pack_below: int, copy: bool) -> None:
         self.pack_below = pack_below
+        self.copy = copy
+        self.root: Any = None
         self.big: list[tuple[dict[str, Any], memoryview]] = []
         self.small: list[tuple[dict[str, Any], memoryview]] = []
         self.nbytes = 0
@@ -144,6 +160,8 @@ class _Encoder:
             "shape": list(array.shape),
         }
         raw: Any = array.astype(little, copy=False).reshape(-1).view(np.uint8)
+        if self.copy:
+            raw = raw.copy()
         return self.data(node, memoryview(raw))
 
     def tensor(self, tensor: torch.Tensor, path: str) -> dict[str, Any]:
@@ -164,15 +182,18 @@ class _Encoder:
             "device": str(tensor.device),
             "requires_grad": bool(tensor.requires_grad),
         }
+        if self.copy and flat.numel() and _shares_memory(flat, tensor):
+            flat = flat.clone()
         raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
         buffer: Any = raw.numpy()
         return self.data(node, memoryview(buffer))
 
-    def write(self) -> None:
-        """Hash and store the big blobs in parallel, then one pack for the small ones."""
+    def write(self, objects: ObjectStore) -> tuple[dict[str, Any], int]:
+        """Hash and store the big blobs in parallel, then one pack for the small ones; returns
+        ``(manifest, array bytes)``. The blobs are durable when this returns. Call it once."""
 
         def store(data: memoryview) -> str:
-            return self.objects.put(data, digest(data), sync=False)
+            return objects.put(data, digest(data), sync=False)
 
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
             keys = list(pool.map(store, [data for _, data in self.big]))
@@ -183,10 +204,32 @@ class _Encoder:
             for node, data in self.small:
                 node.update(offset=len(pack), nbytes=data.nbytes)
                 pack += data
-            key = self.objects.put(memoryview(pack), sync=False)
+            key = objects.put(memoryview(pack), sync=False)
             for node, _ in self.small:
                 node["pack"] = key
-        self.objects.sync()
+        objects.sync()
+        self.big, self.small = [], []  # the copies are no longer needed
+        return {"format": FORMAT_VERSION, "root": self.root}, self.nbytes
+
+
+def _shares_memory(flat: torch.Tensor, tensor: torch.Tensor) -> bool:
+    """Whether ``flat`` (the bytes about to be kept) still lives in ``tensor``'s storage."""
+    return bool(flat.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr())
+
+
+def encode_in_memory(tree: Any, *, copy: bool = True, pack_below: int = PACK_BELOW) -> EncodedState:
+    """Phase 1 of a save: walk ``tree`` and keep its structure and array bytes in memory.
+
+    With ``copy`` (the default) every array's bytes are copied (tensors on other devices are
+    copied to the CPU, as :func:`encode_state` does), so the result does not change when the
+    live tensors do. Unsupported values raise :class:`InvalidArgument` naming their path.
+    Nothing is written: :meth:`EncodedState.write` does that.
+    """
+    if pack_below < 0:
+        raise InvalidArgument(f"pack_below must be >= 0, got {pack_below}")
+    encoded = EncodedState(pack_below, copy)
+    encoded.root = encoded.encode(tree, "state")
+    return encoded
 
 
 def encode_state(
@@ -199,12 +242,7 @@ def encode_state(
     original device is recorded. Unsupported values raise :class:`InvalidArgument` naming
     their path, e.g. ``state['user']['best'][2]``, before anything is written.
     """
-    if pack_below < 0:
-        raise InvalidArgument(f"pack_below must be >= 0, got {pack_below}")
-    encoder = _Encoder(objects, pack_below)
-    root = encoder.encode(tree, "state")
-    encoder.write()
-    return {"format": FORMAT_VERSION, "root": root}, encoder.nbytes
+    return encode_in_memory(tree, copy=False, pack_below=pack_below).write(objects)
 
 
 # -- decoding ------------------------------------------------------------------------------

@@ -14,14 +14,24 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from retune.cli import _checkpoints, _control, _db, _explore, _export, _report, _runs, _serve
+from retune.cli import (
+    _checkpoints,
+    _control,
+    _db,
+    _explore,
+    _export,
+    _notes,
+    _report,
+    _runs,
+    _serve,
+)
 from retune.cli._registry import Command
 from retune.errors import RetuneError, redact
 from retune.store import open_store
 
 __all__ = ["MODULES", "build_parser", "main"]
 
-MODULES = (_runs, _control, _explore, _checkpoints, _export, _report, _serve, _db)
+MODULES = (_runs, _notes, _control, _explore, _checkpoints, _export, _report, _serve, _db)
 """The command groups, in the order ``retune --help`` lists them."""
 
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a command ended by SIGPIPE

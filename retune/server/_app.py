@@ -50,6 +50,20 @@ _log = logging.getLogger("retune.server")
 Step = Annotated[int | None, Query(ge=-INT64_MAX, le=INT64_MAX)]
 
 
+class TagsIn(BaseModel):
+    """New tags for a run: ``{"tags": [...]}`` replaces them; ``add`` / ``remove`` edit them."""
+
+    tags: list[str] | None = None
+    add: list[str] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)
+
+
+class NoteIn(BaseModel):
+    """A run's new note (``""`` clears it)."""
+
+    note: str
+
+
 class CommandIn(BaseModel):
     """A command from the dashboard: ``{"kind": "set", "payload": {"values": {"lr": 1e-3}}}``."""
 
@@ -65,6 +79,25 @@ def _live_status(run: RunRecord, now: float) -> str:
     return "stale" if run.heartbeat_at is not None and is_stale(run, now) else run.status
 
 
+def _hparams(tunables: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run's current hyperparameters, flat: ``{"lr": 0.1}``, or one entry per param group
+    (``lr[body]``, ``lr[1]``) when the groups differ."""
+    out: dict[str, Any] = {}
+    for entry in tunables:
+        name, value, groups = entry.get("name"), entry.get("value"), entry.get("groups")
+        if not isinstance(name, str):
+            continue
+        if groups and isinstance(value, list) and len(value) == len(groups):
+            if all(v == value[0] for v in value):
+                out[name] = value[0]
+            else:
+                for index, (group, item) in enumerate(zip(groups, value, strict=True)):
+                    out[f"{name}[{group if group else index}]"] = item
+        else:
+            out[name] = value
+    return out
+
+
 def _run_summary(run: RunRecord, last: dict[str, tuple[int, float]], now: float) -> dict[str, Any]:
     return {
         "id": run.id,
@@ -76,6 +109,9 @@ def _run_summary(run: RunRecord, last: dict[str, tuple[int, float]], now: float)
         "duration": run.duration,
         "heartbeat_at": run.heartbeat_at,
         "last_metrics": {k: v for k, (_, v) in last.items()},
+        "hparams": _hparams(run.tunables),
+        "tags": list(run.tags),
+        "note": run.note,
     }
 
 
@@ -85,6 +121,7 @@ def _series(series: MetricSeries) -> dict[str, Any]:
         "values": [None if math.isnan(v) else v for v in series.values.tolist()],  # NaN: null
         "nonfinite": series.nonfinite.nonzero()[0].tolist(),
         "nodes": series.nodes.tolist(),
+        "times": series.times.tolist(),
     }
 
 
@@ -186,12 +223,32 @@ def create_app(
     async def blocking(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    def best_metrics(records: list[RunRecord], keys: list[str]) -> dict[str, dict[str, Any]]:
+        from retune.session._tree import summarize
+
+        return {
+            r.id: {key: summarize(store.read_metric(r.id, key).values, key)["best"] for key in keys}
+            for r in records
+        }
+
     @app.get("/api/runs", summary="Runs, newest first")
-    async def runs(name: str | None = None, status: str | None = None) -> JSONResponse:
+    async def runs(
+        name: str | None = None,
+        status: str | None = None,
+        best: Annotated[
+            list[str] | None, Query(description="metrics whose best value to add: best=val/loss")
+        ] = None,
+    ) -> JSONResponse:
         records = await blocking(store.list_runs, name=name)
-        last = await blocking(store.last_metrics, [r.id for r in records])
+        last = await blocking(store.last_metrics, [r.id for r in records])  # one query for all
         now = time.time()
         out = [_run_summary(r, last[r.id], now) for r in records]
+        if best:
+            if len(best) > 16:
+                raise InvalidArgument("ask for the best value of at most 16 metrics at once")
+            found = await blocking(best_metrics, records, best)
+            for summary in out:
+                summary["best_metrics"] = found[summary["id"]]
         if status is not None:
             out = [r for r in out if r["status"] == status]
         return _json_response(out)
@@ -369,6 +426,33 @@ def create_app(
         record = await blocking(submit, store, run, command.kind, command.payload,
                                 source="ui", user=user)  # fmt: skip
         return _json_response(record.__dict__, status=202)
+
+    def refuse_read_only() -> JSONResponse | None:
+        if read_only:
+            return JSONResponse(
+                {"error": "read_only", "message": "this dashboard is read-only"}, status_code=403
+            )
+        return None
+
+    @app.put("/api/runs/{run}/tags", summary="Replace, add or remove a run's tags")
+    async def put_tags(run: str, body: TagsIn) -> JSONResponse:
+        if (refused := refuse_read_only()) is not None:
+            return refused
+        for tag in [*(body.tags or []), *body.add, *body.remove]:
+            _check_payload(tag, "tags")
+        record = await blocking(store.get_run, run)
+        updated = await blocking(store.set_run_tags, record.id, body.tags,
+                                 add=body.add, remove=body.remove)  # fmt: skip
+        return _json_response({"id": updated.id, "tags": list(updated.tags)})
+
+    @app.put("/api/runs/{run}/note", summary="Replace a run's note")
+    async def put_note(run: str, body: NoteIn) -> JSONResponse:
+        if (refused := refuse_read_only()) is not None:
+            return refused
+        _check_payload(body.note, "note")
+        record = await blocking(store.get_run, run)
+        updated = await blocking(store.set_run_note, record.id, body.note)
+        return _json_response({"id": updated.id, "note": updated.note})
 
     @app.get("/api/commands/{command_id}", summary="One command")
     async def command_detail(

@@ -1,36 +1,70 @@
-"""Saving and loading checkpoints of one run, and the keep policy.
+"""Saving and loading checkpoints of one run, and the keep and back-pressure policies.
+
+A save has two phases. **Phase 1** runs on the training thread at the step boundary: the state
+is captured and encoded in memory, every tensor and array copied into fresh CPU memory
+(:func:`~retune.checkpoint.encode_in_memory`), so training may change the live objects at
+once. **Phase 2** hashes and writes the blobs (content-addressed: a blob already stored is not
+written again), fsyncs them, records their keys in this store's ledger, flushes the metrics
+and only then adds the checkpoint's row: a checkpoint is listed (restorable) only once it is
+completely written and durable, and a crash at any moment of phase 2 leaves nothing listed.
+
+:meth:`Checkpointer.save_async` runs phase 2 on a background thread (scheduled checkpoints);
+:meth:`Checkpointer.save` runs both phases before it returns, for the checkpoints something
+relies on at once: the one before a change (the change names it, and a restore may go back to
+it), ``run.checkpoint()`` and the ``checkpoint`` command (they return it), and the stop
+checkpoint (resume continues from it). At most one save is in flight: ``save()`` first waits
+for it; a background save due while one is in flight waits too (``when_busy="wait"``, the
+default) or is skipped with a ``checkpoint_skipped`` event (``when_busy="skip"``). A failed
+background save never raises into training: it is logged and recorded as a
+``checkpoint_failed`` event. :meth:`Checkpointer.close` (``run.finish()``, exit) waits for the
+save in flight.
 
 A save holds the object location's shared save lock from its first blob until its manifest
 row is committed, and records the blob keys in this store's ledger there before the row (see
 :mod:`retune.checkpoint._gc`), so ``retune gc`` can never delete a blob a save is about to
 refer to.
 
-Test hook: when ``RETUNE_TEST_BLOCK_SAVE`` is ``STEP:PATH``, the first save at a global step
+Test hook: when ``RETUNE_TEST_BLOCK_SAVE`` is ``STEP:PATH``, the first save of a global step
 of at least ``STEP`` writes ``PATH`` (JSON: pid, step) once its blobs are written and before
-its manifest row, then waits until ``PATH`` is removed. Tests use it to kill a trainer that is
-provably in the middle of a save. Nothing else reads it.
+its manifest row, then waits until ``PATH`` is removed, and writes ``PATH`` with the suffix
+``.released`` when it goes on. It blocks the thread running phase 2: the training thread for
+:meth:`~Checkpointer.save`, the background thread for :meth:`~Checkpointer.save_async` (so
+training goes on meanwhile). Tests use it to kill a trainer that is provably in the middle of
+a save. Nothing else reads it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retune.checkpoint import ObjectStore, decode_state, encode_state, manifest_hashes
+from retune.checkpoint import (
+    EncodedState,
+    ObjectStore,
+    decode_state,
+    encode_in_memory,
+    manifest_hashes,
+)
 from retune.checkpoint._gc import store_identity
-from retune.errors import CheckpointCorrupt, InvalidArgument
+from retune.errors import CheckpointCorrupt, InvalidArgument, RetuneError
 from retune.session._state import capture_state
 from retune.store import CheckpointRecord, objects_url_for
 
 if TYPE_CHECKING:
     from retune.session._protocols import StatefulRun
 
-__all__ = ["CheckpointPolicy", "Checkpointer"]
+__all__ = ["WHEN_BUSY", "CheckpointPolicy", "Checkpointer", "PendingCheckpoint"]
+
+log = logging.getLogger("retune")
 
 KEPT_REASONS = frozenset({"change", "user", "command", "explore"})
+WHEN_BUSY = ("wait", "skip")
+"""What a background save due while another is in flight does."""
 
 
 class CheckpointPolicy:
@@ -39,6 +73,13 @@ class CheckpointPolicy:
     ``every_n_steps`` / ``every_n_epochs`` take ``schedule`` checkpoints; only the last
     ``keep_last`` of those are kept. Checkpoints taken before a change, from the script
     (``run.checkpoint()``), on command, or with a tag are always kept.
+
+    ``background`` (default True): scheduled checkpoints write on a background thread while
+    training goes on (see the module docstring); False writes them before the step returns.
+    ``when_busy``: when a scheduled checkpoint is due while the previous save is still being
+    written, ``"wait"`` (default) waits for it and then saves, ``"skip"`` skips this one and
+    records a ``checkpoint_skipped`` event. The checkpoints before a change, at a stop, from
+    ``run.checkpoint()`` and on command are never skipped: they wait.
     """
 
     def __init__(
@@ -46,19 +87,63 @@ class CheckpointPolicy:
         every_n_steps: int | None = None,
         every_n_epochs: int | None = None,
         keep_last: int = 5,
+        *,
+        background: bool = True,
+        when_busy: str = "wait",
     ) -> None:
         for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InvalidArgument(f"{name} must be a positive int, got {value!r}")
         if keep_last < 1:
             raise InvalidArgument(f"keep_last must be at least 1, got {keep_last}")
+        if when_busy not in WHEN_BUSY:
+            raise InvalidArgument(f"when_busy must be 'wait' or 'skip', got {when_busy!r:.40}")
+        if not isinstance(background, bool):
+            raise InvalidArgument(f"background must be True or False, got {background!r:.40}")
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self.keep_last = keep_last
+        self.background = background
+        self.when_busy = when_busy
+
+
+class PendingCheckpoint:
+    """A save whose phase 2 may still be running: :meth:`wait` for its record.
+
+    ``record`` is set once the checkpoint is listed; ``error`` once the save has failed
+    (recorded as a ``checkpoint_failed`` event and logged, never raised into training).
+    """
+
+    def __init__(self, reason: str, tag: str | None, step: int, node: int) -> None:
+        self.reason = reason
+        self.tag = tag
+        self.step = step
+        self.node = node
+        self.record: CheckpointRecord | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        """Whether phase 2 has ended (listed or failed)."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> CheckpointRecord | None:
+        """Wait until the save has ended (at most ``timeout`` seconds); returns its listed
+        record, or None when it failed or is still running."""
+        self._done.wait(timeout)
+        return self.record
+
+    def __repr__(self) -> str:
+        state = "listed" if self.record else "failed" if self.error else "writing"
+        return f"PendingCheckpoint({self.reason!r}, step={self.step}, {state})"
 
 
 class Checkpointer:
-    """Writes the run's full state as blobs + manifest; the manifest row goes last."""
+    """Writes the run's full state as blobs + manifest; the manifest row goes last.
+
+    Call :meth:`save`, :meth:`save_async` and :meth:`close` from the training thread.
+    """
 
     def __init__(self, run: StatefulRun, objects_url: str, policy: CheckpointPolicy) -> None:
         self._run = run
@@ -66,6 +151,12 @@ class Checkpointer:
         self._objects: ObjectStore | None = None
         self._registered = False  # this store's existing keys are in the location's ledger
         self.policy = policy
+        self._in_flight: PendingCheckpoint | None = None
+        self._thread: threading.Thread | None = None
+        self.failed = 0
+        """Background saves that failed (each also logged and recorded as an event)."""
+        self.skipped = 0
+        """Scheduled saves skipped because one was in flight (``when_busy="skip"``)."""
 
     @property
     def objects(self) -> ObjectStore:
@@ -74,11 +165,94 @@ class Checkpointer:
         return self._objects
 
     def save(self, reason: str, tag: str | None = None) -> CheckpointRecord:
-        """Capture and store the state now (training thread, at a step boundary).
+        """Capture and store the state now (training thread, at a step boundary); returns the
+        listed record. Waits first for a save in flight; never skipped.
 
         The checkpoint is listed (restorable) only when its blobs are durable and every
-        metric point logged up to now is stored: a resume from it never leaves a gap.
+        metric point logged up to now is stored: a resume from it never leaves a gap. Raises
+        ``InvalidArgument`` for state that cannot be checkpointed (nothing is written) and
+        ``StoreError`` / ``StoreUnavailable`` when it cannot be written.
         """
+        self.wait()
+        run = self._run
+        # written before this returns: the live tensors cannot change meanwhile, no copy
+        encoded = encode_in_memory(capture_state(run), copy=False)
+        return self._write(encoded, reason, tag, run.global_step, run.node)
+
+    def save_async(self, reason: str, tag: str | None = None) -> PendingCheckpoint | None:
+        """Phase 1 now (a copy of the state in memory), phase 2 on a background thread;
+        returns the pending save, or None when it was skipped (``when_busy="skip"`` and a
+        save in flight). With ``policy.background`` False, both phases run before it returns.
+
+        Raises ``InvalidArgument`` at once for state that cannot be checkpointed. Errors of
+        phase 2 are never raised: they are logged, recorded as a ``checkpoint_failed`` event
+        and kept in the returned object's ``error``.
+        """
+        run = self._run
+        step, node = run.global_step, run.node
+        if not self.policy.background:
+            pending = PendingCheckpoint(reason, tag, step, node)
+            self.wait()
+            self._phase2(encode_in_memory(capture_state(run), copy=False), pending)
+            return pending
+        in_flight = self._in_flight
+        if in_flight is not None and not in_flight.done:
+            if self.policy.when_busy == "skip":
+                self._skip(reason, step, node, in_flight)
+                return None
+            in_flight.wait()
+        encoded = encode_in_memory(capture_state(run), copy=True)
+        pending = PendingCheckpoint(reason, tag, step, node)
+        thread = threading.Thread(
+            target=self._phase2, args=(encoded, pending, True), name=f"retune-save-{run.id}"
+        )
+        thread.daemon = True  # run.finish() and exit wait for it (close())
+        self._in_flight, self._thread = pending, thread
+        thread.start()
+        return pending
+
+    @property
+    def in_flight(self) -> PendingCheckpoint | None:
+        """The save whose phase 2 is running now, if any."""
+        pending = self._in_flight
+        return pending if pending is not None and not pending.done else None
+
+    def wait(self, timeout: float | None = None) -> PendingCheckpoint | None:
+        """Wait until the save in flight (if any) has ended; returns it (None if there was
+        none). Never raises for a failed save: see its ``error``."""
+        pending = self._in_flight
+        if pending is not None:
+            pending.wait(timeout)
+        return pending
+
+    def close(self) -> None:
+        """Wait for the save in flight (``run.finish()``, exit)."""
+        self.wait()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _phase2(
+        self, encoded: EncodedState, pending: PendingCheckpoint, background: bool = False
+    ) -> None:
+        """Write, then list; never raises: failures are recorded. On the background thread
+        (``background``) at a lower CPU priority than training (:func:`_yield_cpu`)."""
+        if background:
+            _yield_cpu()
+        try:
+            pending.record = self._write(
+                encoded, pending.reason, pending.tag, pending.step, pending.node
+            )
+        except BaseException as e:  # a background thread has nobody to raise to
+            pending.error = e
+            self.failed += 1
+            self._record_failure(pending, e)
+        finally:
+            pending._done.set()
+
+    def _write(
+        self, encoded: EncodedState, reason: str, tag: str | None, step: int, node: int
+    ) -> CheckpointRecord:
         run = self._run
         objects = self.objects
         store_id, label = store_identity(run.store.url)
@@ -89,15 +263,15 @@ class Checkpointer:
                     known |= manifest_hashes(old)
                 objects.record_refs(store_id, label, known)
             self._registered = True
-            manifest, nbytes = encode_state(capture_state(run), objects)
+            manifest, nbytes = encoded.write(objects)
             objects.record_refs(store_id, label, manifest_hashes(manifest))
             objects.sync()
-            _test_hook_block(run.global_step)
+            _test_hook_block(step)
             run.flush()  # listed only once every point up to its step is stored too
             record = run.store.add_checkpoint(
                 run.id,
-                node=run.node,
-                step=run.global_step,
+                node=node,
+                step=step,
                 tag=tag,
                 reason=reason,
                 manifest={**manifest, "objects": self._objects_url},
@@ -106,6 +280,45 @@ class Checkpointer:
         if reason == "schedule" and tag is None:
             self._prune()
         return record
+
+    def _record_failure(self, pending: PendingCheckpoint, error: BaseException) -> None:
+        run = self._run
+        reason = f"{type(error).__name__}: {error}"[:500]
+        log.warning(
+            "retune: the %s checkpoint at step %d was not saved (training goes on): %s",
+            pending.reason,
+            pending.step,
+            reason,
+        )
+        try:
+            run.store.add_event(
+                run.id,
+                "checkpoint_failed",
+                {"reason": pending.reason, "error": reason},
+                node=pending.node,
+                step=pending.step,
+            )
+        except RetuneError as e:
+            log.warning("retune: could not record the failed checkpoint: %s", e)
+
+    def _skip(self, reason: str, step: int, node: int, in_flight: PendingCheckpoint) -> None:
+        self.skipped += 1
+        log.info(
+            "retune: %s checkpoint at step %d skipped: the one of step %d is still being written",
+            reason,
+            step,
+            in_flight.step,
+        )
+        try:
+            self._run.store.add_event(
+                self._run.id,
+                "checkpoint_skipped",
+                {"reason": reason, "in_flight_step": in_flight.step},
+                node=node,
+                step=step,
+            )
+        except RetuneError as e:
+            log.warning("retune: could not record the skipped checkpoint: %s", e)
 
     def load(self, record: CheckpointRecord) -> Any:
         """The state tree of ``record``, every blob verified.
@@ -154,6 +367,21 @@ class Checkpointer:
         run.store.delete_checkpoints(run.id, [c.id for c in excess])
 
 
+BACKGROUND_NICE = 10
+"""How much lower the background save's threads run than training (Linux niceness)."""
+
+
+def _yield_cpu() -> None:
+    """Lower this thread's CPU priority (Linux: per thread; the hashing and writing threads
+    it starts inherit it). On a machine with an idle core the save runs at full speed; when
+    every core is busy, training keeps its share and the save takes longer instead."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
+    except (AttributeError, OSError):  # not Linux/POSIX, or not permitted: run as it is
+        pass
+
+
 def _test_hook_block(step: int) -> None:
     """Block a save mid-way for tests (see the module docstring); a no-op otherwise."""
     spec = os.environ.get("RETUNE_TEST_BLOCK_SAVE")
@@ -165,7 +393,9 @@ def _test_hook_block(step: int) -> None:
     flag = Path(path)
     if flag.with_suffix(".released").exists():
         return  # already blocked once in this test
-    flag.write_text(json.dumps({"pid": os.getpid(), "step": step}))
+    written = flag.with_name(f"{flag.name}.tmp")
+    written.write_text(json.dumps({"pid": os.getpid(), "step": step}))
+    os.replace(written, flag)  # whole: a test reading it never sees half of it
     while flag.exists():
         time.sleep(0.01)
     flag.with_suffix(".released").write_text("")

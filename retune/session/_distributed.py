@@ -12,8 +12,9 @@ When :func:`retune.init` finds an initialised default process group of two or mo
   restore), so both must be reachable from every rank for those.
 
 **The agreement protocol.** At every step boundary every rank calls one ``all_reduce(MAX)`` of
-five ``int64``: rank 0's number of queued commands, any rank's pending signal, whether a
-scheduled checkpoint is due, any rank's stop request, and rank 0's paused flag. When all are
+six ``int64``: rank 0's number of queued commands, any rank's pending signal, whether a
+scheduled checkpoint is due, any rank's stop request, rank 0's paused flag, and the guard's
+work (2: a rank's guard tripped; 1: rank 0's last-good checkpoint is due). When all are
 zero (nearly every step) that is all. Otherwise the ranks *exchange*: every rank's RNG state is
 all-gathered (canonical JSON bytes in a ``uint8`` tensor, for the checkpoints rank 0 may
 write); rank 0 takes the scheduled checkpoint, claims, validates and applies the commands (the
@@ -39,7 +40,6 @@ import json
 import logging
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
@@ -56,7 +56,7 @@ from retune.session._handlers import HANDLERS
 from retune.session._protocols import TrainingSession
 from retune.session._run import Run, _merged
 from retune.session._state import _rng_state, _set_rng_state
-from retune.session._writer import MetricWriter, Point
+from retune.session._writer import Columns, Group, MetricWriter
 from retune.store import CheckpointRecord, CommandRecord, Store
 
 __all__ = ["RANKS_PART", "Cluster", "LeaderRun", "RankRun", "detect"]
@@ -353,7 +353,7 @@ class LeaderRun(Run):
             saved = saved and not self._effects
         return saved
 
-    def _at_boundary(self, values: dict[str, float]) -> None:
+    def _at_boundary(self, values: Mapping[str, Any]) -> None:
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         if self._stopped_here:  # every rank stopped at the same boundary: nothing to agree
@@ -472,15 +472,22 @@ class _SilentWriter(MetricWriter):
     """The writer of a rank that records nothing: no thread, no store writes."""
 
     def __init__(self) -> None:  # no thread: nothing is ever written
-        self.buffer: deque[Point] = deque()
+        self._silent = Columns(0)
         self.dropped = 0
 
+    def columns(self, node: int) -> Columns:
+        self._silent = Columns(node)
+        return self._silent
+
+    def undo_partial(self, group: Group) -> None:
+        del group.values[len(group.steps) * group.width :]
+
     def flush(self) -> int:
-        self.buffer.clear()
+        self._silent.groups.clear()
         return 0
 
     def close(self) -> None:
-        self.buffer.clear()
+        self._silent.groups.clear()
 
     @property
     def unwritten(self) -> int:
@@ -627,7 +634,7 @@ class RankRun(Run):
             elif kind != "checkpoint":
                 raise DistributedError(f"rank 0 applied {kind!r}, which this rank cannot")
 
-    def _at_boundary(self, values: dict[str, float]) -> None:
+    def _at_boundary(self, values: Mapping[str, Any]) -> None:
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         if self._stopped_here:

@@ -244,11 +244,14 @@ class GuardRuntime:
             self.seen = int(value.get("seen", 0))
 
     # -- the hot path -----------------------------------------------------------------------
-    def observe(self, step: int, values: Mapping[str, float]) -> bool:
+    def observe(self, step: int, values: Mapping[str, Any]) -> bool:
         """Fold this step's metric in; True when the boundary has work (a trigger, or a guard
-        checkpoint due). Called by ``run.step()`` after its checks: values are floats."""
+        checkpoint due). Called by ``run.step()`` once the values were accepted (numbers:
+        floats, or what ``float()`` takes)."""
         value = values.get(self.key)
         if value is not None:
+            if type(value) is not float:
+                value = float(value)  # a tensor or numpy scalar: the step accepted it already
             if value - value != 0.0:  # NaN or +-inf
                 if self.nan and self.enabled:
                     self.tripped = f"{self.key} {_fmt(value)} at step {step}"

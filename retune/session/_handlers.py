@@ -123,6 +123,7 @@ def on_restore(session: TrainingSession, command: CommandRecord) -> dict[str, An
     """
     _not_while_exploring(session, "restore")
     payload = command.payload
+    session.checkpointer.wait()  # a background save in flight is listed first: "latest" sees it
     record = _target(session, payload.get("target"))
     values = payload.get("set") or {}
     group, mode = payload.get("group"), payload.get("mode", "rescale")

@@ -81,6 +81,8 @@ def init(
     checkpoint_every_n_steps: int | None = None,
     checkpoint_every_n_epochs: int | None = None,
     keep_last: int = 5,
+    checkpoint_in_background: bool = True,
+    checkpoint_when_busy: str = "wait",
     flush_interval: float = 1.0,
     poll_interval: float = 0.05,
     ui: bool | int = False,
@@ -112,6 +114,11 @@ def init(
     ``meta`` adds descriptions to the run's recorded meta (an integration records its
     framework's model and optimizer summaries here, as ``model``/``optimizer`` are for torch).
 
+    Scheduled checkpoints are written on a background thread while training goes on
+    (``checkpoint_in_background=False`` writes them before the step returns); when one is due
+    while the previous one is still being written, ``checkpoint_when_busy="wait"`` (default)
+    waits for it, ``"skip"`` skips it with a ``checkpoint_skipped`` event (docs/checkpoints.md).
+
     Without ``seed=``, the data order's seed derives from torch's global generator
     (``torch.initial_seed()``), so a script that calls ``torch.manual_seed(0)`` gets the same
     order on every run, as plain PyTorch would; it is recorded in ``meta["seeds"]``.
@@ -134,7 +141,13 @@ def init(
     if config is not None and not isinstance(config, dict):
         raise InvalidArgument(f"config must be a dict, got {type(config).__name__}")
     guard_settings = guard_config(guard)
-    policy = CheckpointPolicy(checkpoint_every_n_steps, checkpoint_every_n_epochs, keep_last)
+    policy = CheckpointPolicy(
+        checkpoint_every_n_steps,
+        checkpoint_every_n_epochs,
+        keep_last,
+        background=checkpoint_in_background,
+        when_busy=checkpoint_when_busy,
+    )
     training = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     cluster = _distributed.detect()
     if cluster is not None and cluster.rank != 0:

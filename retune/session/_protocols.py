@@ -82,6 +82,9 @@ class CheckpointSaver(Protocol):
 
     def load(self, record: CheckpointRecord) -> Any: ...
 
+    def wait(self, timeout: float | None = None) -> Any:
+        """Wait until the save being written in the background (if any) is listed or failed."""
+
 
 class ActiveExploration(Protocol):
     """An exploration the session is running (see ``_explore``): fed every step boundary."""

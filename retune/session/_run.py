@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from retune.control import Knob, LiveTunables, TunableValues
 from retune.errors import InvalidArgument, RetuneError, StopTraining, StoreError
 from retune.session import _lifecycle, _steer
-from retune.session._checkpointer import Checkpointer, CheckpointPolicy
+from retune.session._checkpointer import Checkpointer, CheckpointPolicy, PendingCheckpoint
 from retune.session._control import Applier
 from retune.session._handlers import HANDLERS
 from retune.session._loop import LoopPosition
@@ -29,7 +29,7 @@ from retune.session._protocols import ActiveExploration, SessionFlags
 from retune.session._snapshot import RunSnapshot, read_snapshot
 from retune.session._state import apply_state
 from retune.session._tree import TreeNode
-from retune.session._writer import MetricWriter
+from retune.session._writer import NO_GROUP, MetricWriter
 from retune.store import CheckpointRecord, CommandRecord, RunRecord, Store, open_store
 
 if TYPE_CHECKING:
@@ -76,6 +76,11 @@ def _coerce_metrics(metrics: Mapping[Any, Any]) -> dict[str, float]:
         except (TypeError, ValueError, RuntimeError) as e:
             raise InvalidArgument(f"metric {key!r} must be a single number: {e}") from e
     return out
+
+
+def _floats(values: Mapping[str, Any]) -> dict[str, float]:
+    """A call's values (already accepted by the buffer) as floats, for the exploration."""
+    return {key: float(value) for key, value in values.items()}
 
 
 def _port_free(port: int) -> bool:
@@ -163,7 +168,8 @@ class Run:
         self._live_records: list[dict[str, Any]] | None = None
         self.guard: GuardRuntime | None = None  # set by retune.init(..., guard=...)
         self._writer = self._open_writer(flush_interval, poll_interval)
-        self._buffer = self._writer.buffer
+        self._columns = self._writer.columns(node)  # this node's metric buffers
+        self._group = NO_GROUP  # the group of the names the last call logged
         _lifecycle.track(self)
 
     def _open_writer(self, flush_interval: float, poll_interval: float) -> MetricWriter:
@@ -226,21 +232,44 @@ class Run:
         if self._ended:
             raise InvalidArgument(f"run {self.name} ({self.id}) has ended; start a new one")
         values = kwargs if metrics is None else _merged(metrics, kwargs)
-        if values.keys() <= self._known_keys:
-            for value in values.values():
-                if type(value) is not float:
-                    values = self._checked(values)
-                    break
-        else:
-            values = self._checked(values)
-        self._step += 1
+        step = self._step + 1
         if values:
-            self._buffer.append((self._step, self._node, time.time(), values))
+            group = self._group
+            if tuple(values) == group.keys:  # the names of the last call, in the same order
+                try:  # the array takes floats, and converts what float() would (or raises)
+                    group.values.extend(values.values())
+                except Exception:
+                    self._writer.undo_partial(group)
+                    self._append(step, values)  # the full check says what is wrong
+                else:
+                    group.times.append(time.time())
+                    group.steps.append(step)  # last: the call is complete for the writer
+            else:
+                self._append(step, values)
+        self._step = step
         guard = self.guard
-        tripped = guard is not None and guard.observe(self._step, values)
-        if tripped or self._inbox or self._step >= self._next_boundary:
+        tripped = guard is not None and guard.observe(step, values)
+        if tripped or self._inbox or step >= self._next_boundary:
             self._at_boundary(values)
-        return self._step
+        return step
+
+    def _append(self, step: int, values: Mapping[Any, Any]) -> None:
+        """Append a call whose names differ from the last call's: names seen together before
+        (this node) are not checked again; anything else is checked whole first
+        (``InvalidArgument``, nothing recorded)."""
+        group = self._columns.groups.get(tuple(values))
+        if group is not None:
+            try:
+                group.values.extend(values.values())
+            except Exception:
+                self._writer.undo_partial(group)
+            else:
+                group.times.append(time.time())
+                group.steps.append(step)
+                self._group = group
+                return
+        checked = self._checked(values)
+        self._group = self._columns.append(step, checked)
 
     def _checked(self, values: Mapping[Any, Any]) -> dict[str, float]:
         checked = _coerce_metrics(values)
@@ -248,23 +277,23 @@ class Run:
         return checked
 
     # -- the step boundary ------------------------------------------------------------------
-    def _at_boundary(self, values: dict[str, float]) -> None:
+    def _at_boundary(self, values: Mapping[str, Any]) -> None:
         """Scheduled checkpoint; the exploration's step; queued commands; hold while paused;
         the stop (checkpointed)."""
         if self.training_thread is None:
             self.training_thread = threading.current_thread()
         if self.guard is not None:
             self.guard.at_boundary()  # a recovery, or the guard's checkpoint that is due
-        saved = False
+        scheduled: PendingCheckpoint | None = None
         if self._step >= self._next_checkpoint:
             every = self.checkpointer.policy.every_n_steps or _NEVER
             self._next_checkpoint = (self._step // every + 1) * every
-            self.checkpointer.save("schedule")
-            saved = True
+            scheduled = self.checkpointer.save_async("schedule")  # written in the background
+        saved = scheduled is not None
         self._reschedule()
         if self.exploration is not None:
             saved = False  # it may have restored another state
-            self.exploration.after_step(values)
+            self.exploration.after_step(_floats(values))
         if self._inbox:
             saved = False  # a command may change the state after the scheduled checkpoint
             self._applier.apply_pending(self)
@@ -276,6 +305,8 @@ class Run:
                 saved = False
                 self._applier.apply_pending(self)
         if self._signal or self.flags.stop_requested:
+            if saved and scheduled is not None:  # the stop relies on it: it must be listed
+                saved = scheduled.wait() is not None
             self._stop_here(already_saved=saved)
 
     def _reschedule(self) -> None:
@@ -358,9 +389,15 @@ class Run:
             diff=diff,
             created_by=who,
         )
-        self._node = node.id
+        self._set_node(node.id)
         self._live_records = self.tunables.records()
         self.store.update_run(self.id, tunables=self._live_records)
+
+    def _set_node(self, node: int) -> None:
+        """Train on ``node`` from now: its points go to fresh columns."""
+        self._node = node
+        self._columns = self._writer.columns(node)
+        self._group = NO_GROUP
 
     def loop_state(self) -> dict[str, int]:
         """Epoch, batch, data seed and global step, as a checkpoint stores them."""
@@ -624,7 +661,7 @@ class Run:
     def _on_epoch_end(self) -> None:
         every = self.checkpointer.policy.every_n_epochs
         if every and self.loop.epoch % every == 0:
-            self.checkpointer.save("schedule")
+            self.checkpointer.save_async("schedule")
 
     def tree(self) -> list[TreeNode]:
         """The run's tree as stored now (buffered metrics are flushed first)."""
@@ -641,11 +678,11 @@ class Run:
         :meth:`step`'s (``InvalidArgument``, nothing recorded)."""
         if self._ended:
             raise InvalidArgument(f"run {self.name} ({self.id}) has ended; start a new one")
-        values = self._checked(_merged(metrics, kwargs))
+        values = _merged(metrics, kwargs)
         if values:
-            self._buffer.append((self._step, self._node, time.time(), values))
+            self._append(self._step, values)
             if self.exploration is not None:
-                self.exploration.observe(values)
+                self.exploration.observe(_floats(values))
 
     def flush(self) -> None:
         """Write every buffered point now (the background thread does this every second)."""
@@ -711,6 +748,7 @@ class Run:
         if self.flags.stop_requested and status == "finished":
             status = "stopped"
         self._release()
+        self.checkpointer.close()  # the save in flight is listed (or recorded failed) first
         lost: RetuneError | None = None
         try:
             self._writer.close()

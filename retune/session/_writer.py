@@ -1,15 +1,26 @@
 """The background thread that writes buffered metrics (and heartbeats) to the store.
 
-The training thread only appends ``(step, node, time, metrics)`` tuples to a deque (their keys
-and values already validated by the run); this thread drains it every ``flush_interval``
-seconds (sooner when it grows past ``max_buffer``) and writes one batch per flush: one packed
-chunk per (node, key). ``flush()`` drains synchronously from any thread.
+The training thread appends points to column buffers (:class:`Columns`, one per node): for
+each set of metric names logged together, a :class:`Group` of three typed arrays (steps and
+wall times, one entry per call; the values, one per name per call). Appending is a few C-level
+array appends, nothing the garbage collector tracks stays alive, and the values are checked by
+the array itself (a value it cannot hold sends the call to the full check). This thread drains
+the columns every ``flush_interval`` seconds (sooner when they hold ``max_buffer`` rows) and
+writes one batch per flush: one packed chunk per (node, key). ``flush()`` drains synchronously
+from any thread.
+
+Draining without a lock on the hot path: in a group, a call's values and time are appended
+before its step, so the rows counted by ``len(steps)`` are complete; the writer copies those
+rows and deletes them from the front of the arrays (each a single C call under the GIL), while
+the training thread only ever appends at the end. A failed append is undone under the
+writer's lock (:meth:`MetricWriter.undo_partial`).
 
 What is never lost:
 
-* Draining is one C-level call into the writer's own list of unwritten points, so an
-  interruption (Ctrl-C, SIGTERM) at any moment of a flush leaves every point either written or
-  still held for the next flush; ``close()`` writes what is held.
+* A drained batch is in the writer's list of unwritten rows before it is deleted from the
+  columns (the deletion runs in a ``finally``), so an interruption (Ctrl-C, SIGTERM) during a
+  flush leaves every point written or still held (at worst, held twice); ``close()`` writes
+  what is held.
 * When the store refuses a batch for its content (``StoreError``), its chunks are written one
   by one: a chunk refused for its content (a poison point) is held apart and, after
   :data:`MAX_STRIKES` refusals, dropped with a warning and a ``metrics_dropped`` event; it
@@ -23,47 +34,111 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from array import array
 from collections.abc import Callable, Mapping
-from itertools import repeat, starmap
+from dataclasses import dataclass
 
 import numpy as np
 
 from retune.errors import RetuneError, StoreError, StoreUnavailable
 from retune.store import STALE_AFTER, MetricChunk, Store
 
-__all__ = ["MAX_STRIKES", "MetricWriter", "Point"]
+__all__ = ["MAX_STRIKES", "Columns", "Group", "MetricWriter", "Rows"]
 
 log = logging.getLogger("retune")
-
-Point = tuple[int, int, float, Mapping[str, float]]
-"""(step, node, wall time, {key: value})"""
 
 MAX_STRIKES = 3
 """Refusals of one chunk for its content before it is dropped."""
 
 
-def pack(points: list[Point]) -> list[MetricChunk]:
-    """Group points into one chunk per (node, key), keeping arrival order."""
-    columns: dict[tuple[int, str], tuple[list[int], list[float], list[float]]] = {}
-    for step, node, wall, metrics in points:
-        for key, value in metrics.items():
-            column = columns.get((node, key))
-            if column is None:
-                column = columns[(node, key)] = ([], [], [])
-            column[0].append(step)
-            column[1].append(value)
-            column[2].append(wall)
-    return [
-        MetricChunk(
-            node=node,
-            key=key,
-            steps=np.asarray(steps, dtype=np.int64),
-            values=np.asarray(values, dtype=np.float64),
-            times=np.asarray(times, dtype=np.float64),
-        )
-        for (node, key), (steps, values, times) in columns.items()
-    ]
+class Group:
+    """The unwritten calls of one node that logged exactly the names ``keys``, in that order.
+
+    ``values`` holds ``len(keys)`` values per call, in ``keys`` order. Appended by the
+    training thread: values, then time, then step (a call is complete once its step is in).
+    """
+
+    __slots__ = ("keys", "steps", "times", "values", "width")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self.width = len(keys)
+        self.steps = array("q")
+        self.times = array("d")
+        self.values = array("d")
+
+
+NO_GROUP = Group(())
+"""Matches no call (every call logs at least one name): the hot path's starting point."""
+
+
+class Columns:
+    """The unwritten points of one node: a :class:`Group` per set of names logged together."""
+
+    __slots__ = ("groups", "node")
+
+    def __init__(self, node: int) -> None:
+        self.node = node
+        self.groups: dict[tuple[str, ...], Group] = {}
+
+    def group(self, keys: tuple[str, ...]) -> Group:
+        """The group of ``keys`` (names already validated), created on first use."""
+        group = self.groups.get(keys)
+        if group is None:
+            group = self.groups[keys] = Group(keys)
+        return group
+
+    def append(self, step: int, values: Mapping[str, float]) -> Group:
+        """Append one call's checked values (floats); returns its group."""
+        group = self.group(tuple(values))
+        group.values.extend(values.values())
+        group.times.append(time.time())
+        group.steps.append(step)
+        return group
+
+    @property
+    def rows(self) -> int:
+        return sum(len(g.steps) for g in list(self.groups.values()))
+
+    @property
+    def points(self) -> int:
+        return sum(len(g.steps) * g.width for g in list(self.groups.values()))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Drained calls of one group: ``values`` is ``(len(steps), len(keys))``."""
+
+    node: int
+    keys: tuple[str, ...]
+    steps: np.ndarray
+    times: np.ndarray
+    values: np.ndarray
+
+    @property
+    def points(self) -> int:
+        return int(self.values.size)
+
+
+def pack(rows: list[Rows]) -> list[MetricChunk]:
+    """One chunk per (node, key), keys in the order first logged, points ordered by step
+    (a stable sort: calls at one step keep their order within a group)."""
+    parts: dict[tuple[int, str], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for batch in rows:
+        for index, key in enumerate(batch.keys):
+            parts.setdefault((batch.node, key), []).append(
+                (batch.steps, batch.values[:, index], batch.times)
+            )
+    chunks = []
+    for (node, key), pieces in parts.items():
+        steps = np.concatenate([p[0] for p in pieces])
+        values = np.concatenate([p[1] for p in pieces])
+        times = np.concatenate([p[2] for p in pieces])
+        if len(pieces) > 1:
+            order = np.argsort(steps, kind="stable")
+            steps, values, times = steps[order], values[order], times[order]
+        chunks.append(MetricChunk(node=node, key=key, steps=steps, values=values, times=times))
+    return chunks
 
 
 class MetricWriter:
@@ -86,7 +161,7 @@ class MetricWriter:
         tick: Callable[[], None] | None = None,
         after_flush: Callable[[], None] | None = None,
     ) -> None:
-        self.buffer: deque[Point] = deque()
+        self._columns: list[Columns] = []  # the current node's last; older ones until drained
         self._store = store
         self._run_id = run_id
         self._flush_interval = flush_interval
@@ -95,7 +170,7 @@ class MetricWriter:
         self._progress = progress
         self._tick = tick
         self._after_flush = after_flush
-        self._unwritten: list[Point] = []  # drained from the buffer, not yet written
+        self._unwritten: list[Rows] = []  # drained from the columns, not yet written
         self._held: list[tuple[MetricChunk, int]] = []  # chunks refused alone, with strikes
         self.dropped = 0
         """Points dropped because the store refused them while it took the others."""
@@ -115,7 +190,7 @@ class MetricWriter:
             if self._tick is not None:
                 self._tick()
             now = time.monotonic()
-            if now >= next_flush or len(self.buffer) >= self._max_buffer:
+            if now >= next_flush or self._rows() >= self._max_buffer:
                 next_flush = now + interval
                 try:
                     self.flush()
@@ -123,6 +198,51 @@ class MetricWriter:
                     if not self._warned:
                         log.warning("retune: metrics not written yet, will retry: %s", e)
                         self._warned = True
+
+    def columns(self, node: int) -> Columns:
+        """Fresh columns for the points of ``node`` (training thread, when the node changes);
+        the previous ones are written by the next flush."""
+        with self._lock:
+            columns = Columns(node)
+            self._columns.append(columns)
+            return columns
+
+    def undo_partial(self, group: Group) -> None:
+        """Remove the values of a call whose append failed midway (training thread)."""
+        with self._lock:  # no drain meanwhile: complete calls are len(steps) * width values
+            del group.values[len(group.steps) * group.width :]
+
+    def _rows(self) -> int:
+        return sum(columns.rows for columns in list(self._columns))
+
+    def _drain(self) -> None:
+        """Move every complete call from the columns to ``_unwritten`` (lock held)."""
+        for columns in list(self._columns):
+            for group in list(columns.groups.values()):
+                count = len(group.steps)
+                if not count:
+                    continue
+                width = group.width
+                drained = False
+                try:
+                    steps, times = group.steps[:count], group.times[:count]
+                    values = group.values[: count * width]
+                    self._unwritten.append(
+                        Rows(
+                            node=columns.node,
+                            keys=group.keys,
+                            steps=np.frombuffer(steps, dtype=np.int64),
+                            times=np.frombuffer(times, dtype=np.float64),
+                            values=np.frombuffer(values, dtype=np.float64).reshape(count, width),
+                        )
+                    )
+                    drained = True
+                finally:
+                    if drained:  # held before removed: an interruption never loses a point
+                        del group.values[: count * width]
+                        del group.times[:count]
+                        del group.steps[:count]
+        self._columns[:-1] = [c for c in self._columns[:-1] if c.rows]  # older nodes: done
 
     def flush(self) -> int:
         """Write every point buffered so far; returns how many points were written.
@@ -132,9 +252,7 @@ class MetricWriter:
         their content are held apart and dropped after :data:`MAX_STRIKES` refusals.
         """
         with self._lock:
-            buffer = self.buffer
-            # one C call: every drained point is in _unwritten before any signal handler runs
-            self._unwritten.extend(starmap(buffer.popleft, repeat((), len(buffer))))
+            self._drain()
             if self._unwritten or self._held:
                 written = self._write_points()
             else:
@@ -159,7 +277,7 @@ class MetricWriter:
             return self._isolate(fresh)
         self._held = []
         self._unwritten = []
-        return sum(len(c.steps) for c in [*held, *fresh])
+        return sum(len(c.steps) for c in [*held, *fresh])  # points: one per (step, key)
 
     def _write(self, chunks: list[MetricChunk]) -> None:
         try:
@@ -230,7 +348,8 @@ class MetricWriter:
     def unwritten(self) -> int:
         """Points buffered or held that are not in the store yet."""
         held = sum(len(chunk.steps) for chunk, _ in self._held)
-        return len(self.buffer) + len(self._unwritten) + held
+        buffered = sum(columns.points for columns in list(self._columns))
+        return buffered + sum(rows.points for rows in self._unwritten) + held
 
     def close(self) -> None:
         """Stop the thread and write what is left.

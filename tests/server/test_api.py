@@ -7,6 +7,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,8 +168,11 @@ def test_binding_rules() -> None:
 def test_pages_static_files_and_openapi(client: TestClient, runs: dict[str, Any]) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "/static/app.js" in page.text
-    assert "plotly.min.js" in client.get("/runs/done").text
-    assert client.get("/static/app.js").status_code == 200
+    assert "/static/app.js" in client.get("/runs/done").text
+    # the page's modules are served; the charts module fetches plotly with the first chart
+    for module in ("app", "util", "charts", "runs", "run", "meta", "treepic"):
+        assert client.get(f"/static/{module}.js").status_code == 200, module
+    assert "/static/plotly.min.js" in client.get("/static/charts.js").text
     plotly = client.get("/static/plotly.min.js")
     assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
     _error(client.get("/static/nope.js"), 404, "not_found")
@@ -432,3 +436,26 @@ def test_nul_in_a_command_is_refused(
     _error(client.post("/api/runs/live/commands", json=command, headers={"Origin": ORIGIN}), 400,
            "invalid_argument")  # fmt: skip
     assert client.get("/api/runs/live/commands").json() == []
+
+
+def test_tags_and_note_are_edited_over_http_and_refused_when_read_only(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'notes.db'}")
+    run = store.create_run("tagged", config={}, meta={}, tunables=[])
+    client = TestClient(create_app(store), base_url="http://127.0.0.1")
+    put = client.put(f"/api/runs/{run.id}/tags", json={"tags": ["b", "a"], "add": ["c"]})
+    assert put.status_code == 200 and put.json()["tags"] == ["a", "b", "c"]
+    put = client.put("/api/runs/tagged/tags", json={"remove": ["b"]})
+    assert put.json()["tags"] == ["a", "c"]
+    assert client.put(f"/api/runs/{run.id}/note", json={"note": "ok"}).json()["note"] == "ok"
+    bad = client.put(f"/api/runs/{run.id}/tags", json={"add": ["two words"]})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_argument"
+    listed = client.get("/api/runs?best=loss").json()[0]
+    assert (listed["tags"], listed["note"], listed["best_metrics"]) == (
+        ["a", "c"],
+        "ok",
+        {"loss": None},
+    )
+    read_only = TestClient(create_app(store, read_only=True), base_url="http://127.0.0.1")
+    refused = read_only.put(f"/api/runs/{run.id}/note", json={"note": "no"})
+    assert refused.status_code == 403 and refused.json()["error"] == "read_only"
+    assert store.get_run(run.id).note == "ok"

@@ -328,7 +328,9 @@ def test_hostile_names_render_as_text_in_chromium(hostile_store: str) -> None:
         page.click("#runs tbody a")
         for key in ("loss", "<b>x</b>", XSS_METRIC, "val/loss"):
             page.wait_for_selector(f'.chart[data-key="{_css(key)}"] .main-svg', timeout=30_000)
-        titles = page.eval_on_selector_all(".chart .gtitle", "els => els.map(e => e.textContent)")
+        titles = page.eval_on_selector_all(
+            ".chart-card .chart-title", "els => els.map(e => e.textContent)"
+        )
         assert {"<b>x</b>", XSS_METRIC, "val/loss"} <= set(titles)
         legend = page.eval_on_selector_all(
             ".chart .legendtext", "els => els.map(e => e.textContent)"

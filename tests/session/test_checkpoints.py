@@ -182,6 +182,7 @@ def test_a_corrupt_blob_rejects_the_restore_and_changes_nothing(
             opt.step()
             sched.step()
             run.step(loss=loss.item())
+        run.checkpointer.wait()  # the scheduled checkpoint is written in the background
         (checkpoint,) = run.store.list_checkpoints(run.id)
         saved = run.checkpointer.load(checkpoint)
         weights = {k: v.clone() for k, v in model.state_dict().items()}

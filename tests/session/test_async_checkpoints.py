@@ -1,0 +1,205 @@
+"""Checkpoints written in the background: training goes on, nothing half-written is listed,
+back-pressure (wait / skip), failures recorded, finish() waits.
+
+The hook ``RETUNE_TEST_BLOCK_SAVE=STEP:PATH`` blocks a save's phase 2 (blobs written, manifest
+row not yet) until ``PATH`` is removed; for a scheduled save that is the background thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import retune
+from retune.checkpoint import ObjectStore, decode_state, manifest_blobs
+from retune.errors import InvalidArgument
+from retune.session._checkpointer import CheckpointPolicy
+from retune.store import open_store
+
+ROOT = Path(__file__).parents[2]
+DEADLINE = 120.0
+
+
+def _until(condition: object, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``condition()`` until true, failing after :data:`DEADLINE` seconds."""
+    deadline = time.monotonic() + DEADLINE
+    while not condition():  # type: ignore[operator]
+        assert proc is None or proc.poll() is None, f"the trainer ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _block(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, step: int) -> Path:
+    flag = tmp_path / "blocked.json"
+    monkeypatch.setenv("RETUNE_TEST_BLOCK_SAVE", f"{step}:{flag}")
+    return flag
+
+
+def _train(run: retune.Run, weights: np.ndarray, steps: int) -> None:
+    for _ in range(steps):
+        weights.fill(float(run.global_step + 1))  # the state at step s holds s everywhere
+        run.step(loss=float(run.global_step))
+
+
+def _kinds(store: str, run: retune.Run) -> list[tuple[str, int | None]]:
+    return [(e.kind, e.step) for e in open_store(store).list_events(run.id)]
+
+
+def test_training_goes_on_while_a_save_is_written_and_a_busy_save_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = str(tmp_path / "s.db")
+    flag = _block(monkeypatch, tmp_path, 5)
+    run = retune.init("skip", store=store, checkpoint_every_n_steps=5,
+                      checkpoint_when_busy="skip")  # fmt: skip
+    weights = np.zeros(50_000)  # big enough for a blob of its own
+    run.state["w"] = weights
+    _train(run, weights, 5)
+    _until(flag.exists, "the save of step 5 to block")
+    assert json.loads(flag.read_text())["step"] == 5
+    _train(run, weights, 7)  # training goes on: steps 6..12, the save of step 5 still blocked
+    assert run.global_step == 12 and flag.exists()
+    assert run.checkpointer.in_flight is not None and run.checkpointer.in_flight.step == 5
+    assert run.store.list_checkpoints(run.id) == []  # not listed while being written
+    assert ("checkpoint_skipped", 10) in _kinds(store, run)  # step 10's was due: skipped
+    assert run.checkpointer.skipped == 1
+    flag.unlink()
+    run.checkpointer.wait()
+    [saved] = run.store.list_checkpoints(run.id)
+    state = run.checkpointer.load(saved)
+    # the copy taken at step 5, although the live array has changed seven times since
+    assert saved.step == 5 and np.array_equal(state["user"]["w"], np.full(50_000, 5.0))
+    assert state["loop"]["step"] == 5
+    assert run.branch("n1").metric("loss").steps.tolist() == list(range(1, 13))
+    run.finish()
+
+
+def test_the_next_save_waits_for_the_one_in_flight_and_finish_waits_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = str(tmp_path / "w.db")
+    flag = _block(monkeypatch, tmp_path, 3)
+    run = retune.init("wait", store=store, checkpoint_every_n_steps=3)
+    weights = np.zeros(50_000)
+    run.state["w"] = weights
+    returned: list[int] = []
+
+    def train() -> None:
+        for _ in range(4):  # steps 1..4: the save of step 3 blocks in the background
+            _train(run, weights, 1)
+            returned.append(run.global_step)
+        _train(run, weights, 2)  # step 6 is due while step 3's save is in flight: waits
+        returned.append(run.global_step)
+        run.finish()  # waits for the save of step 6
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    _until(lambda: returned[-1:] == [4] and flag.exists(), "training past the blocked save")
+    _until(lambda: run.global_step == 6, "step 6")
+    trainer.join(0.5)
+    assert trainer.is_alive() and returned[-1] == 4  # held at step 6's boundary
+    assert run.store.list_checkpoints(run.id) == []
+    flag.unlink()
+    trainer.join(DEADLINE)
+    assert not trainer.is_alive() and returned[-1] == 6
+    checkpoints = open_store(store).list_checkpoints(run.id)
+    assert [c.step for c in checkpoints] == [3, 6]  # finish() waited for the last one
+    for checkpoint in checkpoints:
+        state = decode_state(checkpoint.manifest, ObjectStore(str(tmp_path / "objects")))
+        assert np.array_equal(state["user"]["w"], np.full(50_000, float(checkpoint.step)))
+    assert open_store(store).get_run(run.id).status == "finished"
+
+
+def test_a_failed_background_save_is_recorded_and_training_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = str(tmp_path / "f.db")
+    (tmp_path / "a-file").write_text("not a folder")
+    run = retune.init("failing", store=store, objects=str(tmp_path / "a-file" / "objects"),
+                      checkpoint_every_n_steps=2)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="retune"):
+        for i in range(5):
+            run.step(loss=float(i))  # never raises
+        run.finish()
+    assert run.checkpointer.failed == 2
+    failed = [e for e in open_store(store).list_events(run.id) if e.kind == "checkpoint_failed"]
+    assert [(e.step, e.payload["reason"]) for e in failed] == [(2, "schedule"), (4, "schedule")]
+    assert "cannot create the object folder" in failed[0].payload["error"]
+    assert "checkpoint at step 2 was not saved" in caplog.text
+    assert open_store(store).get_run(run.id).status == "finished"
+    assert retune.load("failing", store=store).metric("loss").steps.tolist() == [1, 2, 3, 4, 5]
+
+
+def test_state_that_cannot_be_checkpointed_is_refused_at_the_step(tmp_path: Path) -> None:
+    run = retune.init("bad", store=str(tmp_path / "b.db"), checkpoint_every_n_steps=1)
+    run.state["bad"] = object()
+    with pytest.raises(InvalidArgument, match=r"state\['user'\]\['bad'\]"):
+        run.step(loss=1.0)  # phase 1 runs at the step: the error is not deferred
+    del run.state["bad"]
+    run.finish()
+    with pytest.raises(InvalidArgument, match="when_busy"):
+        CheckpointPolicy(when_busy="later")
+
+
+KILLED = """
+import sys, torch, retune
+store = sys.argv[1]
+model = torch.nn.Linear(200, 200)
+run = retune.init("killed", model=model, store=store, checkpoint_every_n_steps=5,
+                  flush_interval=0.05)
+for i in range(100_000):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float(i + 1))
+    run.step(loss=float(i + 1))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_background_write_lists_only_complete_checkpoints(
+    tmp_path: Path,
+) -> None:
+    store, flag = str(tmp_path / "k.db"), tmp_path / "blocked.json"
+    env = {**os.environ, "RETUNE_TEST_BLOCK_SAVE": f"10:{flag}", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, store], env=env)
+    try:
+        _until(flag.exists, "the save of step 10 to block", proc)
+        assert json.loads(flag.read_text()) == {"pid": proc.pid, "step": 10}
+        opened = open_store(store)
+        run = opened.get_run("killed")
+
+        def trained_to(step: int) -> bool:
+            return step in retune.load(run.id, store=store).metric("loss").steps.tolist()
+
+        # training went on while the save was blocked in its background write: it reached
+        # step 15, where the next save waits for the one in flight (when_busy="wait")
+        _until(lambda: trained_to(15), "training to reach step 15", proc)
+        assert [c.step for c in opened.list_checkpoints(run.id)] == [5]
+        referenced: set[str] = set()
+        for manifest in opened.all_manifests():
+            referenced |= manifest_blobs(manifest)
+        objects = ObjectStore(str(tmp_path / "objects"))
+        assert set(objects.keys()) - referenced  # the save in flight had written its blobs
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    checkpoints = opened.list_checkpoints(run.id)
+    assert [c.step for c in checkpoints] == [5]  # the unfinished one is not listed
+    import torch
+
+    for checkpoint in checkpoints:  # every listed checkpoint restores bit for bit
+        state = decode_state(checkpoint.manifest, objects)
+        assert set(state["model"]) == {"weight", "bias"}
+        for tensor in state["model"].values():
+            assert torch.equal(tensor, torch.full_like(tensor, float(checkpoint.step)))
+        assert state["loop"]["step"] == checkpoint.step

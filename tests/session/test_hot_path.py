@@ -1,0 +1,92 @@
+"""The hot path's column buffers: nothing the collector tracks piles up, every point reaches
+the store once with its step, value and node, whatever the order of names and the timing of
+the writer's drains."""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+
+import numpy as np
+
+import retune
+
+
+def test_buffered_steps_keep_no_objects_alive_for_the_collector(store_url: str) -> None:
+    """The old buffer kept a tuple and a dict per step until the flush: 20,000 steps meant
+    20,000+ tracked objects and full collections while training."""
+    run = retune.init("flat", store=store_url, flush_interval=3600)
+    for _ in range(100):  # warm: the groups exist
+        run.step(loss=1.0, acc=2.0, lr=0.1)
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(20_000):
+        run.step(loss=1.0 / (i + 1), acc=float(i), lr=0.1)
+    after = len(gc.get_objects())
+    assert after - before < 100  # not one object per step
+    run.finish()
+    loss = retune.load("flat", store=store_url).metric("loss")
+    assert loss.steps.tolist() == list(range(1, 20_101))
+
+
+def test_names_in_any_order_and_mixed_calls_keep_every_point(store_url: str) -> None:
+    with retune.init("mixed", store=store_url, flush_interval=3600) as run:
+        run.step(a=1.0, b=2.0)
+        run.step(b=4.0, a=3.0)  # the same names in another order
+        run.step({"a": 5, "b": True})  # ints and bools become floats
+        run.log(val=np.float32(0.5))  # numpy scalars too
+        run.step(a=math.nan, b=math.inf)
+        run.log(a=7.0)  # the same step again, another set of names
+        run.step(a=8.0, b=9.0)
+    snap = retune.load("mixed", store=store_url)
+    a, b, val = snap.metric("a"), snap.metric("b"), snap.metric("val")
+    assert a.steps.tolist() == [1, 2, 3, 4, 4, 5]
+    assert [float(v).hex() for v in a.values] == [
+        float(v).hex() for v in (1.0, 3.0, 5.0, math.nan, 7.0, 8.0)
+    ]
+    assert b.steps.tolist() == [1, 2, 3, 4, 5] and b.values.tolist()[:3] == [2.0, 4.0, 1.0]
+    assert b.values[3] == math.inf
+    assert (val.steps.tolist(), val.values.tolist()) == ([3], [0.5])
+
+
+def test_the_writer_draining_while_training_appends_loses_and_repeats_nothing(
+    store_url: str,
+) -> None:
+    steps = 30_000
+    run = retune.init("racing", store=store_url, flush_interval=0.001, poll_interval=0.001)
+    for i in range(steps):
+        run.step(loss=float(i), acc=-float(i))
+        if i % 1000 == 999:
+            run.log(extra=float(i))  # another group at the same step
+    run.finish()
+    snap = retune.load("racing", store=store_url)
+    loss, acc, extra = snap.metric("loss"), snap.metric("acc"), snap.metric("extra")
+    assert loss.steps.tolist() == list(range(1, steps + 1))
+    assert loss.values.tolist() == [float(i) for i in range(steps)]
+    assert acc.values.tolist() == [-float(i) for i in range(steps)]
+    assert extra.steps.tolist() == list(range(1000, steps + 1, 1000))
+
+
+def test_points_belong_to_the_node_they_were_logged_on(store_url: str) -> None:
+    from retune.control import submit
+
+    run = retune.init("nodes", store=store_url, flush_interval=3600)
+    run.tunable("clip", 1.0, bounds=(0, None))
+    for i in range(5):
+        run.step(loss=float(i))
+    submit(run.store, run.id, "set", {"values": {"clip": 2.0}}, source="python")
+    deadline = time.monotonic() + 60
+    while run.node == 1:  # the poller queues it; the next step boundary applies it
+        assert time.monotonic() < deadline
+        run.step(loss=-1.0)
+    for i in range(3):
+        run.step(loss=float(i))
+    run.finish()
+    snap = retune.load("nodes", store=store_url)
+    first, second = snap.nodes
+    n1, n2 = snap.branch("n1").metric("loss"), snap.branch("n2").metric("loss")
+    assert first.end_step is not None
+    assert n1.steps.tolist() == list(range(1, first.end_step + 1))
+    assert n2.steps.tolist()[-3:] == [second.start_step + k for k in (1, 2, 3)]
+    assert n2.values.tolist()[-3:] == [0.0, 1.0, 2.0]
