@@ -553,9 +553,10 @@ class RankRun(Run):
         tagged = {f"{self._prefix}{key}": value for key, value in values.items()}
         if self._per_rank:
             return Run.step(self, tagged)
-        self._step += 1
+        step = self._step + 1
+        self._step = step
         self._at_boundary(tagged)
-        return self._step
+        return step  # the step completed, as Run.step returns (even if a restore moved it)
 
     def log(self, metrics: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         if self._ended:
