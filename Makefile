@@ -66,6 +66,7 @@ bench: $(VENV)/.installed-bench browser
 	$(PY) benchmarks/checkpoint_stall.py $(BENCH_FLAGS) --out benchmarks/results/checkpoint_stall.json
 	$(PY) benchmarks/dashboard.py $(BENCH_FLAGS) --out benchmarks/results/dashboard.json
 	$(PY) benchmarks/integrations_overhead.py $(BENCH_FLAGS) --out benchmarks/results/integrations_overhead.json
+	$(PY) benchmarks/distributed_overhead.py $(BENCH_FLAGS) --out benchmarks/results/distributed_overhead.json
 	$(PY) benchmarks/export.py $(BENCH_FLAGS) --out benchmarks/results/export.json
 	$(PY) benchmarks/report.py
 

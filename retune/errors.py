@@ -29,6 +29,7 @@ __all__ = [
     "StoreNotFound",
     "StoreUnavailable",
     "CommandTimeout",
+    "DistributedError",
     "JobTimeout",
     "StopTraining",
     "redact",
@@ -177,6 +178,15 @@ class CommandTimeout(RetuneError, TimeoutError):
 
     code = "command_timeout"
     http_status = 504
+
+
+class DistributedError(RetuneError, RuntimeError):
+    """The ranks of a ``torch.distributed`` job could not agree: another rank died, hung past
+    the process group's ``timeout=``, failed to start the run, or could not apply a change
+    that rank 0 applied (the ranks would have diverged). Every rank that sees it stops."""
+
+    code = "distributed_error"
+    http_status = 500
 
 
 class JobTimeout(RetuneError, TimeoutError):

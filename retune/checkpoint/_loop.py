@@ -30,9 +30,16 @@ def epoch_seed(base_seed: int, epoch: int) -> int:
     return (z ^ (z >> 31)) & ((1 << 63) - 1)
 
 
-def _shuffles(loader: DataLoader[Any]) -> bool:
-    """Whether the loader shuffles; refuses loaders whose order Retune cannot reproduce."""
-    from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
+def _order(loader: DataLoader[Any]) -> str:
+    """How the loader orders its items: ``"shuffle"``, ``"sequential"`` or ``"distributed"``
+    (a ``DistributedSampler``); refuses loaders whose order Retune cannot reproduce."""
+    from torch.utils.data import (
+        DataLoader,
+        DistributedSampler,
+        IterableDataset,
+        RandomSampler,
+        SequentialSampler,
+    )
 
     if not isinstance(loader, DataLoader):
         raise InvalidArgument(f"run.batches() takes a torch DataLoader, not {type(loader)!r}")
@@ -54,21 +61,50 @@ def _shuffles(loader: DataLoader[Any]) -> bool:
                 "run.batches() reproduces shuffle=True (each item once per epoch); a "
                 "RandomSampler with replacement or num_samples is not supported"
             )
-        return True
+        return "shuffle"
     if type(sampler) is SequentialSampler:
-        return False
+        return "sequential"
+    if type(sampler) is DistributedSampler:
+        if sampler.dataset is not loader.dataset:
+            raise InvalidArgument(
+                "run.batches() needs the DistributedSampler built on the loader's own dataset"
+            )
+        return "distributed"
     raise InvalidArgument(
-        f"run.batches() supports DataLoaders with shuffle=True or shuffle=False; its "
-        f"{type(sampler).__name__} decides the order itself, so a restore could not "
-        "reproduce it"
+        f"run.batches() supports DataLoaders with shuffle=True or shuffle=False, or a "
+        f"DistributedSampler; its {type(sampler).__name__} decides the order itself, so a "
+        "restore could not reproduce it"
     )
+
+
+def _distributed_order(sampler: Any, epoch: int) -> Any:
+    """This rank's indices of ``epoch``, as ``DistributedSampler`` gives them after
+    ``set_epoch(epoch)``: the permutation of the whole dataset seeded by ``seed + epoch``
+    (or ``0..n-1`` without shuffle), padded by repeating it from its start up to a multiple of
+    ``num_replicas`` (or cut down to one with ``drop_last``), then every ``num_replicas``-th
+    index from ``rank`` on."""
+    import torch
+
+    size = len(sampler.dataset)
+    if sampler.shuffle:
+        generator = torch.Generator().manual_seed(int(sampler.seed) + epoch)
+        order = torch.randperm(size, generator=generator)
+    else:
+        order = torch.arange(size)
+    total = int(sampler.total_size)
+    if total > size:  # pad: the order repeated from its start, as often as needed
+        order = order.repeat(-(-total // size))
+    order = order[:total]
+    return order[int(sampler.rank) : total : int(sampler.num_replicas)]
 
 
 def num_batches(loader: DataLoader[Any]) -> int:
     """Batches per epoch of ``loader`` as :func:`iterate_batches` yields them (``drop_last``
-    honoured)."""
-    _shuffles(loader)
-    size, batch = len(loader.dataset), int(loader.batch_size or 1)  # type: ignore[arg-type]
+    honoured; with a ``DistributedSampler``, of this rank's shard)."""
+    size = len(loader.dataset)  # type: ignore[arg-type]
+    if _order(loader) == "distributed":
+        size = int(loader.sampler.num_samples)  # type: ignore[attr-defined]
+    batch = int(loader.batch_size or 1)
     return size // batch if loader.drop_last else -(-size // batch)
 
 
@@ -97,11 +133,15 @@ def iterate_batches(
 
     A shuffling loader (``shuffle=True``) gets the permutation drawn by
     ``torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(base_seed, epoch)))``;
-    a sequential one keeps its order. Batch size, ``drop_last``, ``collate_fn``, workers,
-    ``worker_init_fn``, pinning, timeout, prefetching and ``in_order`` are the loader's;
-    workers are never persistent. The first ``start_batch`` batches are skipped at the index
-    level: their items are never loaded. Worker seeds come from the epoch too, and nothing is
-    drawn from torch's global RNG (which checkpoints restore).
+    a sequential one keeps its order. A ``DistributedSampler`` gives this rank's shard exactly
+    as the sampler yields it after ``set_epoch(epoch)`` (its own ``seed``, ``shuffle``,
+    ``drop_last``, padding, ``num_replicas`` and ``rank``; its own ``epoch`` attribute is not
+    read: Retune's epoch is the one that counts, so ``set_epoch`` need not be called).
+    Batch size, ``drop_last``, ``collate_fn``, workers, ``worker_init_fn``, pinning, timeout,
+    prefetching and ``in_order`` are the loader's; workers are never persistent. The first
+    ``start_batch`` batches are skipped at the index level: their items are never loaded.
+    Worker seeds come from the epoch too, and nothing is drawn from torch's global RNG (which
+    checkpoints restore).
 
     Raises :class:`InvalidArgument` for an IterableDataset, a custom sampler or batch_sampler,
     or a negative ``start_batch``.
@@ -109,11 +149,13 @@ def iterate_batches(
     import torch
     from torch.utils.data import DataLoader
 
-    shuffle = _shuffles(loader)
+    kind = _order(loader)
     if start_batch < 0:
         raise InvalidArgument(f"start_batch must be >= 0, got {start_batch}")
     size = len(loader.dataset)  # type: ignore[arg-type]
-    if shuffle:
+    if kind == "distributed":
+        order = _distributed_order(loader.sampler, epoch)
+    elif kind == "shuffle":
         generator = torch.Generator().manual_seed(epoch_seed(base_seed, epoch))
         order = torch.randperm(size, generator=generator)
     else:

@@ -6,12 +6,13 @@ import os
 import random
 import sys
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from retune import _json
 from retune.checkpoint import resolve_checkpoint
 from retune.errors import CheckpointNotFound, InvalidArgument, RunNotFound
-from retune.session import _capture
+from retune.session import _capture, _distributed
 from retune.session._checkpointer import CheckpointPolicy
 from retune.session._restore import resume_from
 from retune.session._run import Run
@@ -85,6 +86,7 @@ def init(
     poll_interval: float = 0.05,
     ui: bool | int = False,
     meta: dict[str, Any] | None = None,
+    per_rank_metrics: bool = False,
 ) -> Run:
     """Start recording a training run (or resume one) and return its handle.
 
@@ -118,6 +120,13 @@ def init(
     Without ``seed=``, the data order's seed derives from torch's global generator
     (``torch.initial_seed()``), so a script that calls ``torch.manual_seed(0)`` gets the same
     order on every run, as plain PyTorch would; it is recorded in ``meta["seeds"]``.
+
+    Under ``torch.distributed`` (an initialised default process group of two or more ranks;
+    see docs/distributed.md) call it on every rank with the same arguments: rank 0 owns the
+    one run of the job (store writes, command polling, heartbeat, checkpoints); the other
+    ranks get a handle with the same API that follows rank 0 at every step boundary and
+    records nothing, or, with ``per_rank_metrics=True``, its metrics as ``rank{r}/{key}``.
+    Every rank starts from rank 0's decisions (run, node, data seed, resumed checkpoint).
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgument("retune.init needs a non-empty run name")
@@ -132,6 +141,107 @@ def init(
         background=checkpoint_in_background,
         when_busy=checkpoint_when_busy,
     )
+    training = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    cluster = _distributed.detect()
+    if cluster is not None and cluster.rank != 0:
+        return _join(
+            cluster,
+            training=training,
+            seed=seed,
+            store=store,
+            objects=objects,
+            policy=policy,
+            flush_interval=flush_interval,
+            poll_interval=poll_interval,
+            per_rank_metrics=per_rank_metrics,
+        )
+    try:
+        run, resumed = _start(
+            name,
+            training=training,
+            config=config,
+            seed=seed,
+            store=store,
+            objects=objects,
+            resume=resume,
+            policy=policy,
+            flush_interval=flush_interval,
+            poll_interval=poll_interval,
+            meta=meta,
+            cluster=cluster,
+        )
+    except BaseException as e:
+        if cluster is not None:  # the other ranks wait for the run: tell them it failed
+            cluster.send({"error": f"{type(e).__name__}: {e}"})
+        raise
+    if cluster is not None:
+        cluster.send(
+            {
+                "run": run.id,
+                "node": run.node,
+                "data_seed": run.loop.data_seed,
+                "resumed": resumed,
+            }
+        )
+        try:
+            cluster.confirm(None)
+        except BaseException as e:
+            run.finish("crashed", error=str(e))
+            raise
+    if ui:  # the next free port if this one is taken; training goes on either way
+        run.serve_dashboard(8765 if ui is True else int(ui))
+    return run
+
+
+def _join(
+    cluster: _distributed.Cluster,
+    *,
+    training: dict[str, Any],
+    seed: int | None,
+    store: str | Store | None,
+    objects: str | None,
+    policy: CheckpointPolicy,
+    flush_interval: float,
+    poll_interval: float,
+    per_rank_metrics: bool,
+) -> Run:
+    """A rank other than 0: seed like rank 0, then follow the run rank 0 started."""
+    from retune.control import LiveTunables
+
+    _consume_resume_env()  # rank 0 decides the resume; never resume again in a child
+    _capture.seed_everything(seed)
+    tunables = LiveTunables(training["optimizer"], training["scheduler"])
+    build = partial(
+        _distributed.RankRun,
+        training=training,
+        tunables=tunables,
+        policy=policy,
+        flush_interval=flush_interval,
+        poll_interval=poll_interval,
+        cluster=cluster,
+        per_rank_metrics=per_rank_metrics,
+    )
+    return _distributed.join(cluster, store=store, objects=objects, build=build)
+
+
+def _start(
+    name: str,
+    *,
+    training: dict[str, Any],
+    config: dict[str, Any] | None,
+    seed: int | None,
+    store: str | Store | None,
+    objects: str | None,
+    resume: str | None,
+    policy: CheckpointPolicy,
+    flush_interval: float,
+    poll_interval: float,
+    meta: dict[str, Any] | None,
+    cluster: _distributed.Cluster | None,
+) -> tuple[Run, str | None]:
+    """Rank 0, or the only process: create or resume the run; returns it and the label of
+    the checkpoint it resumed from."""
+    model, optimizer, scheduler = training["model"], training["optimizer"], training["scheduler"]
     env_run, env_from = _consume_resume_env()
     resume_run = env_run if resume is None else None
     if resume_run:
@@ -148,6 +258,8 @@ def init(
         "invocation": _capture.invocation(),
         "started_at": time.time(),
     }
+    if cluster is not None:
+        meta["distributed"] = cluster.describe()
     from retune.control import LiveTunables
 
     tunables = LiveTunables(optimizer, scheduler)
@@ -169,16 +281,12 @@ def init(
         if owns_store:
             opened.close()
         raise
-    run = Run(
+    run_class = Run if cluster is None else partial(_distributed.LeaderRun, cluster=cluster)
+    run = run_class(
         opened,
         record,
         0 if existing is not None else 1,
-        training={
-            "model": model,
-            "optimizer": optimizer,
-            "scheduler": scheduler,
-            "scaler": scaler,
-        },
+        training=training,
         tunables=tunables,
         data_seed=data_seed,
         objects_url=objects or objects_url_for(opened.url),
@@ -187,15 +295,14 @@ def init(
         poll_interval=poll_interval,
         owns_store=owns_store,
     )
+    resumed = None
     if existing is not None and resume is not None:
         try:
-            resume_from(run, resume, who)
+            resumed = resume_from(run, resume, who).label
         except BaseException as e:
             run.finish("crashed", error=f"resume from {resume!r} failed: {e}")
             raise
-    if ui:  # the next free port if this one is taken; training goes on either way
-        run.serve_dashboard(8765 if ui is True else int(ui))
-    return run
+    return run, resumed
 
 
 def _attach_or_create(

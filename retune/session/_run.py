@@ -163,18 +163,23 @@ class Run:
         self._applier = Applier(dict(HANDLERS))
         self._inbox = self._applier.inbox
         self._live_records: list[dict[str, Any]] | None = None
-        self._writer = MetricWriter(
-            store,
-            record.id,
+        self._writer = self._open_writer(flush_interval, poll_interval)
+        self._columns = self._writer.columns(node)  # this node's metric buffers
+        self._group = NO_GROUP  # the group of the names the last call logged
+        _lifecycle.track(self)
+
+    def _open_writer(self, flush_interval: float, poll_interval: float) -> MetricWriter:
+        """The background writer of this run's metrics, heartbeat and command polls (a rank
+        other than 0 of a distributed job opens its own: see ``_distributed``)."""
+        return MetricWriter(
+            self.store,
+            self.id,
             flush_interval=flush_interval,
             poll_interval=poll_interval,
             progress=lambda: self._step,
             tick=lambda: self._applier.poll(self),
             after_flush=self._refresh_tunables,
         )
-        self._columns = self._writer.columns(node)  # this node's metric buffers
-        self._group = NO_GROUP  # the group of the names the last call logged
-        _lifecycle.track(self)
 
     # -- identity ---------------------------------------------------------------------------
     @property

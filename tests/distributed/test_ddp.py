@@ -1,0 +1,367 @@
+"""Two real ranks (gloo on CPU, torchrun's environment) training one Retune run (issue 11).
+
+Every job is two subprocesses of ``ddp_trainer.py``; each module-scoped fixture runs one job
+(or one resume chain) and several tests assert on what it left: the per-rank logs, the exit
+codes and the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler, TensorDataset
+
+import retune
+from retune.checkpoint import ObjectStore, decode_state
+from retune.errors import CommandRejected
+from retune.store import objects_url_for, open_store
+
+TRAINER = Path(__file__).with_name("ddp_trainer.py")
+DEADLINE = 90.0  # seconds any wait below may take before the test fails (never a sleep)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Job:
+    procs: list[subprocess.Popen[str]]
+    logdir: Path
+
+    def lines(self, rank: int) -> list[dict[str, Any]]:
+        path = self.logdir / f"rank{rank}.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def steps(self, rank: int) -> list[dict[str, Any]]:
+        return [line for line in self.lines(rank) if "step" in line]
+
+    def end(self, rank: int) -> dict[str, Any]:
+        return [line for line in self.lines(rank) if "end" in line][-1]
+
+    def wait(self) -> list[tuple[int, str]]:
+        """(exit code, stderr) of each rank; fails the test past the deadline."""
+        out = []
+        for proc in self.procs:
+            try:
+                _, err = proc.communicate(timeout=DEADLINE)
+            except subprocess.TimeoutExpired:
+                for p in self.procs:
+                    p.kill()
+                pytest.fail(f"a rank did not end within {DEADLINE:g}s")
+            out.append((proc.returncode, err))
+        return out
+
+
+def launch(
+    logdir: Path, store: str, *extra: str, env: dict[str, str] | None = None, cwd: Path
+) -> Job:
+    """Two ranks with torchrun's environment variables (env:// rendezvous on 127.0.0.1)."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        rank_env = {
+            **os.environ,
+            **(env or {}),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(TRAINER), store, str(logdir), *extra],
+                env=rank_env,
+                cwd=cwd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return Job(procs, logdir)
+
+
+def until(condition: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + DEADLINE
+    delay = 0.01
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+# -- a controlled job: lr set from another process, a rejected command, pause, stop ---------
+
+
+@dataclass
+class Controlled:
+    job: Job
+    exits: list[tuple[int, str]]
+    store: str
+    set_command: Any
+    checkpoint_command: Any
+    rejected: CommandRejected
+    restore_command: Any
+    stop_command: Any
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]:
+    """One 2-rank job driven from this process: set lr, checkpoint, a command rank 0 rejects,
+    pause and continue, restore to the checkpoint, then stop."""
+    root = tmp_path_factory.mktemp("controlled")
+    store = f"sqlite:///{root / 'retune.db'}"
+    job = launch(root / "logs", store, "--epochs", "1000", "--pace", "0.01", "--per-rank",
+                 "--checkpoint-at", "2", cwd=root)  # fmt: skip
+    try:
+        until(lambda: len(job.steps(1)) >= 3, "three steps on rank 1")
+        with retune.connect("ddp", store=store) as ctl:
+            set_command = ctl.set(lr=0.01, wait=True, timeout=DEADLINE)
+            checkpoint_command = ctl.checkpoint(wait=True, timeout=DEADLINE)
+            with pytest.raises(CommandRejected) as rejected:
+                ctl.continue_(wait=True, timeout=DEADLINE)  # not paused: rank 0 rejects it
+            ctl.pause(wait=True, timeout=DEADLINE)
+            ctl.continue_(wait=True, timeout=DEADLINE)
+            seen = len(job.steps(1))
+            until(lambda: len(job.steps(1)) >= seen + 2, "two more steps on rank 1")
+            label = checkpoint_command.result["checkpoint"]
+            restore_command = ctl.restore(label, wait=True, timeout=DEADLINE)
+            seen = len(job.steps(1))
+            until(lambda: len(job.steps(1)) >= seen + 2, "two steps after the restore")
+            stop_command = ctl.stop(wait=True, timeout=DEADLINE)
+        exits = job.wait()
+    finally:
+        for proc in job.procs:
+            if proc.poll() is None:
+                proc.kill()
+    yield Controlled(
+        job, exits, store, set_command, checkpoint_command, rejected.value, restore_command,
+        stop_command,
+    )  # fmt: skip
+
+
+def _split_at_restore(lines: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """The lines before the restore and the steps trained after it. The step whose boundary
+    applied the restore returns the restored step number: that line is in neither."""
+    for i in range(1, len(lines)):
+        if lines[i]["step"] <= lines[i - 1]["step"]:
+            return lines[:i], lines[i + 1 :]
+    pytest.fail("no restore in the log")
+
+
+def test_lr_set_from_another_process_applies_at_the_same_recorded_step_on_both_ranks(
+    controlled: Controlled,
+) -> None:
+    applied = controlled.set_command.applied_step
+    assert applied is not None and applied >= 3
+    for rank in range(2):
+        before, _ = _split_at_restore(controlled.job.steps(rank))
+        # the lr a step trained with: the old one up to the boundary it was applied at
+        assert [line["step"] for line in before] == list(range(1, len(before) + 1))
+        assert [line["lr"] for line in before] == [0.05] * applied + [0.01] * (
+            len(before) - applied
+        ), rank
+
+
+def test_parameters_stay_identical_across_ranks(controlled: Controlled) -> None:
+    zero, one = controlled.job.steps(0), controlled.job.steps(1)
+    assert [line["step"] for line in zero] == [line["step"] for line in one]
+    assert [line["p"] for line in zero] == [line["p"] for line in one]
+    assert controlled.job.end(0)["p"] == controlled.job.end(1)["p"]
+
+
+def test_a_restore_brings_every_rank_back_bit_for_bit(controlled: Controlled) -> None:
+    """After the restore each rank replays its own steps: same losses (rank 1's dropout
+    draws included, so rank 1's RNG came back from the checkpoint too), same parameters."""
+    at = controlled.checkpoint_command.result["step"]
+    assert controlled.restore_command.status == "applied"
+    for rank in range(2):
+        before, after = _split_at_restore(controlled.job.steps(rank))
+        assert after[0]["step"] == at + 1, rank  # the step after the checkpoint's
+        original = {line["step"]: line for line in before}
+        replayed = [line for line in after if line["step"] in original]
+        assert replayed, rank
+        for line in replayed:
+            assert line["loss"] == original[line["step"]]["loss"], (rank, line["step"])
+            assert line["p"] == original[line["step"]]["p"], (rank, line["step"])
+
+
+def test_a_rejected_command_changes_nothing_on_any_rank(controlled: Controlled) -> None:
+    assert "not paused" in str(controlled.rejected)
+    for rank in range(2):
+        before, _ = _split_at_restore(controlled.job.steps(rank))
+        lrs = [line["lr"] for line in before]
+        changes = sum(1 for a, b in itertools.pairwise(lrs) if a != b)
+        assert changes == 1, rank  # only the set; pause/continue/rejected changed no value
+    snapshot = retune.load("ddp", store=controlled.store)
+    assert [node.change_kind for node in snapshot.tree()] == ["start", "set", "restore"]
+
+
+def test_stop_ends_both_ranks_cleanly_with_one_run_and_one_tree(controlled: Controlled) -> None:
+    assert [code for code, _ in controlled.exits] == [0, 0], controlled.exits
+    assert controlled.job.end(0)["end"] == controlled.job.end(1)["end"] == "stopped"
+    stop_step = controlled.stop_command.applied_step
+    assert controlled.job.steps(0)[-1]["step"] == controlled.job.steps(1)[-1]["step"] == stop_step
+    with open_store(controlled.store, create=False) as store:
+        runs = store.list_runs()
+        assert len(runs) == 1
+        assert runs[0].status == "stopped"
+        assert runs[0].meta["distributed"] == {"world_size": 2, "backend": "gloo"}
+        listed = store.list_checkpoints(runs[0].id)
+        # one per change, command and stop, written once (by rank 0)
+        assert [c.reason for c in listed] == ["user", "change", "command", "change", "stop"]
+        assert listed[-1].step == stop_step
+    tree = retune.load("ddp", store=controlled.store).tree()
+    assert len(tree) == 3 and tree[1].start_step == controlled.set_command.applied_step
+    assert (
+        tree[2].parent == tree[1].id
+        and tree[2].start_step == controlled.checkpoint_command.result["step"]
+    )
+
+
+def test_run_checkpoint_is_collective_and_saved_once(controlled: Controlled) -> None:
+    """``run.checkpoint()`` on every rank: rank 0 writes one checkpoint (its tag), and every
+    rank gets its record back."""
+    got = [[line for line in controlled.job.lines(r) if "checkpoint" in line] for r in range(2)]
+    assert got[0] == got[1] == [{"checkpoint": got[0][0]["checkpoint"], "tag": "from rank 0",
+                                 "at": 2}]  # fmt: skip
+
+
+def test_per_rank_metrics_are_tagged_with_the_rank(controlled: Controlled) -> None:
+    snapshot = retune.load("ddp", store=controlled.store)
+    assert {"loss", "rank1/loss"} <= set(snapshot.keys)
+    for key, rank in (("loss", 0), ("rank1/loss", 1)):
+        stored = snapshot.metric(key)  # the current branch: up to the restore, then after it
+        _, after = _split_at_restore(controlled.job.steps(rank))
+        steps = [int(s) for s in stored.steps]
+        assert steps[-len(after) :] == [line["step"] for line in after]
+        assert [float(v).hex() for v in stored.values][-len(after) :] == [
+            line["loss"] for line in after
+        ]
+
+
+# -- stop and resume in new processes == uninterrupted, bit for bit -------------------------
+
+
+@pytest.mark.slow
+def test_two_rank_stop_and_resume_gives_the_uninterrupted_losses_bit_for_bit(
+    tmp_path: Path,
+) -> None:
+    """The stop is a SIGTERM to rank 1 alone: every rank stops at the next boundary (rank 0
+    checkpoints, the run is ``stopped``). Also: every rank's data comes in
+    DistributedSampler's documented order."""
+    reference = launch(tmp_path / "ref", f"sqlite:///{tmp_path / 'ref.db'}", "--epochs", "3",
+                       cwd=tmp_path)  # fmt: skip
+    store = f"sqlite:///{tmp_path / 'resumed.db'}"
+    first = launch(tmp_path / "first", store, "--epochs", "3", "--term-at", "5", cwd=tmp_path)
+    assert [code for code, _ in reference.wait()] == [0, 0]
+    assert [code for code, _ in first.wait()] == [0, 143]  # rank 1 exits as SIGTERM asks
+    assert first.end(0)["end"] == "stopped"
+    with open_store(store, create=False) as opened:
+        (run,) = opened.list_runs()
+        assert run.status == "stopped"
+        assert [(c.reason, c.step) for c in opened.list_checkpoints(run.id)] == [("stop", 6)]
+    second = launch(tmp_path / "second", store, "--epochs", "3", "--resume", "latest",
+                    cwd=tmp_path)  # fmt: skip
+    assert [code for code, _ in second.wait()] == [0, 0]
+    for rank in range(2):
+        expected = {line["step"]: line for line in reference.steps(rank)}
+        assert sorted(expected) == list(range(1, 13))  # 22 items, 2 ranks, batches of 3
+        stopped = first.steps(rank)
+        # the signal at step 5 stopped every rank at step 6 (rank 1 raised before logging it)
+        assert stopped[-1]["step"] == (6 if rank == 0 else 5)
+        combined = stopped + second.steps(rank)
+        assert [line["step"] for line in second.steps(rank)] == list(range(7, 13))
+        for line in combined:
+            assert line["loss"] == expected[line["step"]]["loss"], (rank, line["step"])
+            assert line["p"] == expected[line["step"]]["p"], (rank, line["step"])
+        # DistributedSampler's order after set_epoch(epoch), as docs/distributed.md promises
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            TensorDataset(torch.arange(22)), num_replicas=2, rank=rank, shuffle=True, seed=5
+        )
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            got = [i for line in expected.values() if line["epoch"] == epoch for i in line["idx"]]
+            assert got == list(sampler), (rank, epoch)
+    with open_store(store, create=False) as opened:
+        assert len(opened.list_runs()) == 1
+    tree = retune.load("ddp", store=store).tree()
+    assert [node.change_kind for node in tree] == ["start", "resume"]
+
+
+# -- a rank killed mid-training -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite:///{tmp_path / 'retune.db'}"
+    flag = tmp_path / "blocked.json"
+    job = launch(
+        tmp_path / "logs",
+        store,
+        "--epochs", "1000", "--every", "2", "--pace", "0.01", "--timeout", "60", "--set-at", "3",
+        env={"RETUNE_TEST_BLOCK_SAVE": f"6:{flag}"},
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        until(flag.exists, "rank 0 blocked in the middle of the checkpoint at step 6")
+        job.procs[1].send_signal(signal.SIGKILL)  # rank 1 waits for rank 0's broadcast
+        job.procs[1].wait(timeout=DEADLINE)
+        flag.unlink()  # rank 0 finishes its save and meets the dead rank
+        code, err = job.procs[0].wait(timeout=DEADLINE), job.procs[0].stderr
+    finally:
+        for proc in job.procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 3
+    assert err is not None and "another rank has died" in err.read()
+    # run.set(lr=0.02) called on every rank at step 3: one command, applied at once on both
+    sets = [[line for line in job.lines(rank) if "set" in line] for rank in range(2)]
+    assert sets[0] == sets[1] == [{"set": sets[0][0]["set"], "at": 3, "status": "applied"}]
+    for rank in range(2):
+        lrs = [(line["step"], line["lr"]) for line in job.steps(rank)]
+        assert all(lr == (0.05 if step <= 3 else 0.02) for step, lr in lrs), rank
+    end = job.end(0)["end"]
+    assert end.startswith("DistributedError: rank 0 of 2:"), end
+    with open_store(store, create=False) as opened:
+        (run,) = opened.list_runs()
+        assert run.status == "crashed"
+        assert "DistributedError" in (run.error or "")
+        listed = opened.list_checkpoints(run.id)
+        # the blocked one too (it completed), and the one before run.set() at step 3
+        assert [(c.reason, c.step) for c in listed] == [
+            ("schedule", 2), ("change", 3), ("schedule", 4), ("schedule", 6)]  # fmt: skip
+        objects = ObjectStore(objects_url_for(opened.url), create=False)
+        for record in listed:
+            state = decode_state(record.manifest, objects, label=record.label)  # verified
+            module = torch.nn.Sequential(
+                torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1)
+            )
+            module.load_state_dict(state["model"])
+            assert set(state["parts"]["retune.ranks"]) == {"1"}  # rank 1's RNG
+            assert state["loop"]["step"] == record.step
