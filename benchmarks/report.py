@@ -280,49 +280,6 @@ def render_integrations_overhead(r: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
-def render_distributed_overhead(r: dict[str, Any]) -> str:
-    s, target, lat = r["settings"], r["target_pct"], r["latency_ms"]
-    rounds = [
-        ["without Retune", f"{r['median_without_ms']:.2f}",
-         " ".join(f"{v:.1f}" for v in r["without_ms"])],
-        ["with Retune attached", f"{r['median_with_ms']:.2f}",
-         " ".join(f"{v:.1f}" for v in r["with_ms"])],
-    ]  # fmt: skip
-    latency = [_latency_row(f"{r['applied']} `set lr`, submit -> applied on both ranks", lat)]
-    quartiles = statistics.quantiles(r["without_ms"], n=4, method="inclusive")
-    spread = (quartiles[2] - quartiles[0]) / statistics.median(r["without_ms"]) * 100
-    verdict_target = (
-        _met(r["overhead_pct"] < target)
-        if spread <= target
-        else f"**not shown**: the baseline's own spread ({spread:.0f}%) is wider than the "
-        "target, so this machine's load decides the figure, not Retune"
-    )
-    problems = r["problems"]
-    verdict = (
-        "every command was applied on both ranks"
-        if not problems
-        else f"**{len(problems)} commands were not applied on every rank**: "
-        + "; ".join(problems[:5])
-    )
-    return "\n".join([
-        _header(r, f"{s['ranks']} ranks ({s['backend']}, {s['launcher']}), DDP MLP, "
-                   f"{s['steps']} steps per round, median of {s['rounds']} interleaved rounds"),
-        "",
-        markdown_table(["per-step time (rank 0)", "ms (median)", "rounds (ms)"], rounds),
-        "",
-        f"Overhead, the median of the {s['rounds']} paired ratios (each round with Retune "
-        f"against the round without it just before): **{r['overhead_pct']:+.1f}%** "
-        f"(ratio of the medians {r['overhead_of_medians_pct']:+.1f}%; target under "
-        f"{target:g}% on a ~{s['step_ms']:g} ms step: {verdict_target}). The rounds without "
-        f"Retune alone spread by {spread:.0f}% (interquartile range over the median); the "
-        f"agreement `all_reduce` alone takes {r['agreement_us']:.0f} µs per step.",
-        "",
-        markdown_table(["latency (ms)", "min", "p50", "p90", "p99", "max"], latency),
-        "",
-        f"{verdict.capitalize()} ({s['poll_ms']} ms poll).",
-    ])  # fmt: skip
-
-
 STALL_NAMES = {
     "none": "no checkpoint (reference loop)",
     "torch.save": "`torch.save` (synchronous, no fsync)",
@@ -380,6 +337,49 @@ def render_checkpoint_stall(r: dict[str, Any]) -> str:
         + (f" Load average when it ended: {load:.1f} on this machine." if load else ""),
     ]
     return "\n".join(lines)
+
+
+def render_distributed_overhead(r: dict[str, Any]) -> str:
+    s, target, lat = r["settings"], r["target_pct"], r["latency_ms"]
+    rounds = [
+        ["without Retune", f"{r['median_without_ms']:.2f}",
+         " ".join(f"{v:.1f}" for v in r["without_ms"])],
+        ["with Retune attached", f"{r['median_with_ms']:.2f}",
+         " ".join(f"{v:.1f}" for v in r["with_ms"])],
+    ]  # fmt: skip
+    latency = [_latency_row(f"{r['applied']} `set lr`, submit -> applied on both ranks", lat)]
+    quartiles = statistics.quantiles(r["without_ms"], n=4, method="inclusive")
+    spread = (quartiles[2] - quartiles[0]) / statistics.median(r["without_ms"]) * 100
+    verdict_target = (
+        _met(r["overhead_pct"] < target)
+        if spread <= target
+        else f"**not shown**: the baseline's own spread ({spread:.0f}%) is wider than the "
+        "target, so this machine's load decides the figure, not Retune"
+    )
+    problems = r["problems"]
+    verdict = (
+        "every command was applied on both ranks"
+        if not problems
+        else f"**{len(problems)} commands were not applied on every rank**: "
+        + "; ".join(problems[:5])
+    )
+    return "\n".join([
+        _header(r, f"{s['ranks']} ranks ({s['backend']}, {s['launcher']}), DDP MLP, "
+                   f"{s['steps']} steps per round, median of {s['rounds']} interleaved rounds"),
+        "",
+        markdown_table(["per-step time (rank 0)", "ms (median)", "rounds (ms)"], rounds),
+        "",
+        f"Overhead, the median of the {s['rounds']} paired ratios (each round with Retune "
+        f"against the round without it just before): **{r['overhead_pct']:+.1f}%** "
+        f"(ratio of the medians {r['overhead_of_medians_pct']:+.1f}%; target under "
+        f"{target:g}% on a ~{s['step_ms']:g} ms step: {verdict_target}). The rounds without "
+        f"Retune alone spread by {spread:.0f}% (interquartile range over the median); the "
+        f"agreement `all_reduce` alone takes {r['agreement_us']:.0f} µs per step.",
+        "",
+        markdown_table(["latency (ms)", "min", "p50", "p90", "p99", "max"], latency),
+        "",
+        f"{verdict.capitalize()} ({s['poll_ms']} ms poll).",
+    ])  # fmt: skip
 
 
 EXPORT_NAMES = {
