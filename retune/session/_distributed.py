@@ -556,7 +556,7 @@ class RankRun(Run):
         step = self._step + 1
         self._step = step
         self._at_boundary(tagged)
-        return step  # the step completed, as Run.step returns (even if a restore moved it)
+        return self._step  # as Run.step: where a restore at this boundary moved it back
 
     def log(self, metrics: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         if self._ended:
@@ -594,7 +594,9 @@ class RankRun(Run):
         failure: str | None = None
         try:
             self._replay(message["effects"])
-            self._node = int(message["node"])
+            node = int(message["node"])
+            if node != self._node:  # rank 0 opened a node: this rank's points go to it too
+                self._set_node(node)
             if int(message["step"]) != self._step:
                 raise DistributedError(
                     f"rank {cluster.rank} is at step {self._step}, rank 0 at {message['step']}"

@@ -220,7 +220,9 @@ class Run:
 
     # -- hot path ---------------------------------------------------------------------------
     def step(self, metrics: Mapping[str, Any] | None = None, /, **kwargs: Any) -> int:
-        """Complete one global step and record its metrics; returns the step number (from 1).
+        """Complete one global step and record its metrics; returns the run's step after it
+        (from 1): the step just completed or, when a restore (a command, the guard, an
+        exploration) was applied at this step's boundary, the step it went back to.
 
         Values must be numbers (floats, ints, one-element tensors, numpy scalars); NaN and inf
         are kept and flagged. Metrics may be given as keywords or, for names that are not
@@ -251,7 +253,7 @@ class Run:
         tripped = guard is not None and guard.observe(step, values)
         if tripped or self._inbox or step >= self._next_boundary:
             self._at_boundary(values)
-        return step
+        return self._step  # a restore applied at this boundary moved it back
 
     def _append(self, step: int, values: Mapping[Any, Any]) -> None:
         """Append a call whose names differ from the last call's: names seen together before
