@@ -32,6 +32,9 @@ class TreeNode:
     created_at: float
     checkpoints: tuple[str, ...]
     metrics: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    """What the process that made the node recorded about it: ``explore`` (score, winner),
+    ``guard`` (reason, restored checkpoint, skipped batches)."""
 
     @property
     def label(self) -> str:
@@ -51,6 +54,7 @@ class TreeNode:
             "created_at": self.created_at,
             "checkpoints": list(self.checkpoints),
             "metrics": self.metrics,
+            "info": self.info,
         }
 
 
@@ -109,6 +113,7 @@ def build_tree(
                 created_at=node.created_at,
                 checkpoints=tuple(by_node.get(node.id, [])),
                 metrics=metrics,
+                info=node.info,
             )
         )
     return out

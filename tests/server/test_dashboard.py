@@ -36,8 +36,8 @@ from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
 from tests.server._fuzz import live_dashboard  # noqa: E402
 
 LR = {"alpha": 0.1, "beta": 0.01, "gamma": 0.001}
-TUNABLES = [{"name": "lr", "type": "float", "groups": ["body"], "value": [0.1], "low": 0.0},
-            {"name": "wd", "type": "float", "value": 0.0, "low": 0.0}]  # fmt: skip
+TUNABLES = [{"name": "lr", "kind": "float", "source": "optimizer", "groups": ["body"], "value": [0.1], "low": 0.0},
+            {"name": "wd", "kind": "float", "value": 0.0, "low": 0.0}]  # fmt: skip
 
 
 def _eventually(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -407,3 +407,41 @@ def test_dark_mode_follows_the_system_setting(site: dict[str, Any]) -> None:
         context.close()
     assert sum(colours["light"]) / 3 > 200, colours
     assert sum(colours["dark"]) / 3 < 60, colours
+
+
+def test_a_guard_recovery_is_marked_explained_and_can_be_vetoed_from_the_page(
+    site: dict[str, Any], page: Page
+) -> None:
+    """Issue 14: the dashboard marks the guard's nodes, says why it acted and what it skipped,
+    and sends the same `guard veto` command as the CLI."""
+    store: Store = site["store"]
+    guard_knob = {"name": "guard", "kind": "bool", "value": True}
+    run = store.create_run("guarded", config={}, meta={}, tunables=[*TUNABLES, guard_knob],
+                           root_values={"lr": 0.1, "wd": 0.0}, created_by="mia")  # fmt: skip
+    _points(store, run.id, 1, 0, 30, 1.0)
+    store.end_node(run.id, 1, 30)
+    reason = "loss nan is not finite at step 30"
+    store.create_node(run.id, parent=1, start_step=20, change_kind="guard",
+                      values={"lr": 0.05, "wd": 0.0}, diff={"lr": [0.1, 0.05]}, created_by="guard",
+                      info={"guard": {"action": "recovered", "reason": reason, "restored": "c2",
+                                      "restored_step": 20, "lr_factor": 0.5,
+                                      "skipped": {"count": 3, "from": [0, 21], "to": [0, 23],
+                                                  "batches": [[0, 21], [0, 22], [0, 23]]}}})  # fmt: skip
+    _points(store, run.id, 2, 20, 40, 0.8)
+    store.update_run(run.id, status="running", step=39, heartbeat_at=time.time())
+    page.goto(f"{site['url']}/runs/{run.id}")
+    badge = page.wait_for_selector('#tree .node[data-node="n2"] .badge.guard')
+    assert badge.get_attribute("title") == reason
+    page.click('#tree .node[data-node="n2"]')
+    detail = page.wait_for_selector("#node-detail:not([hidden])")
+    text = detail.inner_text()
+    assert f"recovered: {reason}" in text
+    assert "c2 (step 20), lr x 0.5" in text and "3 (epoch 0 batch 21 to epoch 0 batch 23)" in text
+    page.click("#guard-veto")
+    veto = _eventually(
+        lambda: [c for c in store.list_commands(run.id) if c.kind == "guard"] or None
+    )
+    assert [(c.payload, c.source, c.status) for c in veto] == [
+        ({"action": "veto"}, "ui", "pending")
+    ]
+    assert "guard veto" in page.inner_text("#command-status")

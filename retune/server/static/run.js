@@ -201,7 +201,9 @@ function drawTree() {
     const label = h("span", { class: `node${node.id === current ? " current" : ""}${state.compare.includes(node.id) ? " selected" : ""}${state.selected === node.id ? " focused" : ""}`,
       "data-node": node.id, tabindex: "0", onclick: (e) => selectNode(node.id, e.shiftKey), onkeydown: (e) => { if (e.key === "Enter") selectNode(node.id, e.shiftKey); } },
       h("span", { class: "swatch", style: `background:${lane?.color}` }), `${node.id} `, h("span", { class: "muted" }, `${node.start_step}–${node.end_step ?? "now"} ${node.change_kind} `),
-      Object.keys(node.diff).length ? h("span", { class: "diff" }, diffText(node.diff) + " ") : "", key ? `${key} ${fmt(node.metrics[key].last)}` : "");
+      Object.keys(node.diff).length ? h("span", { class: "diff" }, diffText(node.diff) + " ") : "", key ? `${key} ${fmt(node.metrics[key].last)}` : "",
+      node.info?.guard ? h("span", { class: "badge guard", title: node.info.guard.reason }, " guard") : "",
+      node.info?.explore?.winner ? h("span", { class: "badge" }, " best") : "");
     return h("li", {}, label, node.children.length ? h("ul", {}, node.children.map((c) => item(byId[c]))) : "");
   };
   fill($("#tree"), h("ul", {}, state.tree.filter((n) => n.parent === null).map(item)));
@@ -241,7 +243,9 @@ function drawNode() {
     kv([["made by", `${node.change_kind}${node.parent ? ` from ${node.parent}` : ""}, by ${node.created_by ?? "unknown"}`],
       ["steps", `${node.start_step} to ${node.end_step ?? "now"}`],
       ["change", Object.keys(node.diff).length ? diffText(node.diff) : "none (same values as before)"],
-      ["checkpoints", node.checkpoints.length ? node.checkpoints.join(", ") : "none"]]),
+      ["checkpoints", node.checkpoints.length ? node.checkpoints.join(", ") : "none"],
+      ...infoRows(node)]),
+    guardVeto(node),
     h("h3", {}, "hyperparameters"),
     Object.keys(node.values).length ? kv(Object.entries(node.values).map(([k, v]) => [k, fmt(v)])) : h("p", { class: "muted" }, "no tunables recorded"),
     metrics.length ? [h("h3", {}, "metrics"), h("table", { class: "kv" }, h("thead", {}, h("tr", {}, h("th", {}, "metric"), h("th", {}, "last"), h("th", {}, "best"))),
@@ -255,6 +259,34 @@ function drawNode() {
       : h("p", { class: "muted" }, node.checkpoints.length ? "" : "no checkpoint in this node: it cannot be restored"),
     canRestore ? exploreForm(node) : "",
     h("p", { class: "muted" }, "shift-click nodes to select them for comparison"));
+}
+
+// What the training process recorded about a node: the guard's reason and what it skipped, an
+// exploration candidate's score (issues 12 and 14), as table rows.
+function infoRows(node) {
+  const rows = [];
+  const guard = node.info?.guard;
+  if (guard) {
+    rows.push(["guard", `${guard.action === "paused" ? "paused the run" : "recovered"}: ${guard.reason}`]);
+    if (guard.restored) rows.push(["restored", `${guard.restored} (step ${guard.restored_step}), lr x ${fmt(guard.lr_factor)}`]);
+    const skipped = guard.skipped?.count ?? 0;
+    rows.push(["skipped batches", skipped ? `${skipped} (epoch ${guard.skipped.from?.[0]} batch ${guard.skipped.from?.[1]} to epoch ${guard.skipped.to?.[0]} batch ${guard.skipped.to?.[1]})` : "none"]);
+    for (const note of guard.notes ?? []) rows.push(["note", note]);
+  }
+  const explore = node.info?.explore;
+  if (explore) rows.push(["exploration", `candidate of #${explore.exploration ?? "?"}, score ${fmt(explore.score)}${explore.winner ? " (winner)" : ""}`]);
+  return rows;
+}
+
+// The guard's last recovery can be undone from here while the run is live (the same `guard veto`
+// command as the CLI's: the state it left comes back on a new node and the guard switches off).
+function guardVeto(node) {
+  if (!node.info?.guard || state.run.read_only || ENDED.includes(state.run.status)) return "";
+  const latest = state.tree.filter((n) => n.info?.guard).map((n) => n.id).pop();
+  if (latest !== node.id) return "";
+  return h("div", { class: "toolbar wrap" },
+    h("button", { id: "guard-veto", onclick: () => send("guard", { action: "veto" }) }, "veto this recovery"),
+    h("span", { class: "muted" }, "goes back to the state the guard left and switches the guard off"));
 }
 
 // Explore: try several values from this node's checkpoint, each for N steps, then continue from

@@ -93,6 +93,10 @@ export function commandText(c) {
     if (p.then) extra.push(`then ${p.then}`);
     const winner = c.result?.winner;
     if (winner !== undefined && winner !== null) extra.push(`winner ${typeof winner === "number" ? `n${winner}` : fmt(winner)}`);
+  } else if (c.kind === "guard") {
+    words.push(p.action ?? "");
+    if (p.action === "set") words.push(valuesText(p.values));
+    if (p.reason) extra.push(p.reason);
   } else words.push(valuesText(Object.fromEntries(Object.entries(p).filter(([, v]) => v !== null && typeof v !== "object"))));
   if (["set", "scale", "restore"].includes(c.kind)) {
     if (p.group !== undefined && p.group !== null) extra.push(`group ${p.group}`);
