@@ -72,6 +72,13 @@ def main() -> int:
                 page.screenshot(path=str(OUT / f"run{suffix}.png"), full_page=True)
                 page.click('.node[data-node="n1"]')
                 page.locator("aside").screenshot(path=str(OUT / f"tree{suffix}.png"))
+                # the node compare view: the set's branch against the restore's
+                page.click('#tree .node[data-node="n2"]', modifiers=["Shift"])
+                page.click('#tree .node[data-node="n3"]', modifiers=["Shift"])
+                page.click("#compare-nodes")
+                page.wait_for_selector("#compare:not([hidden]) table")
+                page.wait_for_selector("#compare .chart .main-svg")
+                page.locator("#compare").screenshot(path=str(OUT / f"compare{suffix}.png"))
                 context.close()
             browser.close()
         server.should_exit = True

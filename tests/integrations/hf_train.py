@@ -66,7 +66,10 @@ class Hold(TrainerCallback):  # type: ignore[misc]
                 time.sleep(0.01)
         if state.global_step == self.kill_at + 1:
             run.flush()  # the points up to kill_at are written (a crash loses unwritten ones)
-            os._exit(9)  # the step kill_at was checkpointed (every=kill_at)
+            # the step kill_at was checkpointed (every=kill_at), in the background: a kill
+            # before it is listed leaves nothing to resume from (test_async_checkpoints.py)
+            run.checkpointer.wait()
+            os._exit(9)
 
 
 def main() -> None:
