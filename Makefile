@@ -50,7 +50,7 @@ browser:
 TEST_WORKERS ?= auto
 test: lint browser
 	RETUNE_TEST_POSTGRES_URL="$${RETUNE_TEST_POSTGRES_URL:-$$(bash scripts/postgres.sh)}" \
-	  $(VENV)/bin/pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+	  $(VENV)/bin/pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 screenshots: $(VENV)/.installed-dev browser
 	$(PY) scripts/screenshots.py
