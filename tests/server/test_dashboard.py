@@ -430,11 +430,11 @@ def test_a_guard_recovery_is_marked_explained_and_can_be_vetoed_from_the_page(
     _points(store, run.id, 2, 20, 40, 0.8)
     store.update_run(run.id, status="running", step=39, heartbeat_at=time.time())
     page.goto(f"{site['url']}/runs/{run.id}")
-    badge = page.wait_for_selector('#tree .node[data-node="n2"] .badge.guard')
-    assert badge.get_attribute("title") == reason
+    page.wait_for_selector('#tree .node[data-node="n2"] .badge.guard')
+    assert page.get_attribute('#tree .node[data-node="n2"] .badge.guard', "title") == reason
     page.click('#tree .node[data-node="n2"]')
-    detail = page.wait_for_selector("#node-detail:not([hidden])")
-    text = detail.inner_text()
+    page.wait_for_selector("#node-detail:not([hidden])")
+    text = page.inner_text("#node-detail")
     assert f"recovered: {reason}" in text
     assert "c2 (step 20), lr x 0.5" in text and "3 (epoch 0 batch 21 to epoch 0 batch 23)" in text
     page.click("#guard-veto")
