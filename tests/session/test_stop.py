@@ -24,12 +24,19 @@ TRAINER = str(Path(__file__).with_name("stop_trainer.py"))
 
 
 def _start(store: str, name: str, mode: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, TRAINER, store, name, mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # A pytest-xdist worker ignores SIGINT, and an ignored signal stays ignored across exec:
+    # the trainer would never see the test's Ctrl-C (Python installs its handler only where
+    # SIGINT is not ignored). Started while SIGINT has a handler here, it starts as from a shell.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            [sys.executable, TRAINER, store, name, mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run(store: str, name: str, mode: str) -> subprocess.CompletedProcess[str]:
