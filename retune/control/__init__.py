@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from retune.control._client import Controller, connect
 from retune.control._commands import KIND_ALIASES, SOURCES, canonical_kind, current_user, submit
-from retune.control._knobs import Knob, KnobValues
+from retune.control._knobs import Knob
 from retune.control._live import LiveTunables
 from retune.control._parse import parse_assignments, parse_value
 from retune.control._schedulers import SchedulerControl
@@ -27,7 +27,6 @@ __all__ = [
     "SOURCES",
     "Controller",
     "Knob",
-    "KnobValues",
     "LiveTunables",
     "SchedulerControl",
     "TunableSpec",

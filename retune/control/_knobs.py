@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from retune.control._tunables import TunableSpec, validate
 from retune.errors import InvalidArgument
 
-__all__ = ["Knob", "KnobValues"]
+__all__ = ["Knob"]
 
 
 class Knob:
@@ -119,33 +119,3 @@ def _infer_kind(name: str, value: Any) -> str:
     if isinstance(value, float):
         return "float"
     raise InvalidArgument(f"tunable {name}: values must be float, int or bool, got {value!r}")
-
-
-class KnobValues(Mapping[str, Any]):
-    """Read-only view of current knob values: ``run.hp.clip_norm`` or ``run.hp["clip_norm"]``."""
-
-    def __init__(self, knobs: Mapping[str, Knob]) -> None:
-        self._knobs = knobs
-
-    def __getitem__(self, name: str) -> Any:
-        knob = self._knobs.get(name)
-        if knob is None:
-            raise KeyError(f"no tunable {name!r}; registered: {', '.join(self._knobs) or 'none'}")
-        return knob.value
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(str(e)) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._knobs)
-
-    def __len__(self) -> int:
-        return len(self._knobs)
-
-    def __repr__(self) -> str:
-        return f"KnobValues({dict(self)})"

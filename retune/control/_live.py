@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from retune.control._knobs import Knob, KnobValues
+from retune.control._knobs import Knob
 from retune.control._schedulers import SchedulerControl, assign_group_value
 from retune.control._tunables import TunableSpec, discover_optimizer, resolve_groups, validate
+from retune.control._values import TunableValues
 from retune.errors import CommandRejected, InvalidArgument
 
 __all__ = ["LiveTunables"]
@@ -45,11 +46,22 @@ class LiveTunables:
         self.optimizer = optimizer
         self._optimizer_specs = discover_optimizer(optimizer) if optimizer is not None else []
         self.knobs: dict[str, Knob] = {}
-        self.hp = KnobValues(self.knobs)
         self._knob_values: dict[str, Any] = {}
         self.scheduler: SchedulerControl | None = None
         if scheduler is not None and optimizer is not None:
             self.scheduler = SchedulerControl(scheduler, optimizer)
+
+    @property
+    def hp(self) -> TunableValues:
+        """Every tunable's current value, read live (``run.hp``)."""
+        return TunableValues(self)
+
+    def read(self, spec: TunableSpec, group: int | None) -> Any:
+        """``spec``'s current value: a user knob's (``group`` None), or one param group's as
+        plain data (tensors -> float, tuples -> lists). Safe off the training thread."""
+        if group is None:
+            return self.knobs[spec.name].value
+        return _plain(self.optimizer.param_groups[group].get(spec.name))
 
     @property
     def specs(self) -> list[TunableSpec]:
@@ -63,19 +75,14 @@ class LiveTunables:
         return knob
 
     # -- reading ----------------------------------------------------------------------------
-    def _read(self, spec: TunableSpec, group: int | None) -> Any:
-        if group is None:
-            return self.knobs[spec.name].value
-        return _plain(self.optimizer.param_groups[group].get(spec.name))
-
     def values(self) -> dict[str, Any]:
         """Every tunable's current value: a list per param group for optimizer values."""
         out: dict[str, Any] = {}
         for spec in self.specs:
             if spec.groups is None:
-                out[spec.name] = _plain(self._read(spec, None))
+                out[spec.name] = _plain(self.read(spec, None))
             else:
-                out[spec.name] = [self._read(spec, i) for i in range(len(spec.groups))]
+                out[spec.name] = [self.read(spec, i) for i in range(len(spec.groups))]
         return out
 
     def records(self) -> list[dict[str, Any]]:
@@ -94,7 +101,7 @@ class LiveTunables:
             if spec.groups is None:
                 value = self._knob_values.get(spec.name)
             else:
-                value = [self._read(spec, i) for i in range(len(spec.groups))]
+                value = [self.read(spec, i) for i in range(len(spec.groups))]
             out.append({**spec.to_dict(), "value": value})
         return out
 
@@ -110,7 +117,7 @@ class LiveTunables:
             spec = next(s for s in specs if s.name == name)
             targets: list[int | None] = [*resolve_groups(spec, group)] or [None]
             for index in targets:
-                old = self._read(spec, index)
+                old = self.read(spec, index)
                 if old is None:
                     raise CommandRejected(f"param group {index} has no {name}")
                 changes.append(_Change(spec, index, old, new))
@@ -135,7 +142,7 @@ class LiveTunables:
             except InvalidArgument as e:
                 raise CommandRejected(str(e)) from e
             for index in indexes:
-                old = self._read(spec, index)
+                old = self.read(spec, index)
                 new = [v * factor for v in old] if isinstance(old, list) else old * factor
                 changes.append(_Change(spec, index, old, self._validated(specs, name, new, None)))
         return self._apply(changes, mode)

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from retune.control._live import LiveTunables
-    from retune.control._tunables import TunableSpec
+from retune.control._tunables import TunableSpec
 
 __all__ = ["TunableValues"]
+
+
+class _Readable(Protocol):
+    """What the view reads: the live tunables (``LiveTunables``)."""
+
+    @property
+    def specs(self) -> list[TunableSpec]: ...
+
+    def read(self, spec: TunableSpec, group: int | None) -> Any: ...
 
 
 def _shown(value: Any) -> str:
@@ -33,7 +40,7 @@ def _shown(value: Any) -> str:
 class TunableValues(Mapping[str, Any]):
     """Current values of every tunable of a live run: optimizer values and user knobs."""
 
-    def __init__(self, live: LiveTunables) -> None:
+    def __init__(self, live: _Readable) -> None:
         self._live = live
 
     def _spec(self, name: str) -> TunableSpec:
@@ -45,9 +52,8 @@ class TunableValues(Mapping[str, Any]):
 
     def _value(self, spec: TunableSpec) -> Any:
         if spec.groups is None:
-            return self._live.knobs[spec.name].value
-        groups = self._live.optimizer.param_groups
-        return [_plain(groups[i].get(spec.name)) for i in range(len(spec.groups))]
+            return self._live.read(spec, None)
+        return [self._live.read(spec, i) for i in range(len(spec.groups))]
 
     def __getitem__(self, name: str) -> Any:
         return self._value(self._spec(name))
@@ -119,12 +125,3 @@ class TunableValues(Mapping[str, Any]):
             + "".join(body)
             + "</tbody></table>"
         )
-
-
-def _plain(value: Any) -> Any:
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
