@@ -48,7 +48,6 @@ import numpy as np
 
 from retune import _json
 from retune.checkpoint import resolve_checkpoint
-from retune.control import Knob
 from retune.errors import CommandRejected, DistributedError, InvalidArgument, RetuneError
 from retune.session import _steer
 from retune.session._control import Applier, Handler
@@ -414,53 +413,9 @@ class LeaderRun(Run):
 
         return self._exchange(work)
 
-    def restore(
-        self,
-        target: str,
-        *,
-        set: Mapping[str, Any] | None = None,
-        group: int | str | None = None,
-        mode: str = "rescale",
-        timeout: float = 120.0,
-        **values: Any,
-    ) -> CommandRecord:
-        """See :meth:`Run.restore`; from the training thread, call it on every rank."""
-        return self._steered(
-            partial(
-                Run.restore, self, target, set=set, group=group, mode=mode, timeout=timeout,
-                **values,
-            )
-        )  # fmt: skip
-
-    def set(
-        self,
-        values: Mapping[str, Any] | None = None,
-        /,
-        *,
-        group: int | str | None = None,
-        mode: str = "rescale",
-        timeout: float = 60.0,
-        **kwargs: Any,
-    ) -> CommandRecord:
-        """See :meth:`Run.set`; from the training thread, call it on every rank."""
-        return self._steered(
-            partial(Run.set, self, values, group=group, mode=mode, timeout=timeout, **kwargs)
-        )
-
-    def scale(
-        self,
-        factors: Mapping[str, float] | None = None,
-        /,
-        *,
-        group: int | str | None = None,
-        mode: str = "rescale",
-        timeout: float = 60.0,
-        **kwargs: float,
-    ) -> CommandRecord:
-        """See :meth:`Run.scale`; from the training thread, call it on every rank."""
-        return self._steered(
-            partial(Run.scale, self, factors, group=group, mode=mode, timeout=timeout, **kwargs)
-        )
+    def _send(self, kind: str, payload: dict[str, Any], timeout: float) -> CommandRecord:
+        """``run.set()`` / ``scale()`` / ``restore()``: see :meth:`_steered`."""
+        return self._steered(partial(_steer.send, self, kind, payload, timeout=timeout))
 
     def _on_epoch_end(self) -> None:
         every = self.checkpointer.policy.every_n_epochs
@@ -565,21 +520,8 @@ class RankRun(Run):
         if self._per_rank:
             Run.log(self, tagged)
 
-    def tunable(
-        self,
-        name: str,
-        initial: Any = None,
-        *,
-        get: Any = None,
-        set: Any = None,
-        bounds: tuple[float | None, float | None] = (None, None),
-        kind: str | None = None,
-        doc: str = "",
-    ) -> Knob:
-        """Declare the same knob as rank 0 (rank 0 records it; this rank only applies it)."""
-        return self.tunables.add(
-            Knob(name, initial, get=get, set=set, bounds=bounds, kind=kind, doc=doc)
-        )
+    def _publish_tunables(self) -> None:
+        """Rank 0 records the knobs every rank declares; this rank only applies them."""
 
     def _mark_ended(self, status: str, error: str | None) -> None:
         """Rank 0 records how the run ended; this rank writes nothing."""
@@ -680,43 +622,8 @@ class RankRun(Run):
         message = self._follow()
         return self.store.get_command(int(message["command"]))
 
-    def restore(
-        self,
-        target: str,
-        *,
-        set: Mapping[str, Any] | None = None,
-        group: int | str | None = None,
-        mode: str = "rescale",
-        timeout: float = 120.0,
-        **values: Any,
-    ) -> CommandRecord:
-        """Collective with rank 0's :meth:`Run.restore` (see :meth:`_followed`)."""
-        return self._followed()
-
-    def set(
-        self,
-        values: Mapping[str, Any] | None = None,
-        /,
-        *,
-        group: int | str | None = None,
-        mode: str = "rescale",
-        timeout: float = 60.0,
-        **kwargs: Any,
-    ) -> CommandRecord:
-        """Collective with rank 0's :meth:`Run.set` (see :meth:`_followed`)."""
-        return self._followed()
-
-    def scale(
-        self,
-        factors: Mapping[str, float] | None = None,
-        /,
-        *,
-        group: int | str | None = None,
-        mode: str = "rescale",
-        timeout: float = 60.0,
-        **kwargs: float,
-    ) -> CommandRecord:
-        """Collective with rank 0's :meth:`Run.scale` (see :meth:`_followed`)."""
+    def _send(self, kind: str, payload: dict[str, Any], timeout: float) -> CommandRecord:
+        """``run.set()`` / ``scale()`` / ``restore()``: follow rank 0's (see :meth:`_followed`)."""
         return self._followed()
 
     def _on_epoch_end(self) -> None:

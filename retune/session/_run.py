@@ -209,7 +209,7 @@ class Run:
         """Every tunable's current value: user knobs (``run.hp.clip_norm``,
         ``run.hp["clip_norm"]``) and optimizer values per param group (``run.hp["lr"]`` is a
         list). A table in a notebook."""
-        return TunableValues(self.tunables)
+        return self.tunables.hp
 
     @property
     def ended(self) -> bool:
@@ -478,9 +478,14 @@ class Run:
         knob = self.tunables.add(
             Knob(name, initial, get=get, set=set, bounds=bounds, kind=kind, doc=doc)
         )
+        self._publish_tunables()
+        return knob
+
+    def _publish_tunables(self) -> None:
+        """Store the declared tunables with their values, so commands are validated against
+        them (a rank other than 0 of a distributed job records nothing: rank 0 does)."""
         self._live_records = self.tunables.records()
         self.store.update_run(self.id, tunables=self._live_records)
-        return knob
 
     def tune_dropout(self, model: Any, name: str = "dropout") -> Knob:
         """One knob ``name`` for the ``p`` of every ``nn.Dropout*`` module of ``model``.
@@ -532,7 +537,7 @@ class Run:
         from retune.control._commands import restore_payload
 
         payload = restore_payload(target, {**(set or {}), **values}, group, mode)
-        return _steer.send(self, "restore", payload, timeout=timeout)
+        return self._send("restore", payload, timeout)
 
     def set(
         self,
@@ -553,7 +558,7 @@ class Run:
         keywords go in ``values``. Returns the applied command or raises ``CommandRejected``.
         """
         payload = {"values": {**(values or {}), **kwargs}, "group": group, "mode": mode}
-        return _steer.send(self, "set", payload, timeout=timeout)
+        return self._send("set", payload, timeout)
 
     def scale(
         self,
@@ -568,7 +573,7 @@ class Run:
         """Multiply tunables (per group, keeping their ratios): ``run.scale(lr=0.5)``; like
         :meth:`set` otherwise."""
         payload = {"factors": {**(factors or {}), **kwargs}, "group": group, "mode": mode}
-        return _steer.send(self, "scale", payload, timeout=timeout)
+        return self._send("scale", payload, timeout)
 
     def request_stop(self) -> None:
         """Ask the training thread to stop cleanly at its next step boundary (any thread, a
@@ -643,6 +648,12 @@ class Run:
         command = submit(self.store, self.id, "explore", payload, source=command_source())
         self._inbox.append(command)  # the next step() applies it (the poller may be later)
         return command
+
+    def _send(self, kind: str, payload: dict[str, Any], timeout: float) -> CommandRecord:
+        """Where :meth:`set`, :meth:`scale` and :meth:`restore` go once their payload is
+        built: applied here from the training thread, else queued and waited for
+        (``_steer.send``). Distributed runs make it collective."""
+        return _steer.send(self, kind, payload, timeout=timeout)
 
     def epochs(self, count: int) -> Iterator[int]:
         """``for epoch in run.epochs(n)``: starts at the restored epoch after a resume; ends
