@@ -11,22 +11,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import retune
-from retune.store import open_store
+from _demo import wait_for_step
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "explore-tree.svg"
 NAME = "digits-cnn"
-
-
-def _step(store: str) -> int:
-    try:
-        with open_store(store, create=False) as opened:
-            return opened.get_run(NAME).step
-    except retune.RetuneError:
-        return 0
 
 
 def main() -> int:
@@ -39,11 +29,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )  # fmt: skip
-        deadline = time.monotonic() + 300
-        while _step(store) < 20:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{NAME} did not reach step 20")
-            time.sleep(0.2)
+        wait_for_step(store, NAME, 20, timeout=300)
         subprocess.run([*cli, "explore", NAME, "lr=3e-2,1e-2,3e-3", "--steps", "15",
                         "--metric", "loss", "--score", "mean:5", "--store", store],
                        check=True, stdout=subprocess.DEVNULL)  # fmt: skip

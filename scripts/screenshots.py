@@ -11,29 +11,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from _demo import wait_for_step
 from playwright.sync_api import sync_playwright
 
-import retune
 from retune.server import serve_in_thread
 from retune.server._headless import CHROMIUM, CHROMIUM_ARGS
 from retune.store import open_store
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
-
-
-def _wait_step(store: str, name: str, step: int) -> None:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if open_store(store).get_run(name).step >= step:
-                return
-        except retune.RetuneError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} did not reach step {step}")
 
 
 def main() -> int:
@@ -46,12 +33,12 @@ def main() -> int:
              "--store", store],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        _wait_step(store, "digits-cnn", 70)
+        wait_for_step(store, "digits-cnn", 70)
         subprocess.run([*cli, "set", "digits-cnn", "lr=5e-4", "--store", store], check=True)
-        _wait_step(store, "digits-cnn", 140)
+        wait_for_step(store, "digits-cnn", 140)
         subprocess.run([*cli, "restore", "digits-cnn", "n1", "weight_decay=1e-2", "--store", store],
                        check=True)  # fmt: skip
-        _wait_step(store, "digits-cnn", 170)
+        wait_for_step(store, "digits-cnn", 170)
         server, url = serve_in_thread(open_store(store), port=8799)
         run_id = open_store(store).get_run("digits-cnn").id
         with sync_playwright() as p:

@@ -13,30 +13,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import retune
-from retune.store import open_store
+from _demo import wait_for_step
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "tree-example.svg"
 NAME = "digits-cnn"
-
-
-def _step(store: str) -> int:
-    try:
-        with open_store(store, create=False) as opened:
-            return opened.get_run(NAME).step
-    except retune.RetuneError:
-        return 0
-
-
-def _wait_step(store: str, step: int) -> None:
-    deadline = time.monotonic() + 300
-    while _step(store) < step:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{NAME} did not reach step {step}")
-        time.sleep(0.2)
 
 
 def main() -> int:
@@ -58,7 +40,7 @@ def main() -> int:
             (75, ["restore", NAME, "n2", "weight_decay=1e-3"]),  # back to step 30
         ]
         for step, command in script:
-            _wait_step(store, step)
+            wait_for_step(store, NAME, step, timeout=300)
             subprocess.run([*cli, *command, "--store", store], check=True,
                            stdout=subprocess.DEVNULL)  # fmt: skip
         trainer.wait(timeout=600)  # exit 1 only says 4 epochs stay under 95% accuracy
