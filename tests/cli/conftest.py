@@ -31,6 +31,24 @@ def poll(condition: Callable[[], bool], what: str, deadline: float = 60.0) -> No
         time.sleep(0.05)
 
 
+def trained_to(proc: subprocess.Popen[bytes], url: str, name: str, step: int) -> Callable[[], bool]:
+    """A :func:`poll` condition: run ``name`` (trained by ``proc`` into the SQLite store at
+    ``url``) reported ``step``; fails at once if the trainer exited."""
+
+    def reached() -> bool:
+        assert proc.poll() is None, "the trainer exited early"
+        if not Path(url.removeprefix("sqlite:///")).exists():
+            return False  # the trainer creates the store: never race it
+        try:
+            with open_store(url, create=False) as store:
+                runs = store.list_runs(name=name)
+                return bool(runs) and runs[0].step >= step
+        except Exception:  # the store is being created
+            return False
+
+    return reached
+
+
 @pytest.fixture
 def live_run(store_url: str) -> Iterator[tuple[str, str]]:
     """A training process running until stopped: yields (run name, store URL) once the run

@@ -21,7 +21,7 @@ import pytest
 from retune.control import connect
 from retune.errors import CommandRejected
 from retune.store import open_store
-from tests.cli.conftest import ROOT, poll, retune_cli
+from tests.cli.conftest import ROOT, poll, retune_cli, trained_to
 
 TRAINER = Path(__file__).parents[1] / "session" / "explore_trainer.py"
 NAME = "digits-explore"
@@ -34,19 +34,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"sqlite:///{tmp_path_factory.mktemp('explore') / 'retune.db'}"
     proc = subprocess.Popen([sys.executable, str(TRAINER), url, NAME], cwd=ROOT)
     try:
-
-        def trained() -> bool:
-            assert proc.poll() is None, "the trainer exited early"
-            if not Path(url.removeprefix("sqlite:///")).exists():
-                return False
-            try:
-                with open_store(url, create=False) as store:
-                    runs = store.list_runs(name=NAME)
-                    return bool(runs) and runs[0].step >= 20
-            except Exception:  # being created
-                return False
-
-        poll(trained, "the trainer's first steps")
+        poll(trained_to(proc, url, NAME, 20), "the trainer's first steps")
         yield url
     finally:
         if proc.poll() is None:

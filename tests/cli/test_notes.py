@@ -49,3 +49,14 @@ def test_a_note_is_set_shown_and_cleared(run: str, capsys: pytest.CaptureFixture
     assert json.loads(capsys.readouterr().out)["note"] == ""
     assert main(["note", "mnist", "bad\x01", "--store", run]) == 2
     assert capsys.readouterr().err.startswith("retune: error: a note has no control")
+
+
+def test_tags_with_slashes_markup_and_non_ascii_round_trip(
+    run: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostile = ["team/vision", "<b>bold</b>", "größe-λ", "--store"]
+    assert main(["tag", "mnist", *(f"+{t}" for t in hostile), "--store", run, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tags"] == sorted(hostile)
+    assert main(["tag", "mnist", "-<b>bold</b>", "--store", run]) == 0
+    with open_store(run) as store:
+        assert store.get_run("mnist").tags == sorted(set(hostile) - {"<b>bold</b>"})

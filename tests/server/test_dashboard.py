@@ -13,7 +13,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +33,12 @@ if not Path(CHROMIUM).exists():
 
 from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
 
+from tests._wait import eventually  # noqa: E402
 from tests.server._fuzz import live_dashboard  # noqa: E402
 
 LR = {"alpha": 0.1, "beta": 0.01, "gamma": 0.001}
 TUNABLES = [{"name": "lr", "kind": "float", "source": "optimizer", "groups": ["body"], "value": [0.1], "low": 0.0},
             {"name": "wd", "kind": "float", "value": 0.0, "low": 0.0}]  # fmt: skip
-
-
-def _eventually(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def _points(store: Store, run: str, node: int, start: int, stop: int, scale: float) -> None:
@@ -270,15 +261,15 @@ def test_a_finished_run_reads_as_sentences_and_offers_what_can_still_be_done(
 
     assert lane_names() == ["n1…n2 (root)", "n3 (restore from n1)"]
     page.click('#legend .legend-item[data-lane="n3"]')
-    _eventually(lambda: lane_names() == ["n1…n2 (root)"])
+    eventually(lambda: lane_names() == ["n1…n2 (root)"])
     assert "hidden" in (page.get_attribute('#legend .legend-item[data-lane="n3"]', "class") or "")
     page.click('#legend .legend-item[data-lane="n3"]')
-    _eventually(lambda: len(lane_names()) == 2)
+    eventually(lambda: len(lane_names()) == 2)
 
     # smoothing: the drawn curve changes, the raw one stays behind it, faint
     raw = [t["y"] for t in _chart_data(page, '#charts .chart[data-key="loss"]')]
     page.fill("#smoothing", "0.8")
-    _eventually(
+    eventually(
         lambda: page.get_attribute('#charts .chart[data-key="loss"]', "data-smoothing") == "0.8"
     )
     drawn = _chart_data(page, '#charts .chart[data-key="loss"]')
@@ -333,7 +324,7 @@ def test_a_branch_keeps_its_colour_through_two_further_changes(
             traces = _chart_data(page, '#charts .chart[data-key="loss"]')
             return any(label in (t["nodes"] or []) for t in traces)
 
-        _eventually(drawn)
+        eventually(drawn)
         assert colours() == before  # the same lane, the same colour, in legend and chart
     # the branch now spans three nodes and is still one curve in the legend
     assert page.eval_on_selector_all("#legend .legend-item", "els => els.length") == 1
@@ -359,7 +350,7 @@ def test_tags_and_note_are_edited_from_the_page_and_guarded_like_commands(
     page.wait_for_selector('#run-meta .tag[data-tag="baseline"]')
     page.fill("#run-meta textarea.note", "lr too low, try 3e-2")
     page.click("#run-meta .save-note")
-    _eventually(lambda: store.get_run(run).note == "lr too low, try 3e-2")
+    eventually(lambda: store.get_run(run).note == "lr too low, try 3e-2")
     assert store.get_run(run).tags == ["baseline"]
     # a bad tag: the error is shown, nothing changes
     page.fill("#run-meta input.add-tag", "two words")
@@ -374,6 +365,21 @@ def test_tags_and_note_are_edited_from_the_page_and_guarded_like_commands(
                         headers={"Content-Type": "text/plain"})  # fmt: skip
     assert refused.status_code == 415
     assert store.get_run(run).tags == ["baseline"] and store.get_run(run).note
+    # markup, '/' and non-ASCII in a tag and a note are text on the page, never elements
+    hostile = '<img/src=x/onerror=document.title="owned">/größe'
+    page.fill("#run-meta input.add-tag", hostile)
+    page.press("#run-meta input.add-tag", "Enter")
+    eventually(lambda: hostile in store.get_run(run).tags)
+    page.fill("#run-meta textarea.note", "<script>document.title='owned'</script> λ")
+    page.click("#run-meta .save-note")
+    eventually(lambda: store.get_run(run).note.endswith(" λ"))
+    page.reload()
+    page.wait_for_selector("#run-meta .tag")
+    shown = page.locator("#run-meta .tag").all_inner_texts()  # each: the tag, then its "x"
+    assert any(text.startswith(hostile + "\n") for text in shown)
+    assert page.input_value("#run-meta textarea.note").startswith("<script>")
+    assert page.eval_on_selector_all("#run-meta img, #run-meta script", "e => e.length") == 0
+    assert page.title() != "owned"
 
 
 def _pixel(png: bytes) -> tuple[int, int, int]:
@@ -438,9 +444,7 @@ def test_a_guard_recovery_is_marked_explained_and_can_be_vetoed_from_the_page(
     assert f"recovered: {reason}" in text
     assert "c2 (step 20), lr x 0.5" in text and "3 (epoch 0 batch 21 to epoch 0 batch 23)" in text
     page.click("#guard-veto")
-    veto = _eventually(
-        lambda: [c for c in store.list_commands(run.id) if c.kind == "guard"] or None
-    )
+    veto = eventually(lambda: [c for c in store.list_commands(run.id) if c.kind == "guard"])
     assert [(c.payload, c.source, c.status) for c in veto] == [
         ({"action": "veto"}, "ui", "pending")
     ]

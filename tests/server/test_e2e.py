@@ -10,8 +10,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,8 @@ if not Path(CHROMIUM).exists():
 
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
+from tests._wait import eventually  # noqa: E402
 from tests.server._net import free_port  # noqa: E402
-
-
-def _eventually(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -53,12 +43,12 @@ def dashboard(tmp_path: Path) -> Iterator[dict[str, Any]]:
         [sys.executable, str(TRAINER), store, "e2e", "1000000", "0.01"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    _eventually(lambda: _step(store) >= 5)
+    eventually(lambda: _step(store) >= 5, timeout=60)
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "retune", "ui", "--port", str(port), "--store", store],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    _eventually(lambda: _answers(url))
+    eventually(lambda: _answers(url), timeout=60)
     try:
         yield {"store": store, "url": url, "trainer": trainer}
     finally:
@@ -101,7 +91,7 @@ def test_watch_steer_and_branch_from_the_browser(dashboard: dict[str, Any], page
     page.click("text=e2e")
     page.wait_for_selector('.chart[data-key="loss"] .main-svg')
     first = _points(page)
-    _eventually(lambda: _points(page) > first)  # the charts grow
+    eventually(lambda: _points(page) > first, timeout=60)  # the charts grow
 
     # a bad value shows the error and nothing is applied
     page.fill('input[data-name="lr"][data-group="0"]', "-1")
@@ -120,7 +110,7 @@ def test_watch_steer_and_branch_from_the_browser(dashboard: dict[str, Any], page
         "applied", "ui", {"lr[body]": [0.1, 0.02]},
     )  # fmt: skip
     # the trainer logs optimizer.param_groups[0]["lr"] every step: the optimizer holds it
-    _eventually(lambda: _step(store) > (applied.applied_step or 0) + 3)
+    eventually(lambda: _step(store) > (applied.applied_step or 0) + 3, timeout=60)
     lr = retune.load("e2e", store=store).metric("lr")
     after = lr.values[lr.steps > (applied.applied_step or 0)]
     assert len(after) and set(after.tolist()) == {0.02}

@@ -17,7 +17,7 @@ import retune
 from retune.control import Controller, connect
 from retune.errors import CommandRejected
 from retune.store import Store, open_store
-from tests.cli.conftest import ROOT, poll
+from tests.cli.conftest import ROOT, poll, trained_to
 
 TRAINER = Path(__file__).with_name("explore_trainer.py")
 NAME = "digits-explore"
@@ -31,19 +31,7 @@ def trainer(
     proc = subprocess.Popen([sys.executable, str(TRAINER), url, NAME], cwd=ROOT)
     store: Store | None = None
     try:
-
-        def trained() -> bool:
-            assert proc.poll() is None, "the trainer exited early"
-            if not Path(url.removeprefix("sqlite:///")).exists():
-                return False
-            try:
-                with open_store(url, create=False) as s:
-                    runs = s.list_runs(name=NAME)
-                    return bool(runs) and runs[0].step >= 20
-            except Exception:  # being created
-                return False
-
-        poll(trained, "the trainer's first steps")
+        poll(trained_to(proc, url, NAME, 20), "the trainer's first steps")
         store = open_store(url, create=False)
         with connect(NAME, store=store) as ctl:
             yield proc, ctl
