@@ -14,6 +14,7 @@ import retune
 from retune.control import connect
 from retune.store import open_store
 from retune.store._sql import SqlStore
+from tests._postgres import fresh_postgres
 
 
 def test_the_change_token_moves_exactly_when_another_connection_commits(store_url: str) -> None:
@@ -35,10 +36,18 @@ def test_the_change_token_moves_exactly_when_another_connection_commits(store_ur
     store.close()
 
 
-def test_postgres_and_memory_stores_say_they_cannot_tell() -> None:
+def test_a_memory_store_says_it_cannot_tell() -> None:
     memory = open_store("sqlite://")
     assert memory.change_token() is None
     memory.close()
+
+
+def test_postgres_says_it_cannot_tell_so_the_poller_always_queries() -> None:
+    store = open_store(fresh_postgres())
+    try:
+        assert store.change_token() is None
+    finally:
+        store.close()
 
 
 def test_an_idle_run_does_not_query_its_commands_on_every_tick(store_url: str) -> None:
