@@ -104,6 +104,16 @@ RUNS_CHECK = """() => [...document.querySelectorAll('#runs tbody tr')].filter(
   (r) => r.querySelector('td[data-column="last:val/loss"]')?.textContent.trim() !== '-').length"""
 
 
+def _cold_context(browser: Any, width: int, height: int) -> tuple[Any, Any, Any]:
+    """A new context, page and CDP session with the browser cache off: every load is cold."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+    return context, page, cdp
+
+
 def runs_page_loads(base: str, repeat: int) -> list[float]:
     """Cold loads of the runs page (new context, cache disabled) until all 1,000 rows show."""
     from playwright.sync_api import sync_playwright
@@ -114,11 +124,7 @@ def runs_page_loads(base: str, repeat: int) -> list[float]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(repeat):
-            context = browser.new_context(viewport={"width": 1920, "height": 1080})
-            page = context.new_page()
-            cdp = context.new_cdp_session(page)
-            cdp.send("Network.enable")
-            cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+            context, page, _cdp = _cold_context(browser, 1920, 1080)
             start = time.perf_counter()
             page.goto(base)
             page.wait_for_function(RUNS_READY, timeout=60_000)
@@ -193,11 +199,7 @@ def page_loads(base: str, run_id: str, repeat: int) -> dict[str, Any]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(repeat):
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            page = context.new_page()
-            cdp = context.new_cdp_session(page)
-            cdp.send("Network.enable")
-            cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+            context, page, cdp = _cold_context(browser, 1400, 1000)
             watch = _CacheWatch(cdp)
             cold.append(_load(page, url))
             cold_hits += watch.from_cache
@@ -249,11 +251,7 @@ def tree_picture_times(base: str, run_id: str, repeat: int) -> dict[str, list[fl
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(repeat):
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            page = context.new_page()
-            cdp = context.new_cdp_session(page)
-            cdp.send("Network.enable")
-            cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+            context, page, _cdp = _cold_context(browser, 1400, 1000)
             start = time.perf_counter()
             page.goto(url)
             page.wait_for_function(
