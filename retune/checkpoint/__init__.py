@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from retune.checkpoint._codec import (
     FORMAT_VERSION,
+    WRITERS,
     EncodedState,
     decode_state,
     encode_in_memory,
@@ -31,6 +32,7 @@ from retune.checkpoint._targets import resolve_checkpoint
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
     "FORMAT_VERSION",
+    "WRITERS",
     "EncodedState",
     "GcReport",
     "ObjectStore",

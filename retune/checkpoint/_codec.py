@@ -57,7 +57,8 @@ __all__ = [
 
 FORMAT_VERSION = 1
 PACK_BELOW = 64 * 1024
-_WORKERS = 4
+WRITERS = 4
+"""Threads that hash and write the blobs of a save by default."""
 
 # What a manifest may name. Anything else is a corrupt checkpoint: a name is never looked up
 # as an attribute of a module, so a manifest cannot reach ``torch.load`` or ``os``.
@@ -188,15 +189,27 @@ class EncodedState:
         buffer: Any = raw.numpy()
         return self.data(node, memoryview(buffer))
 
-    def write(self, objects: ObjectStore) -> tuple[dict[str, Any], int]:
-        """Hash and store the big blobs in parallel, then one pack for the small ones; returns
-        ``(manifest, array bytes)``. The blobs are durable when this returns. Call it once."""
+    def write(self, objects: ObjectStore, *, workers: int = WRITERS) -> tuple[dict[str, Any], int]:
+        """Hash and store the big blobs, ``workers`` at a time, then one pack for the small
+        ones; returns ``(manifest, array bytes)``. The blobs are durable when this returns.
+        Call it once.
+
+        Several workers finish sooner when nothing else needs the CPU (a synchronous save:
+        training waits for it); one worker (``workers=1``, in the calling thread) takes the
+        least CPU from a training that goes on beside it (a background save).
+        """
+        if workers < 1:
+            raise InvalidArgument(f"workers must be at least 1, got {workers}")
 
         def store(data: memoryview) -> str:
             return objects.put(data, digest(data), sync=False)
 
-        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-            keys = list(pool.map(store, [data for _, data in self.big]))
+        blobs = [data for _, data in self.big]
+        if workers == 1 or len(blobs) < 2:
+            keys = [store(data) for data in blobs]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                keys = list(pool.map(store, blobs))
         for (node, data), key in zip(self.big, keys, strict=True):
             node.update(blob=key, nbytes=data.nbytes)
         if self.small:
@@ -348,7 +361,7 @@ class _Decoder:
             self.objects.read_into(key, memoryview(buffer.numpy()))
             return key, buffer
 
-        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        with ThreadPoolExecutor(max_workers=WRITERS) as pool:
             self.preloaded = dict(pool.map(load, wanted))
 
     def raw(self, node: dict[str, Any]) -> bytes | memoryview:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retune.checkpoint import (
+    WRITERS,
     EncodedState,
     ObjectStore,
     decode_state,
@@ -241,8 +242,9 @@ class Checkpointer:
             _yield_cpu()
         try:
             pending.record = self._write(
-                encoded, pending.reason, pending.tag, pending.step, pending.node
-            )
+                encoded, pending.reason, pending.tag, pending.step, pending.node,
+                workers=1 if background else WRITERS,
+            )  # fmt: skip
         except BaseException as e:  # a background thread has nobody to raise to
             pending.error = e
             self.failed += 1
@@ -251,7 +253,14 @@ class Checkpointer:
             pending._done.set()
 
     def _write(
-        self, encoded: EncodedState, reason: str, tag: str | None, step: int, node: int
+        self,
+        encoded: EncodedState,
+        reason: str,
+        tag: str | None,
+        step: int,
+        node: int,
+        *,
+        workers: int = WRITERS,
     ) -> CheckpointRecord:
         run = self._run
         objects = self.objects
@@ -263,7 +272,7 @@ class Checkpointer:
                     known |= manifest_hashes(old)
                 objects.record_refs(store_id, label, known)
             self._registered = True
-            manifest, nbytes = encoded.write(objects)
+            manifest, nbytes = encoded.write(objects, workers=workers)
             objects.record_refs(store_id, label, manifest_hashes(manifest))
             objects.sync()
             _test_hook_block(step)
@@ -372,9 +381,11 @@ BACKGROUND_NICE = 10
 
 
 def _yield_cpu() -> None:
-    """Lower this thread's CPU priority (Linux: per thread; the hashing and writing threads
-    it starts inherit it). On a machine with an idle core the save runs at full speed; when
-    every core is busy, training keeps its share and the save takes longer instead."""
+    """Lower this thread's CPU priority (Linux: per thread). On a machine with an idle core
+    the save runs at full speed; when every core is busy, training keeps most of its share
+    and the save takes longer instead. A background save hashes and writes in this one
+    thread: a pool of writers would also run on the cores training uses (docs/benchmarks.md,
+    "Checkpoint stall")."""
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)

@@ -120,6 +120,32 @@ def test_the_next_save_waits_for_the_one_in_flight_and_finish_waits_too(
     assert open_store(store).get_run(run.id).status == "finished"
 
 
+def test_a_background_save_writes_from_one_thread_a_synchronous_one_from_several(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background save hashes and writes in its own one thread (more would take the
+    training's core); a save that training waits for uses the writer pool."""
+    writers: list[str] = []
+    put = ObjectStore.put
+
+    def recording_put(self: ObjectStore, *args: object, **kwargs: object) -> str:
+        writers.append(threading.current_thread().name)
+        return put(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ObjectStore, "put", recording_put)
+    run = retune.init("writers", store=str(tmp_path / "t.db"), checkpoint_every_n_steps=2)
+    for index in range(8):
+        run.state[f"w{index}"] = np.full(50_000, float(index))  # eight blobs of their own
+    _train(run, run.state["w0"], 2)
+    run.checkpointer.wait()
+    background, writers[:] = set(writers), []
+    assert background == {f"retune-save-{run.id}"}
+    run.checkpoint()
+    pool = [name for name in writers if name.startswith("ThreadPoolExecutor")]
+    assert len(pool) >= 8 and f"retune-save-{run.id}" not in writers  # the pack: this thread
+    run.finish()
+
+
 def test_a_failed_background_save_is_recorded_and_training_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
