@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import threading
@@ -178,6 +179,41 @@ def test_pages_static_files_and_openapi(client: TestClient, runs: dict[str, Any]
     _error(client.get("/static/nope.js"), 404, "not_found")
     schema = client.get("/api/openapi.json").json()
     assert "/api/runs/{run}/commands" in schema["paths"]
+
+
+@pytest.mark.parametrize("name", ["plotly.min.js", "run.js", "style.css"])
+def test_static_files_are_gzipped_only_when_the_client_accepts_it(
+    client: TestClient, name: str
+) -> None:
+    plain = client.get(f"/static/{name}", headers={"Accept-Encoding": "identity"})
+    assert plain.status_code == 200 and "content-encoding" not in plain.headers
+    assert plain.headers["vary"] == "Accept-Encoding"
+    assert plain.headers["cache-control"] == "max-age=3600"
+    for accept, packed in [("gzip", True), ("br, gzip;q=0.5", True), ("deflate", False),
+                           ("gzip;q=0", False), ("x-gzip", True)]:  # fmt: skip
+        with client.stream("GET", f"/static/{name}", headers={"Accept-Encoding": accept}) as got:
+            raw = b"".join(got.iter_raw())  # the bytes as sent, not decoded by the client
+            assert got.status_code == 200
+            assert got.headers["content-type"] == plain.headers["content-type"]
+        if packed:
+            assert got.headers["content-encoding"] == "gzip", accept
+            assert len(raw) < len(plain.content) and gzip.decompress(raw) == plain.content
+        else:
+            assert "content-encoding" not in got.headers and raw == plain.content, accept
+
+
+def test_a_static_file_edited_while_serving_is_read_again(tmp_path: Path) -> None:
+    from retune.server._app import _asset
+
+    path = tmp_path / "page.js"
+    path.write_text("let a = 1;\n" * 100)
+    first = _asset(path)
+    assert _asset(path) is first  # read and compressed once
+    assert first.gzipped is not None and gzip.decompress(first.gzipped) == first.raw
+    path.write_text("let b = 2;\n" * 200)
+    assert _asset(path).raw == path.read_bytes()
+    path.write_text("x")  # gzip would be larger: served as it is
+    assert _asset(path).gzipped is None
 
 
 def test_events_reject_a_bad_interval(client: TestClient) -> None:
