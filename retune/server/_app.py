@@ -8,6 +8,7 @@ status from :mod:`retune.errors` (one mapping, in :func:`_retune_error`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import json
 import logging
@@ -84,7 +85,7 @@ class _Asset:
 
 
 _ASSETS: dict[Path, _Asset] = {}
-_ASSETS_LOCK = threading.Lock()
+_ASSET_LOCKS: dict[Path, threading.Lock] = {}
 
 
 def _asset(path: Path) -> _Asset:
@@ -92,7 +93,7 @@ def _asset(path: Path) -> _Asset:
     file (mtime and size) and then served from memory. Blocks: call it off the event loop."""
     stat = path.stat()
     stamp = (stat.st_mtime_ns, stat.st_size)
-    with _ASSETS_LOCK:  # concurrent first requests compress once
+    with _ASSET_LOCKS.setdefault(path, threading.Lock()):  # concurrent first reads: one gzip
         asset = _ASSETS.get(path)
         if asset is None or asset.stamp != stamp:
             raw = path.read_bytes()
@@ -100,6 +101,20 @@ def _asset(path: Path) -> _Asset:
             asset = _Asset(stamp, raw, packed if len(packed) < len(raw) else None)
             _ASSETS[path] = asset
         return asset
+
+
+@functools.cache
+def _plotly_path() -> Path:
+    import plotly  # ~30 ms to import: once, and off the event loop (see _prime_assets)
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def _prime_assets() -> None:
+    """Read and gzip what a page asks for next (its modules, stylesheet, then plotly.min.js)
+    ahead of the requests, so the first page a fresh server shows does not wait for them."""
+    for path in [*sorted(STATIC.glob("*.js")), *sorted(STATIC.glob("*.css")), _plotly_path()]:
+        _asset(path)
 
 
 def _accepts_gzip(accept_encoding: str) -> bool:
@@ -547,13 +562,22 @@ def create_app(
     async def favicon() -> Response:
         return Response(status_code=204)
 
+    primed: list[asyncio.Future[None]] = []  # once per app: the files are cached per process
+
+    def page() -> HTMLResponse:
+        if not primed:
+            # a failure is dropped here: the request for that file reports it
+            primed.append(asyncio.get_running_loop().run_in_executor(None, _prime_assets))
+            primed[0].add_done_callback(lambda done: done.cancelled() or done.exception())
+        return HTMLResponse((STATIC / "index.html").read_text())
+
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text())
+        return page()
 
     @app.get("/runs/{run}", include_in_schema=False)
     async def run_page(run: str) -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text())
+        return page()
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str, request: Request) -> Response:
@@ -561,9 +585,7 @@ def create_app(
         chunks it took ~75 hops between the event loop and a thread, each waiting for the GIL
         while the API reads ran), gzipped when the client accepts it (1.5 MB)."""
         if name == "plotly.min.js":
-            import plotly
-
-            path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+            path = await blocking(_plotly_path)
         else:
             path = STATIC / name
             if path.parent != STATIC or not path.is_file():

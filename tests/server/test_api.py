@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 import retune
 from retune.server import check_bind, create_app
 from retune.store import Store, open_store
+from tests._wait import eventually
 
 ORIGIN = "http://testserver"
 HOSTS = {"testserver"}  # the test client's Host header
@@ -214,6 +215,20 @@ def test_a_static_file_edited_while_serving_is_read_again(tmp_path: Path) -> Non
     assert _asset(path).raw == path.read_bytes()
     path.write_text("x")  # gzip would be larger: served as it is
     assert _asset(path).gzipped is None
+
+
+def test_a_page_request_reads_and_gzips_the_files_it_will_ask_for_next(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retune.server import _app
+
+    monkeypatch.setattr(_app, "_ASSETS", {})  # as in a fresh server process
+    client = TestClient(create_app(store, allowed_hosts=HOSTS))
+    assert client.get("/static/app.js").status_code == 200
+    assert set(_app._ASSETS) == {_app.STATIC / "app.js"}  # a file request reads only its file
+    assert client.get("/runs/anything").status_code == 200
+    wanted = {_app.STATIC / "run.js", _app.STATIC / "style.css", _app._plotly_path()}
+    eventually(lambda: wanted <= set(_app._ASSETS), timeout=30, what="files read ahead")
 
 
 def test_events_reject_a_bad_interval(client: TestClient) -> None:
