@@ -8,7 +8,6 @@ status from :mod:`retune.errors` (one mapping, in :func:`_retune_error`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import gzip
 import json
 import logging
@@ -46,6 +45,9 @@ from retune.store import LIVE_STATUSES, RunRecord, Store, is_stale
 __all__ = ["create_app"]
 
 STATIC = Path(__file__).parent / "static"
+# plotly.js's basic bundle (scatter, bar, pie: 1.2 MB), served as /static/plotly.min.js: the
+# dashboard draws line charts only; where it comes from: vendor/README.md
+PLOTLY = Path(__file__).parent / "vendor" / "plotly-basic.min.js"
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1  # command ids are 32-bit on PostgreSQL
 _NODE = re.compile(r"n?([0-9]{1,18})", re.ASCII)
@@ -103,17 +105,10 @@ def _asset(path: Path) -> _Asset:
         return asset
 
 
-@functools.cache
-def _plotly_path() -> Path:
-    import plotly  # ~30 ms to import: once, and off the event loop (see _prime_assets)
-
-    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-
-
 def _prime_assets() -> None:
     """Read and gzip what a page asks for next (its modules, stylesheet, then plotly.min.js)
     ahead of the requests, so the first page a fresh server shows does not wait for them."""
-    for path in [*sorted(STATIC.glob("*.js")), *sorted(STATIC.glob("*.css")), _plotly_path()]:
+    for path in [*sorted(STATIC.glob("*.js")), *sorted(STATIC.glob("*.css")), PLOTLY]:
         _asset(path)
 
 
@@ -581,11 +576,11 @@ def create_app(
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str, request: Request) -> Response:
-        """A static file, from memory in one piece (plotly.min.js is 4.8 MB: sent in 64 KiB
-        chunks it took ~75 hops between the event loop and a thread, each waiting for the GIL
-        while the API reads ran), gzipped when the client accepts it (1.5 MB)."""
+        """A static file, from memory in one piece (sent in 64 KiB chunks, plotly took dozens
+        of hops between the event loop and a thread, each waiting for the GIL while the API
+        reads ran), gzipped when the client accepts it."""
         if name == "plotly.min.js":
-            path = await blocking(_plotly_path)
+            path = PLOTLY
         else:
             path = STATIC / name
             if path.parent != STATIC or not path.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import threading
@@ -203,6 +204,19 @@ def test_static_files_are_gzipped_only_when_the_client_accepts_it(
             assert "content-encoding" not in got.headers and raw == plain.content, accept
 
 
+def test_plotly_is_the_vendored_basic_bundle_whose_hash_its_readme_records(
+    client: TestClient,
+) -> None:
+    from retune.server._app import PLOTLY
+
+    served = client.get("/static/plotly.min.js")
+    assert served.status_code == 200 and served.content == PLOTLY.read_bytes()
+    assert served.content.startswith(b"/**\n* plotly.js (basic - minified) v")
+    readme = (PLOTLY.parent / "README.md").read_text()
+    assert f"file sha256: `{hashlib.sha256(served.content).hexdigest()}`" in readme
+    assert (PLOTLY.parent / "LICENSE.plotly.js").read_text().startswith("MIT License")
+
+
 def test_a_static_file_edited_while_serving_is_read_again(tmp_path: Path) -> None:
     from retune.server._app import _asset
 
@@ -227,7 +241,7 @@ def test_a_page_request_reads_and_gzips_the_files_it_will_ask_for_next(
     assert client.get("/static/app.js").status_code == 200
     assert set(_app._ASSETS) == {_app.STATIC / "app.js"}  # a file request reads only its file
     assert client.get("/runs/anything").status_code == 200
-    wanted = {_app.STATIC / "run.js", _app.STATIC / "style.css", _app._plotly_path()}
+    wanted = {_app.STATIC / "run.js", _app.STATIC / "style.css", _app.PLOTLY}
     eventually(lambda: wanted <= set(_app._ASSETS), timeout=30, what="files read ahead")
 
 

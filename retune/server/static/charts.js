@@ -5,7 +5,8 @@
 // drawn faint behind).
 import { fill, $, h, esc, fmt, cssVar, download, store } from "./util.js";
 
-// Plotly (3.5 MB) is fetched when the first chart is drawn, not before the page shows.
+// Plotly (its basic bundle, 1.2 MB) is fetched when the first chart is drawn, not before the
+// page shows.
 let loading = null;
 export function plotly() {
   if (window.Plotly) return Promise.resolve(window.Plotly);
