@@ -8,13 +8,17 @@ status from :mod:`retune.errors` (one mapping, in :func:`_retune_error`).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import math
+import mimetypes
 import re
+import threading
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,7 +26,6 @@ from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
-    FileResponse,
     HTMLResponse,
     JSONResponse,
     Response,
@@ -42,6 +45,9 @@ from retune.store import LIVE_STATUSES, RunRecord, Store, is_stale
 __all__ = ["create_app"]
 
 STATIC = Path(__file__).parent / "static"
+# plotly.js's basic bundle (scatter, bar, pie: 1.2 MB), served as /static/plotly.min.js: the
+# dashboard draws line charts only; where it comes from: vendor/README.md
+PLOTLY = Path(__file__).parent / "vendor" / "plotly-basic.min.js"
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1  # command ids are 32-bit on PostgreSQL
 _NODE = re.compile(r"n?([0-9]{1,18})", re.ASCII)
@@ -69,6 +75,57 @@ class CommandIn(BaseModel):
 
     kind: str = Field(examples=["set"])
     payload: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Asset:
+    """A static file held in memory: its bytes, gzipped once, and the stat they were read at."""
+
+    stamp: tuple[int, int]  # (mtime_ns, size): a file edited in place is read again
+    raw: bytes
+    gzipped: bytes | None  # None where gzip would not make it smaller
+
+
+_ASSETS: dict[Path, _Asset] = {}
+_ASSET_LOCKS: dict[Path, threading.Lock] = {}
+
+
+def _asset(path: Path) -> _Asset:
+    """``path``'s bytes, and its gzip (level 6), read and compressed once per version of the
+    file (mtime and size) and then served from memory. Blocks: call it off the event loop."""
+    stat = path.stat()
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    with _ASSET_LOCKS.setdefault(path, threading.Lock()):  # concurrent first reads: one gzip
+        asset = _ASSETS.get(path)
+        if asset is None or asset.stamp != stamp:
+            raw = path.read_bytes()
+            packed = gzip.compress(raw, compresslevel=6, mtime=0)
+            asset = _Asset(stamp, raw, packed if len(packed) < len(raw) else None)
+            _ASSETS[path] = asset
+        return asset
+
+
+def _prime_assets() -> None:
+    """Read and gzip what a page asks for next (its modules, stylesheet, then plotly.min.js)
+    ahead of the requests, so the first page a fresh server shows does not wait for them."""
+    for path in [*sorted(STATIC.glob("*.js")), *sorted(STATIC.glob("*.css")), PLOTLY]:
+        _asset(path)
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header allows gzip (named, and not with ``q=0``)."""
+    for part in accept_encoding.split(","):
+        name, _, params = part.partition(";")
+        if name.strip().lower() not in {"gzip", "x-gzip"}:
+            continue
+        weight = params.strip().lower()
+        if weight.startswith("q="):
+            try:
+                return float(weight[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
 
 
 def _json_response(data: Any, status: int = 200) -> JSONResponse:
@@ -500,26 +557,42 @@ def create_app(
     async def favicon() -> Response:
         return Response(status_code=204)
 
+    primed: list[asyncio.Future[None]] = []  # once per app: the files are cached per process
+
+    def page() -> HTMLResponse:
+        if not primed:
+            # a failure is dropped here: the request for that file reports it
+            primed.append(asyncio.get_running_loop().run_in_executor(None, _prime_assets))
+            primed[0].add_done_callback(lambda done: done.cancelled() or done.exception())
+        return HTMLResponse((STATIC / "index.html").read_text())
+
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text())
+        return page()
 
     @app.get("/runs/{run}", include_in_schema=False)
     async def run_page(run: str) -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text())
+        return page()
 
     @app.get("/static/{name}", include_in_schema=False)
-    async def static(name: str) -> Response:
+    async def static(name: str, request: Request) -> Response:
+        """A static file, from memory in one piece (sent in 64 KiB chunks, plotly took dozens
+        of hops between the event loop and a thread, each waiting for the GIL while the API
+        reads ran), gzipped when the client accepts it."""
         if name == "plotly.min.js":
-            import plotly
-
-            path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+            path = PLOTLY
         else:
             path = STATIC / name
             if path.parent != STATIC or not path.is_file():
                 return JSONResponse(
                     {"error": "not_found", "message": f"no static file {name!r}"}, status_code=404
                 )
-        return FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+        asset = await blocking(_asset, path)
+        headers = {"Cache-Control": "max-age=3600", "Vary": "Accept-Encoding"}
+        media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if asset.gzipped is not None and _accepts_gzip(request.headers.get("accept-encoding", "")):
+            headers["Content-Encoding"] = "gzip"
+            return Response(asset.gzipped, media_type=media_type, headers=headers)
+        return Response(asset.raw, media_type=media_type, headers=headers)
 
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import math
 import threading
@@ -17,6 +19,7 @@ from fastapi.testclient import TestClient
 import retune
 from retune.server import check_bind, create_app
 from retune.store import Store, open_store
+from tests._wait import eventually
 
 ORIGIN = "http://testserver"
 HOSTS = {"testserver"}  # the test client's Host header
@@ -178,6 +181,68 @@ def test_pages_static_files_and_openapi(client: TestClient, runs: dict[str, Any]
     _error(client.get("/static/nope.js"), 404, "not_found")
     schema = client.get("/api/openapi.json").json()
     assert "/api/runs/{run}/commands" in schema["paths"]
+
+
+@pytest.mark.parametrize("name", ["plotly.min.js", "run.js", "style.css"])
+def test_static_files_are_gzipped_only_when_the_client_accepts_it(
+    client: TestClient, name: str
+) -> None:
+    plain = client.get(f"/static/{name}", headers={"Accept-Encoding": "identity"})
+    assert plain.status_code == 200 and "content-encoding" not in plain.headers
+    assert plain.headers["vary"] == "Accept-Encoding"
+    assert plain.headers["cache-control"] == "max-age=3600"
+    for accept, packed in [("gzip", True), ("br, gzip;q=0.5", True), ("deflate", False),
+                           ("gzip;q=0", False), ("x-gzip", True)]:  # fmt: skip
+        with client.stream("GET", f"/static/{name}", headers={"Accept-Encoding": accept}) as got:
+            raw = b"".join(got.iter_raw())  # the bytes as sent, not decoded by the client
+            assert got.status_code == 200
+            assert got.headers["content-type"] == plain.headers["content-type"]
+        if packed:
+            assert got.headers["content-encoding"] == "gzip", accept
+            assert len(raw) < len(plain.content) and gzip.decompress(raw) == plain.content
+        else:
+            assert "content-encoding" not in got.headers and raw == plain.content, accept
+
+
+def test_plotly_is_the_vendored_basic_bundle_whose_hash_its_readme_records(
+    client: TestClient,
+) -> None:
+    from retune.server._app import PLOTLY
+
+    served = client.get("/static/plotly.min.js")
+    assert served.status_code == 200 and served.content == PLOTLY.read_bytes()
+    assert served.content.startswith(b"/**\n* plotly.js (basic - minified) v")
+    readme = (PLOTLY.parent / "README.md").read_text()
+    assert f"file sha256: `{hashlib.sha256(served.content).hexdigest()}`" in readme
+    assert (PLOTLY.parent / "LICENSE.plotly.js").read_text().startswith("MIT License")
+
+
+def test_a_static_file_edited_while_serving_is_read_again(tmp_path: Path) -> None:
+    from retune.server._app import _asset
+
+    path = tmp_path / "page.js"
+    path.write_text("let a = 1;\n" * 100)
+    first = _asset(path)
+    assert _asset(path) is first  # read and compressed once
+    assert first.gzipped is not None and gzip.decompress(first.gzipped) == first.raw
+    path.write_text("let b = 2;\n" * 200)
+    assert _asset(path).raw == path.read_bytes()
+    path.write_text("x")  # gzip would be larger: served as it is
+    assert _asset(path).gzipped is None
+
+
+def test_a_page_request_reads_and_gzips_the_files_it_will_ask_for_next(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retune.server import _app
+
+    monkeypatch.setattr(_app, "_ASSETS", {})  # as in a fresh server process
+    client = TestClient(create_app(store, allowed_hosts=HOSTS))
+    assert client.get("/static/app.js").status_code == 200
+    assert set(_app._ASSETS) == {_app.STATIC / "app.js"}  # a file request reads only its file
+    assert client.get("/runs/anything").status_code == 200
+    wanted = {_app.STATIC / "run.js", _app.STATIC / "style.css", _app.PLOTLY}
+    eventually(lambda: wanted <= set(_app._ASSETS), timeout=30, what="files read ahead")
 
 
 def test_events_reject_a_bad_interval(client: TestClient) -> None:

@@ -351,10 +351,16 @@ function drawAudit() {
     h("td", { class: "what" }, commandText(c)), h("td", { class: `cmd-${c.status}` }, outcomeText(c)))));
 }
 
-async function refreshRun() {
-  const base = `/api/runs/${enc(state.run.id)}`;
+// The four reads a refresh needs, all at once. `ref` is the run's id, or what the URL named it by.
+async function readRun(ref) {
+  const base = `/api/runs/${enc(ref)}`;
   const [run, tree, keys, commands] = await Promise.all([api(base), api(`${base}/tree`), api(`${base}/metrics`), api(`${base}/commands`)]);
-  Object.assign(state, { run, tree: tree.nodes, keys, commands });
+  return { run, tree: tree.nodes, keys, commands };
+}
+
+// Redraws the page from `reading` (a readRun promise; by default a new one).
+async function refreshRun(reading = readRun(state.run.id)) {
+  const { run, keys } = Object.assign(state, await reading);
   fill($("#run-status"), h("span", { class: `status status-${run.status}` }, run.status), ` · step ${run.step} · ${dur(run.duration)}`);
   runMeta($("#run-meta"), run, refreshRun);
   drawControls();
@@ -369,7 +375,8 @@ async function refreshRun() {
 
 export async function runPage(id) {
   plotly().catch(() => {});  // fetched while the data is read
-  state.run = await api(`/api/runs/${enc(id)}`);
+  const reading = readRun(id);  // the first refresh's reads start now, not after the page is built
+  state.run = (await reading).run;
   $("#crumb").textContent = `${state.run.name} (${state.run.id})`;
   const opts = store.get("chart-opts", { x: "step", smoothing: 0 });
   const charts = h("div", { id: "charts" });
@@ -394,6 +401,6 @@ export async function runPage(id) {
           h("div", { id: "tree" })),
         h("div", { class: "card", id: "node-detail", hidden: true }))));
   picture.root = $("#tree-picture");
-  await refreshRun();
+  await refreshRun(reading);
   live(throttle(refreshRun, 500));
 }
