@@ -31,6 +31,7 @@ memory. torch is only imported when the tree (or manifest) holds torch objects.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -58,7 +59,9 @@ __all__ = [
 FORMAT_VERSION = 1
 PACK_BELOW = 64 * 1024
 WRITERS = 4
-"""Threads that hash and write the blobs of a save by default."""
+"""Threads that hash and write the blobs of a save by default (and copy them, at most)."""
+PARALLEL_COPY_BYTES = 16 * 1024 * 1024
+"""Below this many bytes to copy, a save's copies run on the calling thread alone."""
 
 # What a manifest may name. Anything else is a corrupt checkpoint: a name is never looked up
 # as an attribute of a module, so a manifest cannot reach ``torch.load`` or ``os``.
@@ -102,6 +105,24 @@ class EncodedState:
         self.big: list[tuple[dict[str, Any], memoryview]] = []
         self.small: list[tuple[dict[str, Any], memoryview]] = []
         self.nbytes = 0
+        self._copies: list[tuple[Callable[[], object], int]] = []  # (copy, bytes), not yet run
+
+    def _copy_later(self, copy: Callable[[], object], nbytes: int) -> None:
+        self._copies.append((copy, nbytes))
+
+    def finish_copies(self) -> None:
+        """Run the copies the walk queued: the large ones on several threads (torch and numpy
+        release the GIL while they copy), since training waits for them either way."""
+        copies, self._copies = self._copies, []
+        total = sum(nbytes for _, nbytes in copies)
+        if len(copies) < 2 or total < PARALLEL_COPY_BYTES:
+            for copy, _ in copies:
+                copy()
+            return
+        copies.sort(key=lambda item: -item[1])  # the largest first: the threads end together
+        with ThreadPoolExecutor(max_workers=min(WRITERS, os.cpu_count() or 1)) as pool:
+            for future in [pool.submit(copy) for copy, _ in copies]:
+                future.result()
 
     def data(self, node: dict[str, Any], data: memoryview) -> dict[str, Any]:
         self.nbytes += data.nbytes
@@ -162,7 +183,8 @@ class EncodedState:
         }
         raw: Any = array.astype(little, copy=False).reshape(-1).view(np.uint8)
         if self.copy:
-            raw = raw.copy()
+            source, raw = raw, np.empty_like(raw)
+            self._copy_later(lambda: np.copyto(raw, source), raw.nbytes)
         return self.data(node, memoryview(raw))
 
     def tensor(self, tensor: torch.Tensor, path: str) -> dict[str, Any]:
@@ -184,7 +206,8 @@ class EncodedState:
             "requires_grad": bool(tensor.requires_grad),
         }
         if self.copy and flat.numel() and _shares_memory(flat, tensor):
-            flat = flat.clone()
+            source, flat = flat, torch.empty_like(flat)
+            self._copy_later(lambda: flat.copy_(source), flat.numel() * flat.element_size())
         raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
         buffer: Any = raw.numpy()
         return self.data(node, memoryview(buffer))
@@ -242,6 +265,7 @@ def encode_in_memory(tree: Any, *, copy: bool = True, pack_below: int = PACK_BEL
         raise InvalidArgument(f"pack_below must be >= 0, got {pack_below}")
     encoded = EncodedState(pack_below, copy)
     encoded.root = encoded.encode(tree, "state")
+    encoded.finish_copies()
     return encoded
 
 

@@ -301,3 +301,34 @@ def test_importing_the_package_does_not_import_torch() -> None:
         "assert back['a'].tolist() == [0, 1, 2] and 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("arrays", [3, 40])  # 12 MB: copied in line; 160 MB: on several threads
+def test_an_in_memory_copy_holds_the_state_of_its_moment(tmp_path: Path, arrays: int) -> None:
+    """``encode_in_memory(copy=True)`` (a background save's phase 1) keeps the bytes the
+    arrays had when it returned, whichever way it copied them; later changes do not leak in."""
+    from retune.checkpoint import encode_in_memory
+
+    generator = torch.Generator().manual_seed(arrays)
+    live = {
+        "tensors": [torch.randn(1024, 512, generator=generator) for _ in range(arrays)],
+        "array": np.arange(1_000_000, dtype=np.float64),
+        "view": torch.randn(64, 64, generator=generator)[:, 3:40],  # strided: its own copy
+    }
+    expected = {
+        "tensors": [t.clone() for t in live["tensors"]],
+        "array": live["array"].copy(),
+        "view": live["view"].clone(),
+    }
+    encoded = encode_in_memory(live, copy=True)
+    for tensor in live["tensors"]:
+        tensor.add_(1.0)
+    live["array"] += 1.0
+    manifest, _ = encoded.write(ObjectStore(str(tmp_path / "objects")))
+    restored = decode_state(manifest, ObjectStore(str(tmp_path / "objects")))
+    assert all(
+        torch.equal(got, want)
+        for got, want in zip(restored["tensors"], expected["tensors"], strict=True)
+    )
+    assert np.array_equal(restored["array"], expected["array"])
+    assert torch.equal(restored["view"], expected["view"])
