@@ -310,7 +310,7 @@ def test_an_in_memory_copy_holds_the_state_of_its_moment(tmp_path: Path, arrays:
     from retune.checkpoint import encode_in_memory
 
     generator = torch.Generator().manual_seed(arrays)
-    live = {
+    live: dict[str, Any] = {
         "tensors": [torch.randn(1024, 512, generator=generator) for _ in range(arrays)],
         "array": np.arange(1_000_000, dtype=np.float64),
         "view": torch.randn(64, 64, generator=generator)[:, 3:40],  # strided: its own copy
