@@ -11,11 +11,15 @@ When :func:`retune.init` finds an initialised default process group of two or mo
   They read the store and the object location only to load a checkpoint (a resume or a
   restore), so both must be reachable from every rank for those.
 
-**The agreement protocol.** At every step boundary every rank calls one ``all_reduce(MAX)`` of
-six ``int64``: rank 0's number of queued commands, any rank's pending signal, whether a
-scheduled checkpoint is due, any rank's stop request, rank 0's paused flag, and the guard's
-work (2: a rank's guard tripped; 1: rank 0's last-good checkpoint is due). When all are
-zero (nearly every step) that is all. Otherwise the ranks *exchange*: every rank's RNG state is
+**The agreement protocol.** At every step boundary every rank starts one asynchronous
+``all_reduce(MAX)`` of five ``int64``: rank 0's number of queued commands, any rank's pending
+signal, any rank's stop request, rank 0's paused flag, and the guard's work (2: a rank's guard
+tripped; 1: rank 0's last-good checkpoint is due). It completes while the next step trains,
+and the next boundary acts on it: a command, signal or stop that reached a rank before
+boundary *s* is applied at boundary *s + 1*, on every rank alike (each rank acts only on what
+was agreed, never on its own flags). A scheduled checkpoint is due by the step count, the same
+on every rank, so it stays on its step. When all are zero (nearly every step) that is all.
+Otherwise the ranks *exchange*: every rank's RNG state is
 all-gathered (canonical JSON bytes in a ``uint8`` tensor, for the checkpoints rank 0 may
 write); rank 0 takes the scheduled checkpoint, claims, validates and applies the commands (the
 one validation), resolves them, and broadcasts what it applied (*effects*: canonical JSON in a
@@ -23,8 +27,9 @@ one validation), resolves them, and broadcasts what it applied (*effects*: canon
 apply the same effects, and one last ``all_reduce`` confirms that every rank did. A rank that
 could not apply what rank 0 applied makes every rank raise :class:`DistributedError` (the
 ranks would diverge). No pickle and no ``broadcast_object_list`` anywhere. While paused the
-ranks repeat the boundary every ``poll_interval``, so none waits in a collective for longer
-than that. ``run.checkpoint()``, ``run.restore()`` and the end-of-epoch checkpoints are
+ranks repeat the boundary every ``poll_interval`` (those repeats agree at once, synchronously),
+so none waits in a collective for longer than that; ``finish()`` waits for the agreement in
+flight. ``run.checkpoint()``, ``run.restore()`` and the end-of-epoch checkpoints are
 collective too: call them on every rank at the same point.
 
 A collective that fails (a rank died; a rank stopped answering for longer than the process
@@ -126,13 +131,19 @@ class Cluster:
 
     def agree(self, values: list[int]) -> list[int]:
         """Element-wise maximum of ``values`` over every rank (one small ``all_reduce``)."""
+        return self.agree_later(values).result()
+
+    def agree_later(self, values: list[int]) -> Agreement:
+        """Start the element-wise maximum of ``values`` over every rank without waiting for
+        it (an asynchronous ``all_reduce``): its latency passes while the next step trains.
+        Every rank must start it at the same point; :meth:`Agreement.result` waits."""
         torch = self._torch
         tensor = torch.tensor(values, dtype=torch.int64, device=self.device)
-        self._call(
+        work = self._call(
             "the step-boundary agreement",
-            lambda: self._dist.all_reduce(tensor, op=self._dist.ReduceOp.MAX),
+            lambda: self._dist.all_reduce(tensor, op=self._dist.ReduceOp.MAX, async_op=True),
         )
-        return [int(v) for v in tensor.tolist()]
+        return Agreement(self, tensor, work)
 
     def _bytes_tensor(self, data: bytes) -> Any:
         array = np.frombuffer(data, dtype=np.uint8).copy()
@@ -210,6 +221,21 @@ class Cluster:
         }
 
 
+class Agreement:
+    """An agreement in flight (:meth:`Cluster.agree_later`): its result, once, on demand."""
+
+    def __init__(self, cluster: Cluster, tensor: Any, work: Any) -> None:
+        self._cluster = cluster
+        self._tensor = tensor
+        self._work = work
+
+    def result(self) -> list[int]:
+        """The element-wise maximum over every rank; raises :class:`DistributedError` when a
+        rank died or did not answer."""
+        self._cluster._call("the step-boundary agreement", self._work.wait)
+        return [int(v) for v in self._tensor.tolist()]
+
+
 # -- RNG states on the wire (JSON: no pickle) -----------------------------------------------
 
 
@@ -260,13 +286,50 @@ def _remote_error(message: dict[str, Any]) -> RetuneError:
     return DistributedError(f"rank 0 failed, so every rank stops: {message.get('error')}")
 
 
-class LeaderRun(Run):
+class _ClusterRun(Run):
+    """What rank 0 and the other ranks share: the agreement started at the last boundary."""
+
+    _cluster: Cluster
+    _agreement: Agreement | None = None
+    """Started at the last step boundary (the flags as they were then); this one acts on it."""
+    pipelined = True
+    """Whether a boundary acts on the agreement started at the one before (rank 0 decides for
+    every rank: False with a guard, whose last-good checkpoint must not hold a state another
+    rank already found bad at that step)."""
+
+    def _agreed(self, flags: list[int]) -> list[int]:
+        """The agreement this boundary acts on: the one started at the last boundary, or,
+        when none is in flight (the first boundary, the repeats of a pause), one now."""
+        agreement, self._agreement = self._agreement, None
+        return agreement.result() if agreement is not None else self._cluster.agree(flags)
+
+    def _agree_next(self, flags: list[int]) -> None:
+        """Start the agreement the next boundary acts on (every rank at the same boundary);
+        when not :attr:`pipelined`, the next boundary agrees then, at once."""
+        if self.pipelined:
+            self._agreement = self._cluster.agree_later(flags)
+
+    def finish(self, status: str = "finished", *, error: str | None = None) -> None:
+        """As :meth:`Run.finish`, after the agreement in flight completes on every rank."""
+        agreement, self._agreement = self._agreement, None
+        if agreement is not None and not self._ended:
+            try:
+                agreement.result()
+            except DistributedError as e:
+                log.warning("retune: the last step-boundary agreement failed: %s", e)
+                if status == "finished":
+                    status, error = "crashed", str(e)
+        super().finish(status, error=error)
+
+
+class LeaderRun(_ClusterRun):
     """Rank 0's run: a normal run that also leads the agreement at every step boundary."""
 
     def __init__(self, *args: Any, cluster: Cluster, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._cluster = cluster
         self._peer_rng: dict[str, Any] = {}
+        self._sent: dict[str, bool] = {"paused": False, "stop": False}
         self._effects: list[dict[str, Any]] = []
         self._reply: dict[str, Any] = {}
         recording = {kind: self._recording(handler) for kind, handler in HANDLERS.items()}
@@ -304,14 +367,14 @@ class LeaderRun(Run):
             code = e.code if isinstance(e, RetuneError) else type(e).__name__
             cluster.send({"error": f"{type(e).__name__}: {e}", "code": code, **self._reply})
             raise
+        self._sent = {"paused": self.flags.paused, "stop": self.flags.stop_requested}
         cluster.send(
             {
                 **self._reply,
                 "effects": self._effects,
                 "node": self._node,
                 "step": self._step,
-                "paused": self.flags.paused,
-                "stop": self.flags.stop_requested,
+                **self._sent,
             }
         )
         cluster.confirm(None)
@@ -358,31 +421,36 @@ class LeaderRun(Run):
         if self._stopped_here:  # every rank stopped at the same boundary: nothing to agree
             self._stop_here(already_saved=True)
             return
-        due = self._step >= self._next_checkpoint
+        due = self._step >= self._next_checkpoint  # the same on every rank
         saved = False
         while True:
-            pending, signal, due_any, stop, _, guard_any = self._cluster.agree(
-                [
-                    len(self._inbox),
-                    self._signal,
-                    int(due),
-                    int(self.flags.stop_requested),
-                    int(self.flags.paused),
-                    self._guard_work(),
-                ]
-            )
-            if signal:
-                self.flags.stop_requested = True  # a signal on any rank stops every rank
-            if pending or signal or due_any or stop or guard_any:
+            pending, signal, stop, paused, guard_any = self._agreed(self._flags())
+            if signal or stop:
+                self.flags.stop_requested = True  # a signal or stop on any rank stops every rank
+            if pending or signal or due or stop or guard_any:
                 saved = self._exchange(partial(self._process, due, guard_any)) or saved
+                paused, stop = int(self._sent["paused"]), int(self._sent["stop"])
             due = False
-            if self.flags.paused and not self.flags.stop_requested:
+            if paused and not stop:  # what the other ranks were told, not this rank's flags
                 if self._applier.wake.wait(self._poll_interval):
                     self._applier.wake.clear()
                 continue
             break
-        if self._signal or self.flags.stop_requested:
+        if stop:
             self._stop_here(already_saved=saved)
+        else:
+            self._agree_next(self._flags())
+
+    def _flags(self) -> list[int]:
+        """Rank 0's part of the agreement: queued commands, a signal, a stop request, paused,
+        the guard's work."""
+        return [
+            len(self._inbox),
+            self._signal,
+            int(self.flags.stop_requested),
+            int(self.flags.paused),
+            self._guard_work(),
+        ]
 
     def checkpoint(self, tag: str | None = None) -> CheckpointRecord:
         """Collective: call on every rank at the same point; rank 0 saves (every rank's RNG)."""
@@ -453,7 +521,7 @@ class _SilentWriter(MetricWriter):
         return False
 
 
-class RankRun(Run):
+class RankRun(_ClusterRun):
     """The handle of a rank other than 0: same API, follows rank 0 at every step boundary.
 
     Logging is a no-op unless ``per_rank_metrics`` (then ``rank{r}/{key}`` is stored). Names
@@ -585,26 +653,30 @@ class RankRun(Run):
         if self._stopped_here:
             self._stop_here(already_saved=True)
             return
-        due = self._step >= self._next_checkpoint
+        due = self._step >= self._next_checkpoint  # the same on every rank
         if due:
             every = self.checkpointer.policy.every_n_steps or _NEVER
             self._next_checkpoint = (self._step // every + 1) * every
         while True:
-            tripped = 2 if self.guard is not None and self.guard.tripped is not None else 0
-            pending, signal, due_any, stop, paused, guard_any = self._cluster.agree(
-                [0, self._signal, int(due), int(self.flags.stop_requested), 0, tripped]
-            )
+            pending, signal, stop, paused, guard_any = self._agreed(self._flags())
             if signal:
                 self.flags.stop_requested = True
-            if pending or signal or due_any or stop or guard_any:
+            if pending or signal or due or stop or guard_any:
                 message = self._follow()
                 paused, stop = int(message["paused"]), int(message["stop"])
             due = False
             if paused and not stop:
                 continue
             break
-        if self._signal or self.flags.stop_requested:
+        if stop:
             self._stop_here(already_saved=True)  # rank 0 took the stop checkpoint
+        else:
+            self._agree_next(self._flags())
+
+    def _flags(self) -> list[int]:
+        """This rank's part of the agreement: a signal, a stop request, its guard tripped."""
+        tripped = 2 if self.guard is not None and self.guard.tripped is not None else 0
+        return [0, self._signal, int(self.flags.stop_requested), 0, tripped]
 
     def checkpoint(self, tag: str | None = None) -> CheckpointRecord:
         """Collective: rank 0 saves (this rank's RNG included); returns its record."""
@@ -659,6 +731,7 @@ def join(
             objects_url=objects or objects_url_for(opened.url),
             owns_store=owns_store,
         )
+        run.pipelined = bool(message.get("pipelined", True))  # rank 0's choice, for every rank
         if message.get("resumed"):
             target = resolve_checkpoint(opened, record.id, str(message["resumed"]))
             run.load_state(run.checkpointer.load(target))

@@ -189,12 +189,16 @@ def init(
         run.guard = GuardRuntime(run, guard_settings)
         run.guard.attach()
     if cluster is not None:
+        pipelined = run.guard is None  # see _distributed._ClusterRun.pipelined
+        if isinstance(run, _distributed.LeaderRun):
+            run.pipelined = pipelined
         cluster.send(
             {
                 "run": run.id,
                 "node": run.node,
                 "data_seed": run.loop.data_seed,
                 "resumed": resumed,
+                "pipelined": pipelined,
             }
         )
         try:
