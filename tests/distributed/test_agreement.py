@@ -6,12 +6,11 @@ still meet (and apply changes together) one boundary later.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.distributed.test_ddp import DEADLINE, _free_port
+from tests.distributed.test_ddp import DEADLINE, _free_port, torchrun_env
 
 RANK_SCRIPT = r"""
 import os, sys, time
@@ -50,15 +49,7 @@ def test_a_rank_returns_from_a_step_without_waiting_for_a_slower_rank(tmp_path: 
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", RANK_SCRIPT, store, str(flag)],
-            env={
-                **os.environ,
-                "RANK": str(rank),
-                "LOCAL_RANK": str(rank),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-                "OMP_NUM_THREADS": "1",
-            },
+            env=torchrun_env(rank, port),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

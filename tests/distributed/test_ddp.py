@@ -70,6 +70,20 @@ class Job:
         return out
 
 
+def torchrun_env(rank: int, port: str, world_size: int = 2) -> dict[str, str]:
+    """This process's environment plus what torchrun sets for ``rank`` (env:// rendezvous
+    on 127.0.0.1:``port``), one OpenMP thread per rank."""
+    return {
+        **os.environ,
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 def launch(
     logdir: Path, store: str, *extra: str, env: dict[str, str] | None = None, cwd: Path
 ) -> Job:
@@ -78,16 +92,7 @@ def launch(
     port = str(_free_port())
     procs = []
     for rank in range(2):
-        rank_env = {
-            **os.environ,
-            **(env or {}),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "OMP_NUM_THREADS": "1",
-        }
+        rank_env = {**torchrun_env(rank, port), **(env or {})}
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(TRAINER), store, str(logdir), *extra],
