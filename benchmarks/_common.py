@@ -177,3 +177,27 @@ def bitwise_difference(saved: Any, restored: Any, path: str = "state") -> str | 
     if isinstance(saved, bytes | bytearray | memoryview):
         return None if bytes(saved) == bytes(restored) else f"{path}: bytes differ"
     return None if saved == restored else f"{path}: {saved!r} != {restored!r}"
+
+
+def mlp_step(
+    width: int, batch: int, wrap: Callable[[Any], Any] | None = None
+) -> tuple[Any, Any, Callable[[], None]]:
+    """``(module, optimizer, step)``: a tiny MLP (width -> width -> 10, tanh) with SGD and one
+    training step on a fixed random batch; ``wrap`` (e.g. ``DistributedDataParallel``)
+    wraps the module for the forward and backward passes."""
+    import torch
+
+    module = torch.nn.Sequential(
+        torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, 10)
+    )
+    model = wrap(module) if wrap is not None else module
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(batch, width), torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+
+    return module, opt, step

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_output_arguments, machine_line, print_json, table, write_results
+from _common import (
+    add_output_arguments,
+    machine_line,
+    mlp_step,
+    print_json,
+    table,
+    write_results,
+)
 
 SENDER = """
 import json, random, sys, time
@@ -44,25 +51,6 @@ print(json.dumps(sent))
 """
 
 
-def _make_step(width: int) -> Callable[[], None]:
-    """One training step of a tiny MLP of the given width on a fixed batch."""
-    import torch
-
-    model = torch.nn.Sequential(
-        torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, 10)
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(256, width), torch.randint(0, 10, (256,))
-
-    def step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-
-    return step
-
-
 def _workload(target_s: float) -> tuple[Callable[[], None], float]:
     """A tiny MLP training step sized to take about ``target_s`` seconds here."""
     import torch
@@ -71,7 +59,7 @@ def _workload(target_s: float) -> tuple[Callable[[], None], float]:
     torch.manual_seed(0)
     width = 64
     while True:
-        step = _make_step(width)
+        _, _, step = mlp_step(width, 256)
         for _ in range(5):
             step()
         start = time.perf_counter()

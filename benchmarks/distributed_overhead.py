@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_output_arguments, machine_line, table, write_results
+from _common import add_output_arguments, machine_line, mlp_step, table, write_results
 
 TARGET_PCT = 3.0
 
@@ -54,20 +54,7 @@ def _worker(rank: int, settings: dict[str, Any]) -> None:
     torch.manual_seed(0)
 
     def build(width: int) -> tuple[Any, Any, Any]:
-        module = torch.nn.Sequential(
-            torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, 10)
-        )
-        model = DistributedDataParallel(module)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        x, y = torch.randn(128, width), torch.randint(0, 10, (128,))
-
-        def step() -> None:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-
-        return module, opt, step
+        return mlp_step(width, 128, wrap=DistributedDataParallel)
 
     target = settings["step_ms"] / 1000
     width = 64
