@@ -540,12 +540,12 @@ class RankRun(_ClusterRun):
     def _open_writer(self, flush_interval: float, poll_interval: float) -> MetricWriter:
         if not self._per_rank:
             return _SilentWriter()
-        return MetricWriter(
+        return MetricWriter(  # points only: rank 0 writes the run's step and heartbeat
             self.store,
             self.id,
             flush_interval=flush_interval,
             poll_interval=poll_interval,
-            progress=lambda: self._step,
+            progress=None,
         )
 
     def _load_own_rng(self, value: Any) -> None:

@@ -147,6 +147,9 @@ class MetricWriter:
     ``tick`` (optional) runs on the same thread every ``poll_interval`` seconds, for work that
     must happen often but off the training thread (polling commands). ``after_flush``
     (optional) runs after every successful flush, on the flushing thread. Neither may raise.
+    ``progress`` gives the run's step, written with a heartbeat at every flush; None for a
+    writer that only adds points (a distributed rank other than 0: rank 0 owns the run's
+    step and heartbeat).
     """
 
     def __init__(
@@ -157,7 +160,7 @@ class MetricWriter:
         flush_interval: float = 1.0,
         poll_interval: float = 0.05,
         max_buffer: int = 100_000,
-        progress: Callable[[], int],
+        progress: Callable[[], int] | None,
         tick: Callable[[], None] | None = None,
         after_flush: Callable[[], None] | None = None,
     ) -> None:
@@ -253,11 +256,11 @@ class MetricWriter:
         """
         with self._lock:
             self._drain()
+            written = 0
             if self._unwritten or self._held:
                 written = self._write_points()
-            else:
+            elif self._progress is not None:
                 self._write([])  # the heartbeat and progress only
-                written = 0
             self._warned = False
         if self._after_flush is not None:
             self._after_flush()
@@ -280,9 +283,13 @@ class MetricWriter:
         return sum(len(c.steps) for c in [*held, *fresh])  # points: one per (step, key)
 
     def _write(self, chunks: list[MetricChunk]) -> None:
+        progress = self._progress
         try:
             self._store.append_metrics(
-                self._run_id, chunks, step=self._progress(), heartbeat_at=time.time()
+                self._run_id,
+                chunks,
+                step=None if progress is None else progress(),
+                heartbeat_at=None if progress is None else time.time(),
             )
         except RetuneError:
             raise

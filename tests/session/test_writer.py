@@ -190,3 +190,41 @@ def test_a_long_flush_interval_still_keeps_the_heartbeat_fresh(
         while open_store(store).get_run(run.id).heartbeat_at == first:
             assert time.monotonic() < deadline, "no heartbeat while flush_interval is long"
             time.sleep(0.05)
+
+
+class _RecordingStore(SqlStore):
+    """A real SQLite store that records the progress every metric write carries."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.progress: list[tuple[int | None, float | None]] = []
+
+    def append_metrics(self, run_id: str, chunks: Iterable[MetricChunk], **kw: Any) -> None:
+        self.progress.append((kw.get("step"), kw.get("heartbeat_at")))
+        super().append_metrics(run_id, chunks, **kw)
+
+
+def test_a_writer_without_progress_adds_points_and_never_the_run_step_or_heartbeat(
+    tmp_path: Path,
+) -> None:
+    """The writer of a distributed rank other than 0: its points are stored, but the run's
+    step and heartbeat stay rank 0's (they were rank 1's too, and could go back)."""
+    from retune.session._writer import MetricWriter
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    run = retune.init("owner", store=url, flush_interval=3600)
+    run.step(loss=1.0)
+    run.flush()
+    store = _RecordingStore(url)
+    before = store.get_run(run.id)
+    writer = MetricWriter(store, run.id, flush_interval=3600, progress=None)
+    writer.columns(run.node).append(1, {"rank1/loss": 0.5})
+    assert writer.flush() == 1
+    assert writer.flush() == 0  # nothing buffered: nothing written at all
+    writer.close()
+    assert store.progress == [(None, None)]
+    after = store.get_run(run.id)
+    assert (after.step, after.heartbeat_at) == (before.step, before.heartbeat_at)
+    assert store.read_metric(run.id, "rank1/loss").values.tolist() == [0.5]
+    store.close()
+    run.finish()
