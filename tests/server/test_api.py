@@ -183,6 +183,27 @@ def test_pages_static_files_and_openapi(client: TestClient, runs: dict[str, Any]
     assert "/api/runs/{run}/commands" in schema["paths"]
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["..%2F_app.py", "%2e%2e%2f_app.py", "..%5C_app.py", "vendor%2Fplotly-basic.min.js",
+     "plotly-basic.min.js", "%3Cscript%3E.js", "caf%C3%A9.js", "app.js%00.txt", "_app.py"],
+)  # fmt: skip
+def test_hostile_static_names_read_nothing_outside_the_static_files(
+    client: TestClient, name: str
+) -> None:
+    """Only the dashboard's own files (and plotly.min.js) are served from memory: a name that
+    climbs out, names the vendor folder or the package's Python, or is markup or non-ASCII,
+    is refused (404; 400 for a NUL), is never cached, and the refusal is JSON, never a page."""
+    from retune.server import _app
+
+    cached = set(_app._ASSETS)
+    response = client.get(f"/static/{name}")
+    assert response.status_code in (400, 404)
+    assert set(_app._ASSETS) <= cached | {p for p in _app._ASSETS if p.parent == _app.STATIC}
+    assert all(p.parent == _app.STATIC or p == _app.PLOTLY for p in _app._ASSETS)
+    assert response.headers["content-type"].startswith("application/json")
+
+
 @pytest.mark.parametrize("name", ["plotly.min.js", "run.js", "style.css"])
 def test_static_files_are_gzipped_only_when_the_client_accepts_it(
     client: TestClient, name: str
