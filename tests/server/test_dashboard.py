@@ -415,6 +415,13 @@ def test_dark_mode_follows_the_system_setting(site: dict[str, Any]) -> None:
     assert sum(colours["dark"]) / 3 < 60, colours
 
 
+def _node_detail(page: Page, node: str) -> str:
+    """The node detail card's text, once it shows ``node``."""
+    heading = f"node {node}"
+    return str(eventually(lambda: (page.inner_text("#node-detail h2") == heading) and
+                          page.inner_text("#node-detail")))  # fmt: skip
+
+
 def test_a_guard_recovery_is_marked_explained_and_can_be_vetoed_from_the_page(
     site: dict[str, Any], page: Page
 ) -> None:
@@ -449,3 +456,29 @@ def test_a_guard_recovery_is_marked_explained_and_can_be_vetoed_from_the_page(
         ({"action": "veto"}, "ui", "pending")
     ]
     assert "guard veto" in page.inner_text("#command-status")
+    # what the trainer records when it applies the veto: the recovery ends and the state it
+    # left comes back on a new node, which is explained as a veto and offers no second veto
+    store.end_node(run.id, 2, 40)
+    vetoed = {"action": "vetoed", "reason": f"veto of the guard's recovery n2 ({reason})",
+              "restored": "c3", "vetoed_node": 2}  # fmt: skip
+    store.create_node(run.id, parent=1, start_step=30, change_kind="restore",
+                      values={"lr": 0.1, "wd": 0.0}, diff={}, created_by="mia",
+                      info={"guard": vetoed})  # fmt: skip
+    # and training went on after an exploration from there: not a candidate, no score
+    store.end_node(run.id, 3, 45)
+    store.create_node(run.id, parent=3, start_step=45, change_kind="explore",
+                      values={"lr": 0.1, "wd": 0.0}, diff={}, created_by="mia",
+                      info={"explore": {"exploration": 7, "role": "continue from winner"}})  # fmt: skip
+    store.update_run(run.id, step=50, heartbeat_at=time.time())
+    page.wait_for_selector('#tree .node[data-node="n4"]')
+    page.click('#tree .node[data-node="n3"]')
+    text = _node_detail(page, "n3")
+    assert f"vetoed n2: veto of the guard's recovery n2 ({reason})" in text
+    assert "recovered" not in text and "undefined" not in text and "c3" in text
+    assert page.query_selector("#guard-veto") is None
+    page.click('#tree .node[data-node="n2"]')  # the recovery, ended: nothing to veto any more
+    text = _node_detail(page, "n2")
+    assert f"recovered: {reason}" in text and page.query_selector("#guard-veto") is None
+    page.click('#tree .node[data-node="n4"]')
+    text = _node_detail(page, "n4")
+    assert "continue from winner of #7" in text and "candidate" not in text

@@ -266,7 +266,10 @@ function drawNode() {
 function infoRows(node) {
   const rows = [];
   const guard = node.info?.guard;
-  if (guard) {
+  if (guard?.action === "vetoed") {  // a person undid a recovery: this node is the state it left
+    rows.push(["guard", `vetoed n${guard.vetoed_node}: ${guard.reason}`]);
+    if (guard.restored) rows.push(["restored", guard.restored]);
+  } else if (guard) {
     rows.push(["guard", `${guard.action === "paused" ? "paused the run" : "recovered"}: ${guard.reason}`]);
     if (guard.restored) rows.push(["restored", `${guard.restored} (step ${guard.restored_step}), lr x ${fmt(guard.lr_factor)}`]);
     const skipped = guard.skipped?.count ?? 0;
@@ -274,16 +277,22 @@ function infoRows(node) {
     for (const note of guard.notes ?? []) rows.push(["note", note]);
   }
   const explore = node.info?.explore;
-  if (explore) rows.push(["exploration", `candidate of #${explore.exploration ?? "?"}, score ${fmt(explore.score)}${explore.winner ? " (winner)" : ""}`]);
+  if (explore?.role?.startsWith("continue")) {  // where training went on after the exploration
+    rows.push(["exploration", `${explore.role} of #${explore.exploration ?? "?"}`]);
+  } else if (explore) {
+    rows.push(["exploration", `candidate of #${explore.exploration ?? "?"}, score ${fmt(explore.score)}${explore.winner ? " (winner)" : ""}`]);
+  }
   return rows;
 }
 
-// The guard's last recovery can be undone from here while the run is live (the same `guard veto`
-// command as the CLI's: the state it left comes back on a new node and the guard switches off).
+// The guard's recovery can be undone from here while the run is live and still on it (the same
+// `guard veto` command as the CLI's: the state it left comes back on a new node and the guard
+// switches off).
 function guardVeto(node) {
-  if (!node.info?.guard || state.run.read_only || ENDED.includes(state.run.status)) return "";
-  const latest = state.tree.filter((n) => n.info?.guard).map((n) => n.id).pop();
-  if (latest !== node.id) return "";
+  if (state.run.read_only || ENDED.includes(state.run.status)) return "";
+  // the trainer vetoes only the recovery training is still on (a later change ends that node)
+  const current = state.tree.filter((n) => n.end_step === null).map((n) => n.id).pop();
+  if (!["recovered", "paused"].includes(node.info?.guard?.action) || node.id !== current) return "";
   return h("div", { class: "toolbar wrap" },
     h("button", { id: "guard-veto", onclick: () => send("guard", { action: "veto" }) }, "veto this recovery"),
     h("span", { class: "muted" }, "goes back to the state the guard left and switches the guard off"));
