@@ -7,34 +7,27 @@ from the best. The tree is drawn with ``retune tree --svg`` once training ends. 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _demo import wait_for_step
+from _demo import CLI, start_demo, wait_for_step
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "explore-tree.svg"
 NAME = "digits-cnn"
 
 
 def main() -> int:
-    cli = [sys.executable, "-m", "retune"]
     with tempfile.TemporaryDirectory() as folder:
         store = str(Path(folder) / "retune.db")
-        trainer = subprocess.Popen(
-            [*cli, "demo", "--epochs", "5", "--step-delay", "0", "--no-ui", "--exit",
-             "--store", store],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )  # fmt: skip
+        trainer = start_demo(store, epochs=5, step_delay=0.05)
         wait_for_step(store, NAME, 20, timeout=300)
-        subprocess.run([*cli, "explore", NAME, "lr=3e-2,1e-2,3e-3", "--steps", "15",
+        subprocess.run([*CLI, "explore", NAME, "lr=3e-2,1e-2,3e-3", "--steps", "15",
                         "--metric", "loss", "--score", "mean:5", "--store", store],
                        check=True, stdout=subprocess.DEVNULL)  # fmt: skip
         trainer.wait(timeout=600)  # exit 1 only says 5 epochs stay under 95% accuracy
-        subprocess.run([*cli, "tree", NAME, "--svg", str(OUT), "--color-by", "loss",
+        subprocess.run([*CLI, "tree", NAME, "--svg", str(OUT), "--color-by", "loss",
                         "--width", "960", "--store", store], check=True)  # fmt: skip
     print(f"wrote {OUT}")
     return 0

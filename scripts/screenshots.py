@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _demo import wait_for_step
+from _demo import CLI, start_demo, wait_for_step
 from playwright.sync_api import sync_playwright
 
 from retune.server import serve_in_thread
@@ -27,20 +27,16 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         store = str(Path(folder) / "retune.db")
-        cli = [sys.executable, "-m", "retune"]
-        trainer = subprocess.Popen(
-            [*cli, "demo", "--epochs", "12", "--step-delay", "0.03", "--no-ui", "--exit",
-             "--store", store],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        trainer = start_demo(store, epochs=12, step_delay=0.03)
         wait_for_step(store, "digits-cnn", 70)
-        subprocess.run([*cli, "set", "digits-cnn", "lr=5e-4", "--store", store], check=True)
+        subprocess.run([*CLI, "set", "digits-cnn", "lr=5e-4", "--store", store], check=True)
         wait_for_step(store, "digits-cnn", 140)
-        subprocess.run([*cli, "restore", "digits-cnn", "n1", "weight_decay=1e-2", "--store", store],
+        subprocess.run([*CLI, "restore", "digits-cnn", "n1", "weight_decay=1e-2", "--store", store],
                        check=True)  # fmt: skip
         wait_for_step(store, "digits-cnn", 170)
         server, url = serve_in_thread(open_store(store), port=8799)
-        run_id = open_store(store).get_run("digits-cnn").id
+        with open_store(store) as opened:
+            run_id = opened.get_run("digits-cnn").id
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for scheme, suffix in (("light", ""), ("dark", "-dark")):

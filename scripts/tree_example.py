@@ -9,28 +9,21 @@ model, is the point). When training ends the tree is drawn with ``retune tree --
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _demo import wait_for_step
+from _demo import CLI, start_demo, wait_for_step
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "tree-example.svg"
 NAME = "digits-cnn"
 
 
 def main() -> int:
-    cli = [sys.executable, "-m", "retune"]
     with tempfile.TemporaryDirectory() as folder:
         store = str(Path(folder) / "retune.db")
-        trainer = subprocess.Popen(
-            [*cli, "demo", "--epochs", "4", "--step-delay", "0", "--no-ui", "--exit",
-             "--store", store],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ,
-                                                                      "OMP_NUM_THREADS": "1"},
-        )  # fmt: skip
+        trainer = start_demo(store, epochs=4, step_delay=0.1)
         # 4 epochs of 23 steps; a restore moves the step back to its checkpoint's
         script = [
             (15, ["set", NAME, "lr=3e-3"]),
@@ -41,10 +34,10 @@ def main() -> int:
         ]
         for step, command in script:
             wait_for_step(store, NAME, step, timeout=300)
-            subprocess.run([*cli, *command, "--store", store], check=True,
+            subprocess.run([*CLI, *command, "--store", store], check=True,
                            stdout=subprocess.DEVNULL)  # fmt: skip
         trainer.wait(timeout=600)  # exit 1 only says 4 epochs stay under 95% accuracy
-        subprocess.run([*cli, "tree", NAME, "--svg", str(OUT), "--color-by", "val_acc",
+        subprocess.run([*CLI, "tree", NAME, "--svg", str(OUT), "--color-by", "val_acc",
                         "--width", "960", "--store", store], check=True)  # fmt: skip
     print(f"wrote {OUT}")
     return 0
