@@ -31,6 +31,7 @@ plus one command record (kind ``guard``, source ``guard``) in the audit.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from retune.store import CheckpointRecord, CommandRecord
 
 __all__ = ["GUARD_ACTIONS", "GUARD_KNOBS", "Guard", "GuardRuntime", "GuardedRun", "guard_config"]
+
+log = logging.getLogger("retune")
 
 
 class GuardedRun(TrainingSession, Protocol):
@@ -298,7 +301,10 @@ class GuardRuntime:
             self.pending = None
             while len(self.good) > self.config.keep_good:
                 self._drop(self.good.pop(0))
-        self.pending = self.run.checkpointer.save("guard")
+        try:
+            self.pending = self.run.checkpointer.save("guard")
+        except RetuneError as e:  # no new last-good point this time; training goes on
+            log.warning("retune: the guard's checkpoint at step %d was not saved: %s", step, e)
 
     def _drop(self, record: CheckpointRecord) -> None:
         if record.id not in self.used:

@@ -225,6 +225,39 @@ def test_detection_nan_at_once_spikes_after_warmup_trips_not_folded(store_url: s
         assert not guard.observe(7, {"loss": float("nan")})  # switched off: no trigger
 
 
+def test_a_guard_checkpoint_that_cannot_be_written_does_not_stop_training(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard never crashes the run: its periodic last-good save failing (a full disk) is
+    logged, training goes on, and the next due save tries again."""
+    from retune.errors import StoreError
+    from retune.session._checkpointer import Checkpointer
+
+    save = Checkpointer.save
+    failing = {"on": True}
+
+    def full_disk(self: Checkpointer, reason: str, tag: str | None = None) -> Any:
+        if reason == "guard" and failing["on"]:
+            raise StoreError("disk full")
+        return save(self, reason, tag)
+
+    monkeypatch.setattr(Checkpointer, "save", full_disk)
+    with retune.init("g", store=store_url, guard=Guard(every=2)) as run:
+        for i in range(4):
+            run.step(loss=1.0 + i % 2)  # the guard's saves at steps 1 and 3 fail
+        guard = run.guard
+        assert isinstance(guard, GuardRuntime) and run.global_step == 4
+
+        def pending() -> Any:  # read afresh after each step
+            return guard.pending
+
+        assert pending() is None
+        failing["on"] = False
+        run.step(loss=1.0)  # step 5: due again, and written
+        written = pending()
+        assert written is not None and written.reason == "guard"
+
+
 def test_guard_commands_are_checked_when_sent(store_url: str) -> None:
     with retune.init("plain", store=store_url) as plain:
         ctl = retune.connect(plain.id, store=plain.store)
