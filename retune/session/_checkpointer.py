@@ -245,10 +245,13 @@ class Checkpointer:
                 encoded, pending.reason, pending.tag, pending.step, pending.node,
                 workers=1 if background else WRITERS,
             )  # fmt: skip
-        except BaseException as e:  # a background thread has nobody to raise to
+        except Exception as e:  # a background thread has nobody to raise to
             pending.error = e
             self.failed += 1
             self._record_failure(pending, e)
+        except BaseException as e:  # Ctrl-C / SystemExit: on the training thread, it goes on up
+            pending.error = e
+            raise
         finally:
             pending._done.set()
 

@@ -146,6 +146,28 @@ def test_a_background_save_writes_from_one_thread_a_synchronous_one_from_several
     run.finish()
 
 
+def test_ctrl_c_during_a_save_on_the_training_thread_is_not_swallowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With background saves off, a scheduled save runs on the training thread: Ctrl-C while
+    it writes reaches the training loop (and nothing half-written is listed)."""
+    put = ObjectStore.put
+
+    def interrupted(self: ObjectStore, *args: object, **kwargs: object) -> str:
+        raise KeyboardInterrupt
+
+    run = retune.init("fg", store=str(tmp_path / "f.db"), checkpoint_every_n_steps=2,
+                      checkpoint_in_background=False)  # fmt: skip
+    run.state["w"] = np.zeros(50_000)
+    run.step(loss=1.0)
+    monkeypatch.setattr(ObjectStore, "put", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run.step(loss=2.0)
+    monkeypatch.setattr(ObjectStore, "put", put)
+    assert run.store.list_checkpoints(run.id) == [] and run.checkpointer.failed == 0
+    run.finish()
+
+
 def test_a_failed_background_save_is_recorded_and_training_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
