@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from retune.control._commands import GUARD_ACTIONS, GUARD_KNOBS
@@ -569,13 +569,3 @@ class GuardRuntime:
                 self.enabled = False
         else:
             raise CommandRejected(f"rank 0's guard did {action!r}, which this rank cannot")
-
-    def describe(self) -> dict[str, Any]:
-        """The guard's configuration and live state, JSON-ready."""
-        return {
-            **asdict(self.config),
-            **self.settings(),
-            "level": self.level,
-            "attempts": self.attempts,
-            "good": [c.label for c in self.good],
-        }

@@ -29,7 +29,7 @@ from retune.session._protocols import ActiveExploration, SessionFlags
 from retune.session._snapshot import RunSnapshot, read_snapshot
 from retune.session._state import apply_state
 from retune.session._tree import TreeNode
-from retune.session._writer import NO_GROUP, MetricWriter
+from retune.session._writer import NO_GROUP, Group, MetricWriter
 from retune.store import CheckpointRecord, CommandRecord, RunRecord, Store, open_store
 
 if TYPE_CHECKING:
@@ -156,7 +156,6 @@ class Run:
         self.training_thread: threading.Thread | None = None
         self._signal = 0  # SIGTERM / SIGINT to act on at the next boundary
         self._stopped_here = False  # the stop was checkpointed; later steps raise
-        self._known_keys: set[str] = set()  # metric names already validated
         self.ui_server: Any = None  # the dashboard served by retune.init(..., ui=True)
         self._ui_store: Store | None = None
         self._ended = False
@@ -240,12 +239,13 @@ class Run:
             if tuple(values) == group.keys:  # the names of the last call, in the same order
                 try:  # the array takes floats, and converts what float() would (or raises)
                     group.values.extend(values.values())
-                except Exception:
-                    self._writer.undo_partial(group)
-                    self._append(step, values)  # the full check says what is wrong
-                else:
                     group.times.append(time.time())
                     group.steps.append(step)  # last: the call is complete for the writer
+                except BaseException as e:  # nothing half-recorded stays, Ctrl-C included
+                    self._writer.undo_partial(group)
+                    if not isinstance(e, Exception):
+                        raise
+                    self._append(step, values)  # the full check says what is wrong
             else:
                 self._append(step, values)
         self._step = step
@@ -260,23 +260,28 @@ class Run:
         (this node) are not checked again; anything else is checked whole first
         (``InvalidArgument``, nothing recorded)."""
         group = self._columns.groups.get(tuple(values))
-        if group is not None:
-            try:
-                group.values.extend(values.values())
-            except Exception:
-                self._writer.undo_partial(group)
-            else:
-                group.times.append(time.time())
-                group.steps.append(step)
-                self._group = group
-                return
-        checked = self._checked(values)
-        self._group = self._columns.append(step, checked)
+        if group is None or not self._put(group, step, values):
+            checked = self._checked(values)
+            group = self._columns.group(tuple(checked))
+            self._put(group, step, checked)  # checked floats: only Ctrl-C can interrupt it
+        self._group = group
+
+    def _put(self, group: Group, step: int, values: Mapping[Any, Any]) -> bool:
+        """Append one call to ``group``, whole or not at all; False when a value is refused
+        (re-raises Ctrl-C and the like after undoing the part appended)."""
+        try:
+            group.values.extend(values.values())
+            group.times.append(time.time())
+            group.steps.append(step)
+        except BaseException as e:
+            self._writer.undo_partial(group)
+            if not isinstance(e, Exception):
+                raise
+            return False
+        return True
 
     def _checked(self, values: Mapping[Any, Any]) -> dict[str, float]:
-        checked = _coerce_metrics(values)
-        self._known_keys.update(checked)
-        return checked
+        return _coerce_metrics(values)
 
     # -- the step boundary ------------------------------------------------------------------
     def _at_boundary(self, values: Mapping[str, Any]) -> None:

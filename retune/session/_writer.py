@@ -211,9 +211,12 @@ class MetricWriter:
             return columns
 
     def undo_partial(self, group: Group) -> None:
-        """Remove the values of a call whose append failed midway (training thread)."""
+        """Remove what a call whose append stopped midway left (training thread): its values
+        and its time, before its step made it complete."""
         with self._lock:  # no drain meanwhile: complete calls are len(steps) * width values
-            del group.values[len(group.steps) * group.width :]
+            rows = len(group.steps)
+            del group.values[rows * group.width :]
+            del group.times[rows:]
 
     def _rows(self) -> int:
         return sum(columns.rows for columns in list(self._columns))

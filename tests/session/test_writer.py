@@ -112,6 +112,42 @@ def test_ctrl_c_during_a_flush_puts_the_points_back(store_url: str) -> None:
     assert loss.steps.tolist() == list(range(1, 101))  # every point, once
 
 
+@pytest.mark.parametrize("path", ["same names as the last call", "names seen before"])
+def test_ctrl_c_between_a_calls_appends_leaves_no_half_point(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A KeyboardInterrupt after a call's values went in but before its step did (the wall
+    clock read between them) records nothing of that call: every later point keeps its own
+    step and value (a notebook goes on with the same run after an interrupt)."""
+    import threading
+    import time
+
+    run = retune.init("ctrl-c-append", store=store_url, flush_interval=3600)
+    run.step(a=1.0, b=10.0)
+    if path == "names seen before":
+        run.step(c=0.0)  # the next call is not the last call's names: the slower path
+    clock = time.time
+    interrupted = {"once": False}
+
+    def interrupting_clock() -> float:
+        if threading.current_thread() is threading.main_thread() and not interrupted["once"]:
+            interrupted["once"] = True
+            raise KeyboardInterrupt
+        return clock()
+
+    monkeypatch.setattr(time, "time", interrupting_clock)
+    with pytest.raises(KeyboardInterrupt):
+        run.step(a=2.0, b=20.0)
+    monkeypatch.setattr(time, "time", clock)
+    first = run.global_step + 1
+    run.step(a=3.0, b=30.0)
+    run.step(a=4.0, b=40.0)
+    run.finish()
+    a, b = (retune.load("ctrl-c-append", store=store_url).metric(k) for k in "ab")
+    assert a.steps.tolist() == b.steps.tolist() == [1, first, first + 1]
+    assert a.values.tolist() == [1.0, 3.0, 4.0] and b.values.tolist() == [10.0, 30.0, 40.0]
+
+
 _FULL_DISK_SCRIPT = """
 import os, sys, retune
 folder = sys.argv[1]
