@@ -297,11 +297,15 @@ class _ClusterRun(Run):
     every rank: False with a guard, whose last-good checkpoint must not hold a state another
     rank already found bad at that step)."""
 
-    def _agreed(self, flags: list[int]) -> list[int]:
+    def _agreed(self) -> list[int]:
         """The agreement this boundary acts on: the one started at the last boundary, or,
         when none is in flight (the first boundary, the repeats of a pause), one now."""
         agreement, self._agreement = self._agreement, None
-        return agreement.result() if agreement is not None else self._cluster.agree(flags)
+        return agreement.result() if agreement is not None else self._cluster.agree(self._flags())
+
+    def _flags(self) -> list[int]:
+        """This rank's part of the agreement (see the module docstring)."""
+        raise NotImplementedError
 
     def _agree_next(self, flags: list[int]) -> None:
         """Start the agreement the next boundary acts on (every rank at the same boundary);
@@ -424,7 +428,7 @@ class LeaderRun(_ClusterRun):
         due = self._step >= self._next_checkpoint  # the same on every rank
         saved = False
         while True:
-            pending, signal, stop, paused, guard_any = self._agreed(self._flags())
+            pending, signal, stop, paused, guard_any = self._agreed()
             if signal or stop:
                 self.flags.stop_requested = True  # a signal or stop on any rank stops every rank
             if pending or signal or due or stop or guard_any:
@@ -573,12 +577,11 @@ class RankRun(_ClusterRun):
         values = self._checked(_merged(metrics, kwargs))
         if self.guard is not None:  # this rank's own trigger joins the agreement
             self.guard.observe(self._step + 1, values)
-        tagged = {f"{self._prefix}{key}": value for key, value in values.items()}
         if self._per_rank:
-            return Run.step(self, tagged)
+            return Run.step(self, {f"{self._prefix}{key}": v for key, v in values.items()})
         step = self._step + 1
         self._step = step
-        self._at_boundary(tagged)
+        self._at_boundary(values)  # nothing of them is kept: the agreement needs no values
         return self._step  # as Run.step: where a restore at this boundary moved it back
 
     def log(self, metrics: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
@@ -658,7 +661,7 @@ class RankRun(_ClusterRun):
             every = self.checkpointer.policy.every_n_steps or _NEVER
             self._next_checkpoint = (self._step // every + 1) * every
         while True:
-            pending, signal, stop, paused, guard_any = self._agreed(self._flags())
+            pending, signal, stop, paused, guard_any = self._agreed()
             if signal:
                 self.flags.stop_requested = True
             if pending or signal or due or stop or guard_any:
