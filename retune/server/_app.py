@@ -559,20 +559,23 @@ def create_app(
 
     primed: list[asyncio.Future[None]] = []  # once per app: the files are cached per process
 
-    def page() -> HTMLResponse:
+    async def page() -> HTMLResponse:
+        """The one HTML page (from memory, read off the event loop); the first request also
+        reads and gzips the files the page asks for next."""
         if not primed:
             # a failure is dropped here: the request for that file reports it
             primed.append(asyncio.get_running_loop().run_in_executor(None, _prime_assets))
             primed[0].add_done_callback(lambda done: done.cancelled() or done.exception())
-        return HTMLResponse((STATIC / "index.html").read_text())
+        asset = await blocking(_asset, STATIC / "index.html")
+        return HTMLResponse(asset.raw)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
-        return page()
+        return await page()
 
     @app.get("/runs/{run}", include_in_schema=False)
     async def run_page(run: str) -> HTMLResponse:
-        return page()
+        return await page()
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str, request: Request) -> Response:

@@ -204,6 +204,25 @@ def test_hostile_static_names_read_nothing_outside_the_static_files(
     assert response.headers["content-type"].startswith("application/json")
 
 
+def test_the_page_preloads_every_module_the_dashboard_imports() -> None:
+    """index.html's modulepreload list is written by hand: it must name every module that a
+    module imports (else that one loads a level later, after its importer)."""
+    import re
+
+    from retune.server._app import STATIC
+
+    imported = {
+        name
+        for module in STATIC.glob("*.js")
+        for name in re.findall(r"""from\s+["']\./([\w.-]+\.js)["']""", module.read_text())
+    }
+    preloaded = set(
+        re.findall(r'rel="modulepreload" href="/static/([\w.-]+\.js)"',
+                   (STATIC / "index.html").read_text())
+    )  # fmt: skip
+    assert imported and imported <= preloaded, imported - preloaded
+
+
 @pytest.mark.parametrize("name", ["plotly.min.js", "run.js", "style.css"])
 def test_static_files_are_gzipped_only_when_the_client_accepts_it(
     client: TestClient, name: str
