@@ -132,7 +132,7 @@ def _show(args: argparse.Namespace, store: Store) -> int:
         end = "open" if node.end_step is None else str(node.end_step)
         diff = diff_text(node.diff, " ")
         print(f"  {node.label}  steps {node.start_step}..{end}  {node.change_kind}  {diff}")
-        guard = node.info.get("guard") if isinstance(node.info, dict) else None
+        guard = node.info.get("guard")
         if isinstance(guard, dict) and guard.get("reason"):
             print(f"      guard {guard.get('action', '')}: {guard['reason']}" + _skipped(guard))
     return 0
@@ -144,7 +144,7 @@ def _guard_pause(run: RunRecord, nodes: list[NodeRecord]) -> str | None:
         return None
     for node in reversed(nodes):
         if node.end_step is None:
-            guard = node.info.get("guard") if isinstance(node.info, dict) else None
+            guard = node.info.get("guard")
             if isinstance(guard, dict) and guard.get("action") == "paused":
                 return str(guard.get("message") or guard.get("reason"))
             return None
