@@ -46,6 +46,9 @@ class LiveTunables:
         self.optimizer = optimizer
         self._optimizer_specs = discover_optimizer(optimizer) if optimizer is not None else []
         self.knobs: dict[str, Knob] = {}
+        self.unclaimed_knobs: dict[str, Any] = {}
+        """Knob values a loaded checkpoint holds for knobs not declared yet (a resume happens
+        in ``retune.init``, before the script declares its knobs): :meth:`add` applies them."""
         self._knob_values: dict[str, Any] = {}
         self.scheduler: SchedulerControl | None = None
         if scheduler is not None and optimizer is not None:
@@ -71,6 +74,17 @@ class LiveTunables:
         """Declare a user knob; its name must not clash with another tunable."""
         if any(spec.name == knob.name for spec in self.specs):
             raise InvalidArgument(f"a tunable named {knob.name!r} is already declared")
+        if knob.name in self.unclaimed_knobs:  # the value the checkpoint resumed from held
+            saved = self.unclaimed_knobs.pop(knob.name)
+            try:
+                value = validate([knob.spec], knob.name, saved)
+            except InvalidArgument as e:
+                raise InvalidArgument(
+                    f"knob {knob.name!r}: the checkpoint holds {saved!r:.60}, which this "
+                    f"declaration refuses ({e}); declare it as it was, or start a new run"
+                ) from e
+            if _plain(knob.value) != _plain(value):
+                knob.assign(value)
         self.knobs[knob.name] = knob
         return knob
 
@@ -232,9 +246,12 @@ class LiveTunables:
             self.scheduler.close()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.unclaimed_knobs = {}
         for name, value in state.get("knobs", {}).items():
             knob = self.knobs.get(name)
-            if knob is not None and _plain(knob.value) != value:  # setters run only on change
+            if knob is None:
+                self.unclaimed_knobs[name] = value  # declared later: see add()
+            elif _plain(knob.value) != value:  # setters run only on change
                 knob.assign(value)
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state.get("scheduler", {}))

@@ -229,3 +229,30 @@ def test_a_killed_trainer_on_this_host_can_be_resumed_at_once(store_url: str) ->
     with retune.init("gone", model=model, optimizer=optimizer, store=store_url,
                      resume="latest") as resumed:  # fmt: skip
         assert resumed.id == killed.id and resumed.global_step == 1
+
+
+def test_knob_values_survive_a_resume_though_the_script_declares_them_after_init(
+    store_url: str,
+) -> None:
+    """A resume loads the checkpoint inside ``retune.init``, before the script declares its
+    knobs (and before the guard registers its own): the values it holds wait for their
+    declaration. A person's ``clip=5`` and "guard off" were back to the script's defaults."""
+    from retune.errors import InvalidArgument
+
+    run = retune.init("knobs", store=store_url, guard=True)
+    clip = run.tunable("clip", 1.0, bounds=(0, None))
+    run.step(loss=1.0)
+    run.set(clip=5.0, guard=False, guard_spike=7)
+    run.step(loss=1.0)
+    run.checkpoint()
+    run.finish()
+    resumed = retune.init("knobs", store=store_url, resume="latest", guard=True)
+    assert resumed.tunable("clip", 1.0, bounds=(0, None)).value == 5.0
+    assert resumed.guard is not None and resumed.guard.enabled is False
+    assert resumed.hp.guard_spike == 7.0
+    resumed.finish()
+    again = retune.init("knobs", store=store_url, resume="latest")
+    with pytest.raises(InvalidArgument, match=r"the checkpoint holds 5\.0"):
+        again.tunable("clip", 1.0, bounds=(0, 2))  # a declaration that refuses the saved value
+    again.finish()
+    assert clip.value == 5.0
