@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import platform
+import socket
 import statistics
 import sys
 import time
@@ -201,3 +202,23 @@ def mlp_step(
         opt.step()
 
     return module, opt, step
+
+
+def latency_quantiles(values: list[float]) -> dict[str, float]:
+    """min, p50, p90, p99 and max of ``values`` (empty: ``{}``)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    q = (
+        statistics.quantiles(ordered, n=100, method="inclusive")
+        if len(ordered) > 1
+        else [ordered[0]] * 99
+    )
+    return {"min": ordered[0], "p50": q[49], "p90": q[89], "p99": q[98], "max": ordered[-1]}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

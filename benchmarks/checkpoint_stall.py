@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import (
     MAKE_BENCH_HINT,
     add_output_arguments,
+    bitwise_difference,
     machine_line,
     missing_modules,
     print_json,
@@ -245,23 +246,9 @@ def _expected(trainer: Trainer, save_at: int) -> dict[str, Any]:
 
 
 def _same(got: Any, want: Any, where: str) -> None:
-    import torch
-
-    if isinstance(want, dict):
-        if not isinstance(got, dict) or set(got) != set(want):
-            raise SystemExit(f"checkpoint_stall: {where} has other keys than the saved state")
-        for key in want:
-            _same(got[key], want[key], f"{where}[{key!r}]")
-    elif isinstance(want, (list, tuple)):
-        if not isinstance(got, (list, tuple)) or len(got) != len(want):
-            raise SystemExit(f"checkpoint_stall: {where} differs in length")
-        for index, (g, w) in enumerate(zip(got, want, strict=True)):
-            _same(g, w, f"{where}[{index}]")
-    elif isinstance(want, torch.Tensor):
-        if not (isinstance(got, torch.Tensor) and torch.equal(got, want)):
-            raise SystemExit(f"checkpoint_stall: {where} differs from the saved tensor")
-    elif got != want:
-        raise SystemExit(f"checkpoint_stall: {where} is {got!r}, saved {want!r}")
+    difference = bitwise_difference(want, got, where)
+    if difference:
+        raise SystemExit(f"checkpoint_stall: {difference}")
 
 
 def _verify_retune(run: Any, trainer: Trainer, save_at: int) -> None:

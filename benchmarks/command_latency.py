@@ -24,6 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import (
     add_output_arguments,
+    latency_quantiles,
     machine_line,
     mlp_step,
     print_json,
@@ -81,18 +82,6 @@ def _loop_time(step: Callable[[], None], steps: int, run: Any = None) -> float:
 
 
 RESOLVED = ("applied", "rejected")
-
-
-def _quantiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-    q = (
-        statistics.quantiles(ordered, n=100, method="inclusive")
-        if len(ordered) > 1
-        else [ordered[0]] * 99
-    )
-    return {"min": ordered[0], "p50": q[49], "p90": q[89], "p99": q[98], "max": ordered[-1]}
 
 
 def _audit(commands: list[Any], sent: list[dict[str, Any]]) -> dict[str, Any]:
@@ -197,8 +186,8 @@ def main() -> int:
         "stored": len(commands),
         "outcome": audit["outcome"],
         "problems": audit["problems"],
-        "latency_ms": _quantiles(latencies),
-        "rejection_ms": _quantiles(rejections),
+        "latency_ms": latency_quantiles(latencies),
+        "rejection_ms": latency_quantiles(rejections),
         "bare_step_ms": bare_s * 1000,
         "retune_step_ms": retune_s * 1000,
         "overhead_pct": (retune_s / bare_s - 1) * 100,

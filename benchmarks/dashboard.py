@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_output_arguments, machine_line, print_json, table, write_results
+from _common import (
+    add_output_arguments,
+    free_port,
+    machine_line,
+    print_json,
+    table,
+    write_results,
+)
 
 
 def _fill(store_url: str, name: str, points: int, nodes: int, keys: tuple[str, ...]) -> str:
@@ -263,12 +269,6 @@ def tree_picture_times(base: str, run_id: str, repeat: int) -> dict[str, list[fl
     return {"api_s": api, "chromium_s": browser_s}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -290,7 +290,7 @@ def main() -> int:
         tree = _fill(url, "tree", 200_000, 500, ("loss", "acc", "lr"))
         runs_url = f"sqlite:///{Path(folder) / 'runs.db'}"
         _fill_runs(runs_url, 1000)
-        runs_server, runs_base = serve_in_thread(open_store(runs_url), port=_free_port())
+        runs_server, runs_base = serve_in_thread(open_store(runs_url), port=free_port())
         list_times = []
         try:
             for _ in range(args.repeat):
@@ -302,7 +302,7 @@ def main() -> int:
             runs_pages = runs_page_loads(runs_base, args.repeat)
         finally:
             runs_server.should_exit = True
-        server, base = serve_in_thread(open_store(url), port=_free_port())
+        server, base = serve_in_thread(open_store(url), port=free_port())
         api_times = []
         for _ in range(args.repeat):
             start = time.perf_counter()

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,15 +28,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_output_arguments, machine_line, mlp_step, table, write_results
+from _common import (
+    add_output_arguments,
+    free_port,
+    latency_quantiles,
+    machine_line,
+    mlp_step,
+    table,
+    write_results,
+)
 
 TARGET_PCT = 3.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _worker(rank: int, settings: dict[str, Any]) -> None:
@@ -150,13 +151,6 @@ def _control(store: str, commands: int) -> list[Any]:
     return sent
 
 
-def _quantiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    q = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else [
-        ordered[0]] * 99  # fmt: skip
-    return {"min": ordered[0], "p50": q[49], "p90": q[89], "p99": q[98], "max": ordered[-1]}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -171,7 +165,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         store = str(Path(folder) / "retune.db")
-        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
         settings = {"store": store, "folder": folder, "steps": args.steps,
                     "rounds": args.rounds, "step_ms": args.step_ms}  # fmt: skip
         context = mp.start_processes(  # type: ignore[attr-defined,no-untyped-call]
@@ -221,7 +215,7 @@ def main() -> int:
         "overhead_of_medians_pct": (with_retune / without - 1) * 100,
         "agreement_us": statistics.median(ranks[0]["agreement"]) * 1e6,
         "target_pct": TARGET_PCT,
-        "latency_ms": _quantiles(latencies) if latencies else {},
+        "latency_ms": latency_quantiles(latencies) if latencies else {},
         "applied": len(latencies),
         "problems": problems,
     }

@@ -115,19 +115,18 @@ def render_logging_overhead(r: dict[str, Any]) -> str:
         f"**{_x(ratios['mlflow / retune'])}** ({_x(costs['mlflow / retune'])}). Targets: Retune "
         f"at most {targets['retune_us_per_step']:g} µs per step including the final flush "
         f"({verdict('retune_us_per_step')}: {r['median_us_per_step']['retune']:.2f} wall, "
-        f"{r.get('cpu_us_per_step', {}).get('retune', float('nan')):.2f} process CPU; then "
-        f"`finish()` {_median(r.get('retune_finish_ms', [0.0])):,.1f} ms), at least "
+        f"{r.get('cpu_us_per_step', {}).get('retune', float('nan')):.2f} process CPU"
+        + (
+            f"; then `finish()` {statistics.median(r['retune_finish_ms']):,.1f} ms"
+            if r.get("retune_finish_ms")
+            else ""
+        )
+        + "), at least "
         f"{targets['tensorboard / retune']:g}x below TensorBoard "
         f"({verdict('tensorboard / retune')}) and {targets['mlflow / retune']:g}x below MLflow "
         f"({verdict('mlflow / retune')}).",
     ]
     return "\n".join(lines)
-
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _latency_row(label: str, lat: dict[str, float]) -> list[str]:
