@@ -193,3 +193,27 @@ def test_export_benchmark_counts_what_it_wrote_and_renders(tmp_path: Path) -> No
         "| `retune export --to csv` (streamed) | 1,000,000 | 2.00 | 500,000 | 4.0 | 4.0 |" in text
     )
     assert "**25x less**" in text
+
+
+@pytest.mark.parametrize(
+    ("overhead", "spread_ms", "verdict"),
+    [(1.0, 0.1, "target under 3% on a ~20 ms step: met)"),
+     (4.0, 0.1, "**not met**)"),
+     (3.7, 3.0, "**not shown**"),  # within the baseline's own spread: undecided
+     (12.0, 3.0, "**not met**)")],  # beyond target + spread: decided even on a noisy machine
+)  # fmt: skip
+def test_the_distributed_verdict_says_met_not_met_or_not_shown(
+    overhead: float, spread_ms: float, verdict: str
+) -> None:
+    import json
+
+    recorded = Path(__file__).parents[1] / "benchmarks" / "results" / "distributed_overhead.json"
+    result = json.loads(recorded.read_text(encoding="utf-8"))
+    result["without_ms"] = [25.0 - spread_ms, 25.0, 25.0, 25.0 + spread_ms] * 3
+    result["overhead_pct"] = overhead
+    result["problems"] = []
+    text = report.render_distributed_overhead(result)
+    assert verdict in text
+    assert "Every command was applied on both ranks" in text
+    failed = report.render_distributed_overhead({**result, "problems": ["#3 on rank 1 only"]})
+    assert "**1 commands were not applied on every rank**: #3 on rank 1 only" in failed
