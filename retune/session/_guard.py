@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from retune.control._commands import GUARD_ACTIONS, GUARD_KNOBS
 from retune.errors import CommandRejected, InvalidArgument, RetuneError
+from retune.session._handlers import put_back
 from retune.session._protocols import TrainingSession
 
 if TYPE_CHECKING:
@@ -352,11 +353,21 @@ class GuardRuntime:
             return
         if not give_up:
             self.attempts += 1
-        left = run.checkpointer.save("change")  # the state being left: a veto goes back here
+        try:
+            left = run.checkpointer.save("change")  # the state being left: a veto goes back here
+        except RetuneError as e:
+            self._pause(reason, f"the state being left could not be saved: {e}", trigger_step)
+            return
         left_node = run.node
         trouble = run.loop_state()
         settings = self.settings()
-        run.load_state(state)
+        try:
+            run.load_state(state)
+        except Exception as e:  # a state part refused it: back to the state it found
+            put_back(run, left)
+            why = f"loading {target.label} failed ({type(e).__name__}: {e})"[:300]
+            self._pause(reason, why, trigger_step)
+            return
         for attribute, value in settings.items():
             setattr(self, attribute, value)  # a rollback never undoes the guard's knobs
         diff: dict[str, Any] = {}

@@ -113,6 +113,13 @@ def _target(session: TrainingSession, target: Any) -> CheckpointRecord:
         raise CommandRejected(str(e)) from e
 
 
+def put_back(session: TrainingSession, before: CheckpointRecord) -> None:
+    """After a restore failed midway: load ``before`` (the state saved just before it, as
+    the restore found the run) and delete that checkpoint, which no node will name."""
+    session.load_state(session.checkpointer.load(before))
+    session.store.delete_checkpoints(session.id, [before.id])
+
+
 def on_restore(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
     """Restore the live model, optimizer, scheduler, RNG and loop position from a checkpoint,
     apply optional new values, and continue on a new node child of the checkpoint's node.
@@ -144,8 +151,7 @@ def on_restore(session: TrainingSession, command: CommandRecord) -> dict[str, An
         if values:
             diff = session.tunables.set(values, group, mode)
     except Exception as e:
-        session.load_state(session.checkpointer.load(before))  # back to where it found us
-        session.store.delete_checkpoints(session.id, [before.id])
+        put_back(session, before)
         if isinstance(e, CommandRejected):
             raise
         raise CommandRejected(f"restoring {record.label} failed: {type(e).__name__}: {e}") from e

@@ -258,6 +258,57 @@ def test_a_guard_checkpoint_that_cannot_be_written_does_not_stop_training(
         assert written is not None and written.reason == "guard"
 
 
+def test_a_recovery_whose_checkpoint_a_state_part_refuses_puts_everything_back_and_pauses(
+    store_url: str,
+) -> None:
+    """A failed recovery "changes nothing it cannot undo": a state part whose load raises
+    mid-recovery gets the state the guard found (the one restores already put back), the run
+    pauses with the reason, and no exception reaches the training loop."""
+    import threading
+
+    import numpy as np
+
+    refuse = {"on": False}
+
+    def load_part(value: Any) -> None:
+        if refuse["on"] and value["at"] < 9:  # it cannot go back; where it is, it can
+            raise RuntimeError("the data pipeline cannot seek back")
+
+    run = retune.init("g", store=store_url, guard=Guard(window=2, warmup=2, every=2))
+    weights = np.zeros(4)
+    run.state["w"] = weights
+    run.add_state("pipeline", lambda: {"at": run.global_step}, load_part)
+    for _ in range(8):  # last-good checkpoints at steps 2, 4, 6, 8 (kept once confirmed)
+        weights[:] = run.global_step + 1
+        run.step(loss=1.0)
+    refuse["on"] = True
+    errors: list[BaseException] = []
+
+    def nan_step() -> None:
+        try:
+            weights[:] = 9.0  # the state the NaN step left
+            run.step(loss=float("nan"))
+        except BaseException as e:  # the test reports it
+            errors.append(e)
+
+    trainer = threading.Thread(target=nan_step)
+    trainer.start()
+    with retune.connect(run.id, store=store_url) as ctl:
+        deadline = time.monotonic() + 60
+        while ctl.run.status != "paused":
+            assert trainer.is_alive() and time.monotonic() < deadline, errors
+            time.sleep(0.02)
+        (node,) = [n for n in ctl.store.list_nodes(run.id) if n.id == run.node]
+        assert "the data pipeline cannot seek back" in node.info["guard"]["message"]
+        assert (np.asarray(run.state["w"]) == 9.0).all()  # put back: the state it found
+        assert [c.reason for c in ctl.store.list_checkpoints(run.id)].count("change") == 0
+        refuse["on"] = False
+        ctl.continue_()
+        trainer.join(60)
+    assert not trainer.is_alive() and errors == []
+    run.finish()
+
+
 def test_guard_commands_are_checked_when_sent(store_url: str) -> None:
     with retune.init("plain", store=store_url) as plain:
         ctl = retune.connect(plain.id, store=plain.store)
