@@ -248,7 +248,8 @@ def _expected(trainer: Trainer, save_at: int) -> dict[str, Any]:
 def _same(got: Any, want: Any, where: str) -> None:
     difference = bitwise_difference(want, got, where)
     if difference:
-        raise SystemExit(f"checkpoint_stall: {difference}")
+        path, _, why = difference.partition(": ")
+        raise SystemExit(f"checkpoint_stall: {path} differs ({why})")
 
 
 def _verify_retune(run: Any, trainer: Trainer, save_at: int) -> None:
