@@ -24,7 +24,10 @@ def test_buffered_steps_keep_no_objects_alive_for_the_collector(store_url: str) 
     for i in range(20_000):
         run.step(loss=1.0 / (i + 1), acc=float(i), lr=0.1)
     after = len(gc.get_objects())
-    assert after - before < 100  # not one object per step
+    # The old buffer grew by 40,000 here (a tuple and a dict per step). A small allowance is
+    # left for other threads of this test process (an earlier test's server or writer winding
+    # down allocates too: 152 objects once in CI), far below one object per step.
+    assert after - before < 1_000
     run.finish()
     loss = retune.load("flat", store=store_url).metric("loss")
     assert loss.steps.tolist() == list(range(1, 20_101))
