@@ -7,7 +7,7 @@
     retune resume ddp-digits -- torchrun --nproc-per-node 2 examples/ddp_digits.py
 
 Every rank calls ``retune.init`` with the same arguments; rank 0 owns the run (store, commands,
-checkpoints), the others follow it at each step boundary. ``run.batches`` reproduces the
+checkpoints), the others follow it at the step boundaries where the ranks agree. ``run.batches`` reproduces the
 ``DistributedSampler``'s shard of each epoch, so a resume continues at the same batch on every
 rank. See docs/distributed.md.
 """

@@ -196,24 +196,34 @@ def test_export_benchmark_counts_what_it_wrote_and_renders(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    ("overhead", "spread_ms", "verdict"),
-    [(1.0, 0.1, "target under 3% on a ~20 ms step: met)"),
-     (4.0, 0.1, "**not met**)"),
-     (3.7, 3.0, "**not shown**"),  # within the baseline's own spread: undecided
-     (12.0, 3.0, "**not met**)")],  # beyond target + spread: decided even on a noisy machine
+    ("interval", "verdict"),
+    [((1.0, 2.5), "target under 3% on a ~20 ms step, met when the whole interval is under it: met)"),
+     ((3.5, 5.0), "**not met**)"),
+     ((0.5, 4.0), "**not shown**"),  # the interval straddles the target: undecided
+     ((3.0, 12.0), "**not met**)")],
 )  # fmt: skip
 def test_the_distributed_verdict_says_met_not_met_or_not_shown(
-    overhead: float, spread_ms: float, verdict: str
+    interval: tuple[float, float], verdict: str
 ) -> None:
     import json
 
     recorded = Path(__file__).parents[1] / "benchmarks" / "results" / "distributed_overhead.json"
     result = json.loads(recorded.read_text(encoding="utf-8"))
-    result["without_ms"] = [25.0 - spread_ms, 25.0, 25.0, 25.0 + spread_ms] * 3
-    result["overhead_pct"] = overhead
+    result["overhead_ci_pct"] = list(interval)
+    result["overhead_pct"] = sum(interval) / 2
     result["problems"] = []
     text = report.render_distributed_overhead(result)
     assert verdict in text
     assert "Every command was applied on both ranks" in text
     failed = report.render_distributed_overhead({**result, "problems": ["#3 on rank 1 only"]})
     assert "**1 commands were not applied on every rank**: #3 on rank 1 only" in failed
+
+
+def test_the_distributed_interval_holds_the_median_and_narrows_with_more_rounds() -> None:
+    bench = _load("distributed_overhead")
+    assert bench.median_interval([0.02] * 9) == [2.0, 2.0]
+    noisy = [(-1) ** i * (i % 7) / 100 + 0.02 for i in range(15)]
+    low, high = bench.median_interval(noisy)
+    assert low < 2.0 < high
+    wider = bench.median_interval(noisy[:5])
+    assert wider[1] - wider[0] > high - low

@@ -11,14 +11,19 @@ When :func:`retune.init` finds an initialised default process group of two or mo
   They read the store and the object location only to load a checkpoint (a resume or a
   restore), so both must be reachable from every rank for those.
 
-**The agreement protocol.** At every step boundary every rank starts one asynchronous
-``all_reduce(MAX)`` of five ``int64``: rank 0's number of queued commands, any rank's pending
-signal, any rank's stop request, rank 0's paused flag, and the guard's work (2: a rank's guard
-tripped; 1: rank 0's last-good checkpoint is due). It completes while the next step trains,
-and the next boundary acts on it: a command, signal or stop that reached a rank before
-boundary *s* is applied at boundary *s + 1*, on every rank alike (each rank acts only on what
-was agreed, never on its own flags). A scheduled checkpoint is due by the step count, the same
-on every rank, so it stays on its step. When all are zero (nearly every step) that is all.
+**The agreement protocol.** The ranks agree at *agreement boundaries*: about every
+:data:`AGREEMENT_INTERVAL` of training (every step when steps are longer), at most
+:data:`MAX_CADENCE` steps apart, and at every scheduled checkpoint's step. The number of steps
+to the next one is a step count carried by the agreement itself, so every rank knows it; the
+steps between skip the boundary. At each, every rank starts one asynchronous
+``all_reduce(MAX)`` of six ``int64``: rank 0's number of queued commands, any rank's pending
+signal, any rank's stop request, rank 0's paused flag, the guard's work (2: a rank's guard
+tripped; 1: rank 0's last-good checkpoint is due), and rank 0's cadence (steps between the
+agreements that follow, from the steps it just timed). It completes while the next steps
+train, and the next agreement boundary acts on it: a command, signal or stop that reached a
+rank before agreement boundary *s* is applied at the one after, on every rank alike (each rank
+acts only on what was agreed, never on its own flags). When all are zero (nearly always) that
+is all.
 Otherwise the ranks *exchange*: every rank's RNG state is
 all-gathered (canonical JSON bytes in a ``uint8`` tensor, for the checkpoints rank 0 may
 write); rank 0 takes the scheduled checkpoint, claims, validates and applies the commands (the
@@ -45,6 +50,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
@@ -72,6 +78,14 @@ RANKS_PART = "retune.ranks"
 
 _NEVER = 2**62
 T = TypeVar("T")
+
+AGREEMENT_INTERVAL = 0.05
+"""Seconds of training between two step-boundary agreements, about (the default command poll
+interval: agreeing more often would not apply commands sooner): rank 0 turns it into a
+number of steps (at least one) from the steps it just timed, and every rank uses that number."""
+MAX_CADENCE = 64
+"""The most steps between two agreements, whatever the step time: bounds how long a sudden
+slow-down can delay a command, a pause or a stop."""
 
 
 def detect() -> Cluster | None:
@@ -296,6 +310,28 @@ class _ClusterRun(Run):
     """Whether a boundary acts on the agreement started at the one before (rank 0 decides for
     every rank: False with a guard, whose last-good checkpoint must not hold a state another
     rank already found bad at that step)."""
+    _next_agreement = 0
+    """The step whose boundary agrees next: the same on every rank (a step count)."""
+
+    def _agrees_now(self) -> bool:
+        """Whether this step's boundary is one where the ranks agree; the steps between skip
+        the boundary (nothing can be applied there: it would be on one rank only)."""
+        return self._step >= self._next_agreement
+
+    def _plan_next_agreement(self, cadence: int) -> None:
+        """After an agreement: the next one ``cadence`` steps on (as agreed, so the same on
+        every rank), or sooner at the next scheduled checkpoint's step."""
+        step = self._step
+        upcoming = step + max(1, min(cadence, MAX_CADENCE))
+        if self._next_checkpoint > step:
+            upcoming = min(upcoming, self._next_checkpoint)
+        self._next_agreement = upcoming
+
+    def _reschedule(self) -> None:
+        """The loop position moved (a restore or a resume, on every rank alike): agree at the
+        next step."""
+        self._next_boundary = 0  # step() calls _at_boundary, which skips between agreements
+        self._next_agreement = self._step + 1
 
     def _agreed(self) -> list[int]:
         """The agreement this boundary acts on: the one started at the last boundary, or,
@@ -327,7 +363,7 @@ class _ClusterRun(Run):
 
 
 class LeaderRun(_ClusterRun):
-    """Rank 0's run: a normal run that also leads the agreement at every step boundary."""
+    """Rank 0's run: a normal run that also leads the agreement at the step boundaries."""
 
     def __init__(self, *args: Any, cluster: Cluster, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -341,6 +377,8 @@ class LeaderRun(_ClusterRun):
         self._applier = Applier(recording)
         self._inbox = self._applier.inbox
         self.add_state(RANKS_PART, lambda: dict(self._peer_rng), self._load_peer_rng)
+        self._timed_from: tuple[int, float] | None = None  # (step, monotonic) after a boundary
+        self._step_seconds = 0.0  # the last measured time per training step (0: not yet)
 
     def _load_peer_rng(self, value: Any) -> None:
         # a restore brings back the other ranks' RNG too: the next checkpoint records those
@@ -355,9 +393,6 @@ class LeaderRun(_ClusterRun):
             return result
 
         return record
-
-    def _reschedule(self) -> None:
-        self._next_boundary = 0  # every step is a boundary: the ranks agree at each one
 
     def _exchange(self, work: Callable[[], T]) -> T:
         """Gather every rank's RNG, do ``work`` (rank 0 only), broadcast what it applied,
@@ -425,10 +460,13 @@ class LeaderRun(_ClusterRun):
         if self._stopped_here:  # every rank stopped at the same boundary: nothing to agree
             self._stop_here(already_saved=True)
             return
+        if not self._agrees_now():
+            return  # a queued command waits for the agreement: it must apply on every rank
+        self._time_steps()
         due = self._step >= self._next_checkpoint  # the same on every rank
         saved = False
         while True:
-            pending, signal, stop, paused, guard_any = self._agreed()
+            pending, signal, stop, paused, guard_any, cadence = self._agreed()
             if signal or stop:
                 self.flags.stop_requested = True  # a signal or stop on any rank stops every rank
             if pending or signal or due or stop or guard_any:
@@ -444,16 +482,33 @@ class LeaderRun(_ClusterRun):
             self._stop_here(already_saved=saved)
         else:
             self._agree_next(self._flags())
+            self._plan_next_agreement(cadence)
+            self._timed_from = (self._step, time.monotonic())
+
+    def _time_steps(self) -> None:
+        """Time the steps trained since the last agreement ended (boundary work excluded)."""
+        if self._timed_from is not None:
+            step, since = self._timed_from
+            if self._step > step:
+                self._step_seconds = (time.monotonic() - since) / (self._step - step)
+
+    def _cadence(self) -> int:
+        """Steps until the agreement after next: about :data:`AGREEMENT_INTERVAL` of training
+        at the last measured step time; 1 when the agreement is synchronous (a guard)."""
+        if not self.pipelined or self._step_seconds <= 0:
+            return 1
+        return max(1, min(MAX_CADENCE, round(AGREEMENT_INTERVAL / self._step_seconds)))
 
     def _flags(self) -> list[int]:
         """Rank 0's part of the agreement: queued commands, a signal, a stop request, paused,
-        the guard's work."""
+        the guard's work, and the steps between the agreements that follow."""
         return [
             len(self._inbox),
             self._signal,
             int(self.flags.stop_requested),
             int(self.flags.paused),
             self._guard_work(),
+            self._cadence(),
         ]
 
     def checkpoint(self, tag: str | None = None) -> CheckpointRecord:
@@ -526,7 +581,7 @@ class _SilentWriter(MetricWriter):
 
 
 class RankRun(_ClusterRun):
-    """The handle of a rank other than 0: same API, follows rank 0 at every step boundary.
+    """The handle of a rank other than 0: same API; follows rank 0 where the ranks agree.
 
     Logging is a no-op unless ``per_rank_metrics`` (then ``rank{r}/{key}`` is stored). Names
     and values are still checked, so a bad one raises on every rank alike.
@@ -561,9 +616,6 @@ class RankRun(_ClusterRun):
             )
             return
         _set_rng_state(mine)
-
-    def _reschedule(self) -> None:
-        self._next_boundary = 0
 
     def _tagged(self, values: Mapping[Any, Any]) -> dict[str, float]:
         checked = self._checked(values)
@@ -656,12 +708,14 @@ class RankRun(_ClusterRun):
         if self._stopped_here:
             self._stop_here(already_saved=True)
             return
+        if not self._agrees_now():
+            return
         due = self._step >= self._next_checkpoint  # the same on every rank
         if due:
             every = self.checkpointer.policy.every_n_steps or _NEVER
             self._next_checkpoint = (self._step // every + 1) * every
         while True:
-            pending, signal, stop, paused, guard_any = self._agreed()
+            pending, signal, stop, paused, guard_any, cadence = self._agreed()
             if signal:
                 self.flags.stop_requested = True
             if pending or signal or due or stop or guard_any:
@@ -675,11 +729,13 @@ class RankRun(_ClusterRun):
             self._stop_here(already_saved=True)  # rank 0 took the stop checkpoint
         else:
             self._agree_next(self._flags())
+            self._plan_next_agreement(cadence)
 
     def _flags(self) -> list[int]:
-        """This rank's part of the agreement: a signal, a stop request, its guard tripped."""
+        """This rank's part of the agreement: a signal, a stop request, its guard tripped
+        (rank 0 alone proposes the cadence)."""
         tripped = 2 if self.guard is not None and self.guard.tripped is not None else 0
-        return [0, self._signal, int(self.flags.stop_requested), 0, tripped]
+        return [0, self._signal, int(self.flags.stop_requested), 0, tripped, 0]
 
     def checkpoint(self, tag: str | None = None) -> CheckpointRecord:
         """Collective: rank 0 saves (this rank's RNG included); returns its record."""

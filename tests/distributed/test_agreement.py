@@ -6,10 +6,12 @@ still meet (and apply changes together) one boundary later.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+from retune.store import open_store
 from tests.distributed.test_ddp import DEADLINE, _free_port, torchrun_env
 
 RANK_SCRIPT = r"""
@@ -65,3 +67,81 @@ def test_a_rank_returns_from_a_step_without_waiting_for_a_slower_rank(tmp_path: 
         assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}: {err[-2000:]}"
         assert out.split() == ["done", "3"]
     assert flag.exists()
+
+
+CADENCE_SCRIPT = r"""
+import json, os, sys, threading, time
+from datetime import timedelta
+from pathlib import Path
+import torch.distributed as dist
+import retune
+
+store, logdir = sys.argv[1], Path(sys.argv[2])
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+rank = dist.get_rank()
+calls = {"all_reduce": 0}
+all_reduce = dist.all_reduce
+
+def counting_all_reduce(*args, **kwargs):
+    calls["all_reduce"] += 1
+    return all_reduce(*args, **kwargs)
+
+dist.all_reduce = counting_all_reduce
+run = retune.init("cadence", store=store, poll_interval=0.02, checkpoint_every_n_steps=700)
+run.tunable("clip", 1.0, bounds=(0, None))
+seen = []
+for step in range(1, 3001):
+    time.sleep(0.0005)  # a fast step: about 0.6 ms
+    if rank == 0 and step == 100:  # a notebook cell on rank 0: queued, applied on every rank
+        threading.Thread(target=lambda: run.set(clip=2.0, timeout=60), daemon=True).start()
+    seen.append(run.hp.clip)
+    run.step(loss=1.0 / step)
+run.finish()
+dist.destroy_process_group()
+changed = seen.index(2.0) + 1 if 2.0 in seen else None
+(logdir / f"rank{rank}.json").write_text(
+    json.dumps({"all_reduce": calls["all_reduce"], "changed_at": changed, "steps": len(seen)})
+)
+"""
+
+
+def test_fast_steps_agree_every_few_steps_and_still_apply_changes_together(
+    tmp_path: Path,
+) -> None:
+    """At ~0.6 ms a step the ranks agree about every 0.05 s of training (at most 64 steps
+    apart), not at every step: far fewer collectives than steps. A change sent from another
+    thread of rank 0 still applies at the same step on both ranks, and the scheduled
+    checkpoints stay on their steps."""
+    store = f"sqlite:///{tmp_path / 'retune.db'}"
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CADENCE_SCRIPT, store, str(tmp_path)],
+            env=torchrun_env(rank, port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    try:
+        results = [proc.communicate(timeout=DEADLINE) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for rank, ((_, err), proc) in enumerate(zip(results, procs, strict=True)):
+        assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}: {err[-2000:]}"
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [r["steps"] for r in ranks] == [3000, 3000]
+    changed_at = ranks[0]["changed_at"]
+    assert changed_at is not None and changed_at > 100
+    assert ranks[1]["changed_at"] == changed_at  # the same step on both ranks
+    with open_store(store, create=False) as opened:
+        (run,) = opened.list_runs()
+        (command,) = opened.list_commands(run.id)
+        assert command.status == "applied" and command.applied_step == changed_at - 1
+        steps = [c.step for c in opened.list_checkpoints(run.id) if c.reason == "schedule"]
+    assert steps == [700, 1400, 2100, 2800]  # not multiples of the cadence
+    # one agreement per step would be 3,000 all_reduces; exchanges add one each (the confirm)
+    for rank in ranks:
+        assert rank["all_reduce"] < 300, rank
