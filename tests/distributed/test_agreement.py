@@ -44,13 +44,13 @@ print("done", run.global_step)
 """
 
 
-def test_a_rank_returns_from_a_step_without_waiting_for_a_slower_rank(tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'retune.db'}"
-    flag = tmp_path / "rank0-past-step-2"
+def run_ranks(script: str, *args: str) -> list[str]:
+    """Run ``script`` as two ranks (torchrun's environment); each rank's stdout, once both
+    exited 0 (the test fails with a rank's stderr otherwise)."""
     port = str(_free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", RANK_SCRIPT, store, str(flag)],
+            [sys.executable, "-c", script, *args],
             env=torchrun_env(rank, port),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -63,9 +63,15 @@ def test_a_rank_returns_from_a_step_without_waiting_for_a_slower_rank(tmp_path: 
     finally:
         for proc in procs:
             proc.kill()
-    for rank, ((out, err), proc) in enumerate(zip(results, procs, strict=True)):
+    for rank, ((_, err), proc) in enumerate(zip(results, procs, strict=True)):
         assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}: {err[-2000:]}"
-        assert out.split() == ["done", "3"]
+    return [out for out, _ in results]
+
+
+def test_a_rank_returns_from_a_step_without_waiting_for_a_slower_rank(tmp_path: Path) -> None:
+    flag = tmp_path / "rank0-past-step-2"
+    outputs = run_ranks(RANK_SCRIPT, f"sqlite:///{tmp_path / 'retune.db'}", str(flag))
+    assert [out.split() for out in outputs] == [["done", "3"], ["done", "3"]]
     assert flag.exists()
 
 
@@ -113,24 +119,7 @@ def test_fast_steps_agree_every_few_steps_and_still_apply_changes_together(
     thread of rank 0 still applies at the same step on both ranks, and the scheduled
     checkpoints stay on their steps."""
     store = f"sqlite:///{tmp_path / 'retune.db'}"
-    port = str(_free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CADENCE_SCRIPT, store, str(tmp_path)],
-            env=torchrun_env(rank, port),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    try:
-        results = [proc.communicate(timeout=DEADLINE) for proc in procs]
-    finally:
-        for proc in procs:
-            proc.kill()
-    for rank, ((_, err), proc) in enumerate(zip(results, procs, strict=True)):
-        assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}: {err[-2000:]}"
+    run_ranks(CADENCE_SCRIPT, store, str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [r["steps"] for r in ranks] == [3000, 3000]
     changed_at = ranks[0]["changed_at"]
