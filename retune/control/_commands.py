@@ -146,7 +146,11 @@ def _check_restore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> 
     try:
         resolve_checkpoint(store, run.id, target)
     except CheckpointNotFound as e:
-        raise InvalidArgument(str(e)) from e
+        # "latest" on a live run whose first checkpoint is still being written (listed only
+        # once durable): the training process waits for that save, then resolves it again
+        # and rejects the command there, with this reason, if there is still none
+        if not (target == "latest" and run.status in LIVE_STATUSES):
+            raise InvalidArgument(str(e)) from e
     values = payload.get("set") or {}
     if not isinstance(values, Mapping):
         raise InvalidArgument("restore's set must map names to values")

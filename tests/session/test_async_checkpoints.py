@@ -24,7 +24,7 @@ import retune
 from retune.checkpoint import ObjectStore, decode_state, manifest_blobs
 from retune.errors import InvalidArgument
 from retune.session._checkpointer import CheckpointPolicy
-from retune.store import open_store
+from retune.store import CommandRecord, open_store
 
 ROOT = Path(__file__).parents[2]
 DEADLINE = 120.0
@@ -251,3 +251,95 @@ def test_sigkill_during_a_background_write_lists_only_complete_checkpoints(
         for tensor in state["model"].values():
             assert torch.equal(tensor, torch.full_like(tensor, float(checkpoint.step)))
         assert state["loop"]["step"] == checkpoint.step
+
+
+def test_a_restore_to_latest_waits_for_the_save_in_flight_and_lands_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target "latest" means the newest checkpoint, including the one still being written: the
+    restore waits until it is listed, then restores it (not an older one, not "none yet")."""
+    store = str(tmp_path / "r.db")
+    flag = _block(monkeypatch, tmp_path, 3)
+    run = retune.init("latest", store=store, checkpoint_every_n_steps=3)
+    weights = np.zeros(50_000)
+    run.state["w"] = weights
+    outcome: list[object] = []
+
+    def train() -> None:
+        _train(run, weights, 5)  # the save of step 3 blocks in the background
+        try:
+            outcome.append(run.restore("latest"))  # from the training thread: at once
+        except Exception as e:  # the test reports it
+            outcome.append(e)
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    try:
+        _until(lambda: run.global_step == 5 and flag.exists(), "step 5 with the save blocked")
+        trainer.join(0.5)
+        assert trainer.is_alive() and not outcome, outcome  # it waits for the listing
+    finally:
+        flag.unlink(missing_ok=True)
+        trainer.join(DEADLINE)
+    [command] = outcome
+    assert isinstance(command, CommandRecord), command
+    assert command.status == "applied" and command.result["checkpoint"] == "c1"
+    assert run.global_step == 3 and np.array_equal(run.state["w"], np.full(50_000, 3.0))
+    run.finish()
+
+
+def test_a_stop_whose_scheduled_save_failed_takes_its_own_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop at a step whose background save fails must not rely on it: the run takes a
+    ``stop`` checkpoint of its own, so a resume continues from the stop."""
+    store = str(tmp_path / "f.db")
+    run = retune.init("failed", store=store, checkpoint_every_n_steps=5)
+    weights = np.zeros(50_000)
+    run.state["w"] = weights
+    write = run.checkpointer._write
+
+    def failing_write(encoded: object, reason: str, *args: object, **kwargs: object) -> object:
+        if reason == "schedule":
+            raise retune.StoreUnavailable("disk full (test)")
+        return write(encoded, reason, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run.checkpointer, "_write", failing_write)
+    _train(run, weights, 4)
+    run.request_stop()  # applied at the next boundary, step 5, where a save is also due
+    with pytest.raises(retune.StopTraining):
+        _train(run, weights, 1)
+    run.finish("stopped")
+    checkpoints = open_store(store).list_checkpoints(run.id)
+    assert [(c.reason, c.step) for c in checkpoints] == [("stop", 5)]
+    assert ("checkpoint_failed", 5) in _kinds(store, run)
+    resumed = retune.init("failed", store=store, resume="latest")
+    assert resumed.global_step == 5 and np.array_equal(resumed.state["w"], np.full(50_000, 5.0))
+    resumed.finish()
+
+
+def test_restore_latest_with_no_checkpoint_at_all_is_rejected_at_the_boundary(
+    tmp_path: Path,
+) -> None:
+    """Submitted to a live run, "latest" is accepted even before any checkpoint is listed
+    (one may be in flight); the training process resolves it again and, with none at all,
+    rejects it with the reason. Nothing changes and training goes on."""
+    store = str(tmp_path / "n.db")
+    run = retune.init("none-yet", store=store, poll_interval=0.01)
+    weights = np.zeros(10)
+    run.state["w"] = weights
+    _train(run, weights, 3)
+    with retune.connect("none-yet", store=store) as ctl:
+        command = ctl.restore("latest")
+        assert command.status == "pending"
+        deadline = time.monotonic() + DEADLINE
+        while ctl.store.get_command(command.id).status == "pending":
+            assert time.monotonic() < deadline, "the command was never applied"
+            _train(run, weights, 1)
+        with pytest.raises(retune.CommandRejected, match="no checkpoints yet"):
+            ctl.wait(command.id)
+    step = run.global_step
+    _train(run, weights, 2)
+    assert run.global_step == step + 2 and run.node == 1
+    assert np.array_equal(run.state["w"], np.full(10, float(step + 2)))
+    run.finish()
