@@ -131,6 +131,8 @@ def test_fast_steps_agree_every_few_steps_and_still_apply_changes_together(
         assert command.status == "applied" and command.applied_step == changed_at - 1
         steps = [c.step for c in opened.list_checkpoints(run.id) if c.reason == "schedule"]
     assert steps == [700, 1400, 2100, 2800]  # not multiples of the cadence
-    # one agreement per step would be 3,000 all_reduces; exchanges add one each (the confirm)
+    # one agreement per step made 3,007 all_reduces (exchanges add one each: the confirm);
+    # at 0.6 ms a step it is about 60 (57 here). The bound leaves room for a loaded machine (steps
+    # up to ~12 ms still agree every 4 steps or more) and still fails an agreement per step.
     for rank in ranks:
-        assert rank["all_reduce"] < 300, rank
+        assert rank["all_reduce"] < 750, rank
