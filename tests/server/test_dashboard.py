@@ -484,3 +484,55 @@ def test_a_guard_recovery_is_marked_explained_and_can_be_vetoed_from_the_page(
     page.click('#tree .node[data-node="n4"]')
     text = _node_detail(page, "n4")
     assert "continue from winner of #7" in text and "candidate" not in text
+
+
+def test_a_run_page_redraws_for_its_own_run_not_for_another_run_training(
+    site: dict[str, Any], page: Page
+) -> None:
+    """Every live event used to redraw the page (every read again), whichever run moved: a
+    finished run's page re-read its metrics twice a second while another run trained.
+    (Playwright's sync API hands over the page's events only inside its own calls, hence
+    ``wait_for_timeout`` rather than a sleep.)"""
+    store: Store = site["store"]
+    shown, other = site["ids"]["beta"], site["ids"]["steer"]
+    reads: list[str] = []
+
+    def read(request: Any) -> None:
+        if f"/api/runs/{shown}" in request.url:
+            reads.append(request.url)
+
+    page.on("request", read)
+    page.goto(f"{site['url']}/runs/{shown}")
+    page.wait_for_selector('.chart[data-key="loss"] .main-svg')
+    eventually(lambda: page.text_content("#live") == "live", what="the first live event")
+
+    def settled() -> bool:  # the first event's redraw has made all its reads
+        count = len(reads)
+        page.wait_for_timeout(1000)
+        return len(reads) == count
+
+    eventually(settled, what="the page to stop reading")
+    before = len(reads)
+    # a second event stream in the page counts what the server sends
+    page.evaluate(
+        "() => { window.seen = 0; new EventSource('/api/events')"
+        ".addEventListener('runs', () => { window.seen += 1; }); }"
+    )
+    eventually(lambda: page.evaluate("window.seen") >= 1, what="the counting stream")
+    for step in (40, 41, 42):  # another run trains: each step is a live event
+        seen = page.evaluate("window.seen")
+        store.update_run(other, step=step, heartbeat_at=time.time())
+
+        def delivered(seen: int = seen) -> bool:
+            return bool(page.evaluate("window.seen") > seen)
+
+        eventually(delivered, what="the event")
+    page.wait_for_timeout(700)  # longer than the page's redraw throttle (500 ms)
+    assert len(reads) == before, reads[before:]  # nothing of this page was read again
+    store.update_run(shown, heartbeat_at=time.time())  # its own run moves: it redraws
+
+    def redrawn() -> bool:
+        page.wait_for_timeout(100)
+        return len(reads) > before
+
+    eventually(redrawn, what="the page to redraw for its own run")

@@ -411,5 +411,6 @@ export async function runPage(id) {
         h("div", { class: "card", id: "node-detail", hidden: true }))));
   picture.root = $("#tree-picture");
   await refreshRun(reading);
-  live(throttle(refreshRun, 500));
+  const mine = (row) => row[0] === state.run.id;  // this run's status, step, heartbeat, commands
+  live(throttle(refreshRun, 500), ([runs, commands]) => [runs.find(mine), commands.find(mine)]);
 }

@@ -32,10 +32,22 @@ export async function api(path, options = {}) {
   return body;
 }
 
-export function live(onChange) {
+// Calls onChange when the server says something moved. `relevant` picks, from the event's
+// data ([[run id, status, step, heartbeat], ...], [[run id, its last commands], ...]), what
+// this page shows: an event that leaves that as it was changes nothing here (another run
+// training does not redraw a finished run's page).
+export function live(onChange, relevant = (data) => data) {
   const pill = $("#live");
   const source = new EventSource("/api/events");
-  source.addEventListener("runs", () => { pill.textContent = "live"; onChange(); });
+  let seen;
+  source.addEventListener("runs", (event) => {
+    pill.textContent = "live";
+    let key = null;
+    try { key = JSON.stringify(relevant(JSON.parse(event.data))); } catch { key = null; }
+    if (key !== null && key === seen) return;
+    seen = key;
+    onChange();
+  });
   source.onerror = () => { pill.textContent = "reconnecting"; };
 }
 
