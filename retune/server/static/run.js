@@ -367,6 +367,14 @@ async function readRun(ref) {
   return { run, tree: tree.nodes, keys, commands };
 }
 
+// What the server's live events say of this run, as the page read it: its row (the stored
+// status, step, heartbeat) and, for a live run, its last five commands with their status.
+function drawnKey(run, commands) {
+  const live = ["running", "paused"].includes(run.stored_status);
+  return [[run.id, run.stored_status, run.step, run.heartbeat_at],
+    live ? [run.id, commands.slice(-5).map((c) => [c.id, c.status])] : undefined];
+}
+
 // Redraws the page from `reading` (a readRun promise; by default a new one).
 async function refreshRun(reading = readRun(state.run.id)) {
   const { run, keys } = Object.assign(state, await reading);
@@ -412,5 +420,6 @@ export async function runPage(id) {
   picture.root = $("#tree-picture");
   await refreshRun(reading);
   const mine = (row) => row[0] === state.run.id;  // this run's status, step, heartbeat, commands
-  live(throttle(refreshRun, 500), ([runs, commands]) => [runs.find(mine), commands.find(mine)]);
+  live(throttle(refreshRun, 500), ([runs, commands]) => [runs.find(mine), commands.find(mine)],
+    JSON.stringify(drawnKey(state.run, state.commands)));
 }

@@ -35,11 +35,12 @@ export async function api(path, options = {}) {
 // Calls onChange when the server says something moved. `relevant` picks, from the event's
 // data ([[run id, status, step, heartbeat], ...], [[run id, its last commands], ...]), what
 // this page shows: an event that leaves that as it was changes nothing here (another run
-// training does not redraw a finished run's page).
-export function live(onChange, relevant = (data) => data) {
+// training does not redraw a finished run's page). `shown` is that same key for what the page
+// has drawn already, if it can tell: then the first event redraws only when something moved.
+export function live(onChange, relevant = (data) => data, shown = undefined) {
   const pill = $("#live");
   const source = new EventSource("/api/events");
-  let seen;
+  let seen = shown;
   source.addEventListener("runs", (event) => {
     pill.textContent = "live";
     let key = null;
