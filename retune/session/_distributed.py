@@ -314,8 +314,9 @@ class _ClusterRun(Run):
     """The step whose boundary agrees next: the same on every rank (a step count)."""
 
     def _agrees_now(self) -> bool:
-        """Whether this step's boundary is one where the ranks agree; the steps between skip
-        the boundary (nothing can be applied there: it would be on one rank only)."""
+        """Whether this step's boundary is one where the ranks agree. ``step()`` calls the
+        boundary only then (``_next_boundary``), or sooner for a queued command or a signal,
+        which wait here for the agreement (applied on one rank only, they would diverge)."""
         return self._step >= self._next_agreement
 
     def _plan_next_agreement(self, cadence: int) -> None:
@@ -325,13 +326,12 @@ class _ClusterRun(Run):
         upcoming = step + max(1, min(cadence, MAX_CADENCE))
         if self._next_checkpoint > step:
             upcoming = min(upcoming, self._next_checkpoint)
-        self._next_agreement = upcoming
+        self._next_agreement = self._next_boundary = upcoming  # step() skips the steps between
 
     def _reschedule(self) -> None:
         """The loop position moved (a restore or a resume, on every rank alike): agree at the
         next step."""
-        self._next_boundary = 0  # step() calls _at_boundary, which skips between agreements
-        self._next_agreement = self._step + 1
+        self._next_agreement = self._next_boundary = self._step + 1
 
     def _agreed(self) -> list[int]:
         """The agreement this boundary acts on: the one started at the last boundary, or,
@@ -633,7 +633,8 @@ class RankRun(_ClusterRun):
             return Run.step(self, {f"{self._prefix}{key}": v for key, v in values.items()})
         step = self._step + 1
         self._step = step
-        self._at_boundary(values)  # nothing of them is kept: the agreement needs no values
+        if step >= self._next_boundary:  # as Run.step: only where the ranks agree (or sooner)
+            self._at_boundary(values)  # nothing of them is kept: the agreement needs no values
         return self._step  # as Run.step: where a restore at this boundary moved it back
 
     def log(self, metrics: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
