@@ -268,7 +268,8 @@ class Run:
 
     def _put(self, group: Group, step: int, values: Mapping[Any, Any]) -> bool:
         """Append one call to ``group``, whole or not at all; False when a value is refused
-        (re-raises Ctrl-C and the like after undoing the part appended)."""
+        (re-raises Ctrl-C and the like after undoing the part appended). :meth:`step` repeats
+        these lines inline on purpose: a method call would cost ~5% of its time."""
         try:
             group.values.extend(values.values())
             group.times.append(time.time())

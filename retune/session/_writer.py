@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,14 +86,6 @@ class Columns:
         group = self.groups.get(keys)
         if group is None:
             group = self.groups[keys] = Group(keys)
-        return group
-
-    def append(self, step: int, values: Mapping[str, float]) -> Group:
-        """Append one call's checked values (floats); returns its group."""
-        group = self.group(tuple(values))
-        group.values.extend(values.values())
-        group.times.append(time.time())
-        group.steps.append(step)
         return group
 
     @property

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -254,7 +255,10 @@ def test_a_writer_without_progress_adds_points_and_never_the_run_step_or_heartbe
     store = _RecordingStore(url)
     before = store.get_run(run.id)
     writer = MetricWriter(store, run.id, flush_interval=3600, progress=None)
-    writer.columns(run.node).append(1, {"rank1/loss": 0.5})
+    group = writer.columns(run.node).group(("rank1/loss",))
+    group.values.append(0.5)  # as Run.step appends: values, time, then the step
+    group.times.append(time.time())
+    group.steps.append(1)
     assert writer.flush() == 1
     assert writer.flush() == 0  # nothing buffered: nothing written at all
     writer.close()
