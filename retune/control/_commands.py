@@ -146,10 +146,10 @@ def _check_restore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> 
     try:
         resolve_checkpoint(store, run.id, target)
     except CheckpointNotFound as e:
-        # a live run with no checkpoint listed yet may be writing its first (listed only once
-        # durable): the training process waits for the save in flight, resolves the target
-        # again and rejects the command there, with the reason, if it still names none
-        if run.status not in LIVE_STATUSES or store.list_checkpoints(run.id):
+        # "latest" on a live run whose first checkpoint is still being written (listed only
+        # once durable): the training process waits for that save, then resolves it again
+        # and rejects the command there, with this reason, if there is still none
+        if not (target == "latest" and run.status in LIVE_STATUSES):
             raise InvalidArgument(str(e)) from e
     values = payload.get("set") or {}
     if not isinstance(values, Mapping):
