@@ -27,15 +27,17 @@ from retune.checkpoint._codec import (
 from retune.checkpoint._gc import DEFAULT_GRACE_SECONDS, GcReport, collect_garbage
 from retune.checkpoint._loop import epoch_seed, iterate_batches, num_batches
 from retune.checkpoint._objects import ObjectStore, digest
-from retune.checkpoint._targets import resolve_checkpoint
+from retune.checkpoint._targets import NamedTarget, check_target, resolve_checkpoint
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
     "FORMAT_VERSION",
     "WRITERS",
     "EncodedState",
+    "NamedTarget",
     "GcReport",
     "ObjectStore",
+    "check_target",
     "collect_garbage",
     "decode_state",
     "digest",

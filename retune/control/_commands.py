@@ -137,20 +137,22 @@ def _check_checkpoint(store: Store, _run: RunRecord, payload: Mapping[str, Any])
 
 
 def _check_restore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
-    from retune.checkpoint import resolve_checkpoint
+    from retune.checkpoint import check_target, resolve_checkpoint
     from retune.errors import CheckpointNotFound
 
     target = payload.get("target")
     if not isinstance(target, str) or not target:
         raise InvalidArgument("restore needs a target: c3, latest, n3 or n3@1200")
     try:
-        resolve_checkpoint(store, run.id, target)
+        if run.status in LIVE_STATUSES and not store.list_checkpoints(run.id):
+            # the run's first checkpoint may be being written (listed only once durable): a
+            # target that could name it is accepted, and the training process, which waits
+            # for that save, resolves it again and rejects it there, with the reason
+            check_target(store, run.id, target)
+        else:
+            resolve_checkpoint(store, run.id, target)
     except CheckpointNotFound as e:
-        # "latest" on a live run whose first checkpoint is still being written (listed only
-        # once durable): the training process waits for that save, then resolves it again
-        # and rejects the command there, with this reason, if there is still none
-        if not (target == "latest" and run.status in LIVE_STATUSES):
-            raise InvalidArgument(str(e)) from e
+        raise InvalidArgument(str(e)) from e
     values = payload.get("set") or {}
     if not isinstance(values, Mapping):
         raise InvalidArgument("restore's set must map names to values")

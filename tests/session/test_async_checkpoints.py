@@ -253,11 +253,13 @@ def test_sigkill_during_a_background_write_lists_only_complete_checkpoints(
         assert state["loop"]["step"] == checkpoint.step
 
 
-def test_a_restore_to_latest_waits_for_the_save_in_flight_and_lands_on_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("target", ["latest", " n1@3 ", "n1", "c1"])
+def test_a_restore_waits_for_the_save_in_flight_and_lands_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
-    """The target "latest" means the newest checkpoint, including the one still being written: the
-    restore waits until it is listed, then restores it (not an older one, not "none yet")."""
+    """A target that names the checkpoint still being written ("latest", the node, a step on
+    it, its label; padded too) is not refused as "none yet" while that save is the run's
+    first: the restore waits until it is listed, then restores it."""
     store = str(tmp_path / "r.db")
     flag = _block(monkeypatch, tmp_path, 3)
     run = retune.init("latest", store=store, checkpoint_every_n_steps=3)
@@ -268,7 +270,7 @@ def test_a_restore_to_latest_waits_for_the_save_in_flight_and_lands_on_it(
     def train() -> None:
         _train(run, weights, 5)  # the save of step 3 blocks in the background
         try:
-            outcome.append(run.restore("latest"))  # from the training thread: at once
+            outcome.append(run.restore(target))  # from the training thread: at once
         except Exception as e:  # the test reports it
             outcome.append(e)
 
@@ -318,19 +320,20 @@ def test_a_stop_whose_scheduled_save_failed_takes_its_own_checkpoint(
     resumed.finish()
 
 
-def test_restore_latest_with_no_checkpoint_at_all_is_rejected_at_the_boundary(
-    tmp_path: Path,
+@pytest.mark.parametrize("target", ["latest", " n1@2 ", "c1"])
+def test_a_restore_with_no_checkpoint_at_all_is_rejected_at_the_boundary(
+    tmp_path: Path, target: str
 ) -> None:
-    """Submitted to a live run, "latest" is accepted even before any checkpoint is listed
-    (one may be in flight); the training process resolves it again and, with none at all,
-    rejects it with the reason. Nothing changes and training goes on."""
+    """Submitted to a live run with no checkpoint listed yet, a target that could name one is
+    accepted (the first may be in flight); the training process resolves it again and, with
+    none at all, rejects it with the reason. Nothing changes and training goes on."""
     store = str(tmp_path / "n.db")
     run = retune.init("none-yet", store=store, poll_interval=0.01)
     weights = np.zeros(10)
     run.state["w"] = weights
     _train(run, weights, 3)
     with retune.connect("none-yet", store=store) as ctl:
-        command = ctl.restore("latest")
+        command = ctl.restore(target)
         assert command.status == "pending"
         deadline = time.monotonic() + DEADLINE
         while ctl.store.get_command(command.id).status == "pending":
@@ -342,4 +345,34 @@ def test_restore_latest_with_no_checkpoint_at_all_is_rejected_at_the_boundary(
     _train(run, weights, 2)
     assert run.global_step == step + 2 and run.node == 1
     assert np.array_equal(run.state["w"], np.full(10, float(step + 2)))
+    run.finish()
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("n\u0663", "names no checkpoint"),  # an Arabic-Indic digit: only ASCII digits count
+        ("c" + "9" * 30, "too large"),
+        ("<\u00e9/x>", "names no checkpoint"),
+        ("n1@x", "names no checkpoint"),
+        ("n7", "has no node n7"),
+    ],
+)
+def test_a_target_no_checkpoint_could_match_is_refused_at_submission_even_before_the_first(
+    tmp_path: Path, target: str, reason: str
+) -> None:
+    """Only a target that could name the save in flight waits for the boundary: a malformed
+    one, or one naming an unknown node, is refused when submitted, recorded as rejected."""
+    store = str(tmp_path / "m.db")
+    run = retune.init("malformed", store=store)
+    weights = np.zeros(10)
+    run.state["w"] = weights
+    _train(run, weights, 2)
+    with retune.connect("malformed", store=store) as ctl:
+        with pytest.raises(retune.CommandRejected, match=reason):
+            ctl.restore(target)
+        [command] = ctl.store.list_commands(run.id)
+        assert command.status == "rejected" and reason in (command.reason or "")
+    _train(run, weights, 1)
+    assert run.global_step == 3 and run.node == 1
     run.finish()
