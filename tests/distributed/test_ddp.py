@@ -365,15 +365,61 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
         # the blocked one too (it completed), and the one before run.set() at step 3
         assert [(c.reason, c.step) for c in listed] == [
             ("schedule", 2), ("change", 3), ("schedule", 4), ("schedule", 6)]  # fmt: skip
-        objects = ObjectStore(objects_url_for(opened.url), create=False)
-        for record in listed:
-            state = decode_state(record.manifest, objects, label=record.label)  # verified
-            module = torch.nn.Sequential(
-                torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1)
-            )
-            module.load_state_dict(state["model"])
-            assert set(state["parts"]["retune.ranks"]) == {"1"}  # rank 1's RNG
-            assert state["loop"]["step"] == record.step
+        _every_listed_checkpoint_restores(opened, listed)
+
+
+def _every_listed_checkpoint_restores(opened: Any, listed: list[Any]) -> None:
+    """Each checkpoint decodes (every blob verified against its hash), loads into the
+    trainer's model, holds rank 1's RNG and the loop at its own step."""
+    objects = ObjectStore(objects_url_for(opened.url), create=False)
+    for record in listed:
+        state = decode_state(record.manifest, objects, label=record.label)  # verified
+        module = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1)
+        )
+        module.load_state_dict(state["model"])
+        assert set(state["parts"]["retune.ranks"]) == {"1"}  # rank 1's RNG
+        assert state["loop"]["step"] == record.step
+
+
+@pytest.mark.slow
+def test_killing_rank_0_ends_the_others_with_a_clear_error_and_they_mark_the_run_crashed(
+    tmp_path: Path,
+) -> None:
+    """Rank 0 owns the run, so when it is the one SIGKILLed (its agreement in flight, as
+    nearly always) nobody would record the end: rank 1 ends at once with a clear error and
+    records the crash itself. Every listed checkpoint restores."""
+    store = f"sqlite:///{tmp_path / 'retune.db'}"
+    job = launch(tmp_path / "logs", store, "--epochs", "1000", "--every", "4", "--pace", "0.01",
+                 "--timeout", "60", cwd=tmp_path)  # fmt: skip
+    try:
+        until(lambda: len(job.steps(1)) >= 10, "ten steps on rank 1")
+        job.procs[0].send_signal(signal.SIGKILL)
+        job.procs[0].wait(timeout=DEADLINE)
+        code, err = job.procs[1].wait(timeout=DEADLINE), job.procs[1].stderr
+    finally:
+        for proc in job.procs:
+            if proc.poll() is None:
+                proc.kill()
+    # where rank 1 was decides who notices: Retune's agreement (DistributedError, exit 3)
+    # or DDP's own all_reduce in backward (torch's RuntimeError, exit 1); both say why
+    assert err is not None
+    text = err.read()
+    if code == 3:
+        assert "another rank has died" in text and "DistributedError" in job.end(1)["end"]
+    else:
+        assert code == 1 and "remote worker" in text, (code, text[-2000:])
+    with open_store(store, create=False) as opened:
+        (run,) = opened.list_runs()
+        assert run.status == "crashed" and run.ended_at is not None
+        error = run.error or ""
+        assert error.startswith("rank 1 crashed: ")
+        assert ("DistributedError" if code == 3 else "RuntimeError") in error
+        [event] = [e for e in opened.list_events(run.id) if e.kind == "crashed"]
+        assert event.payload["rank"] == 1
+        listed = opened.list_checkpoints(run.id)
+        assert listed and all(c.reason == "schedule" and c.step % 4 == 0 for c in listed)
+        _every_listed_checkpoint_restores(opened, listed)
 
 
 # -- the guard: a NaN on rank 1 only is agreed, and every rank recovers the same way --------
