@@ -496,7 +496,7 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._sync_loop()
         every = self.run.checkpointer.policy.every_n_epochs
         if every and (epoch + 1) % every == 0:
-            self.run.checkpointer.save("schedule")
+            self.run.checkpointer.save_async("schedule")  # as the core's: beside training
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         if self._finish:

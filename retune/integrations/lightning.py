@@ -305,7 +305,7 @@ class RetuneCallback(L.Callback):
         run.loop.epoch = trainer.current_epoch + 1
         run.loop.batch = 0
         if self._every_n_epochs and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
-            run.checkpointer.save("schedule")
+            run.checkpointer.save_async("schedule")  # as the core's: written beside training
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Log what validation logged (epoch level, module hooks included) at the current

@@ -19,14 +19,17 @@ from retune.integrations.keras import RetuneCallback
 
 
 class KillAfterEpoch(keras.callbacks.Callback):  # type: ignore[misc]
-    """SIGKILL this process at the end of an epoch (after Retune's epoch checkpoint)."""
+    """SIGKILL this process at the end of an epoch, once Retune's epoch checkpoint (written
+    in the background) is listed: the tests resume from that epoch's end."""
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(self, epoch: int, retune_cb: RetuneCallback) -> None:
         super().__init__()
         self.epoch = epoch
+        self.retune_cb = retune_cb
 
     def on_epoch_end(self, epoch: int, logs: object = None) -> None:
         if epoch == self.epoch:
+            self.retune_cb.run.checkpointer.wait()
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -106,7 +109,7 @@ def main() -> None:
     )
     callbacks: list[keras.callbacks.Callback] = [cb, PrintHyperparameters(cb)]
     if args.kill_after_epoch is not None:
-        callbacks.append(KillAfterEpoch(args.kill_after_epoch))
+        callbacks.append(KillAfterEpoch(args.kill_after_epoch, cb))
     print(f"initial_epoch={cb.initial_epoch}", flush=True)
     model.fit(
         x,

@@ -96,6 +96,9 @@ class Report(L.Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         print("LR", trainer.global_step, repr(lr), flush=True)
         if self.crash_at and trainer.global_step >= self.crash_at:
+            run = self.retune_cb.run
+            if run is not None:  # the epoch checkpoint written in the background is listed
+                run.checkpointer.wait()  # (the tests resume from it)
             os._exit(3)  # a crash: no cleanup at all
 
 

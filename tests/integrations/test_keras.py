@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 import retune
+from retune.checkpoint import ObjectStore, decode_state
 from retune.control import Knob, LiveTunables
 from retune.errors import CommandRejected, RunNotFound
-from retune.store import STALE_AFTER, open_store
+from retune.store import STALE_AFTER, objects_url_for, open_store
 
 SCRIPT = Path(__file__).with_name("keras_train.py")
 TIMEOUT = 120.0
@@ -33,14 +34,14 @@ def _env() -> dict[str, str]:
 class Trainer:
     """A ``keras_train.py`` process; collects its ``HP step lr beta`` lines as they come."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, str(SCRIPT), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_env(),
+            env={**_env(), **(env or {})},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -413,6 +414,37 @@ def test_resume_of_a_killed_run_at_an_epoch_boundary_is_bit_exact(store_url: str
         assert got.steps.tolist() == want.steps.tolist(), key
         assert got.values.tobytes() == want.values.tobytes(), key  # bit for bit
     assert ref.metric("loss").steps.tolist() == list(range(1, 13))
+
+
+def test_an_epoch_checkpoint_is_written_while_the_next_epoch_trains(
+    store_url: str, tmp_path: Path
+) -> None:
+    """``checkpoint_every_n_epochs`` saves in the background, as the core's schedule does:
+    with the epoch-end save of step 4 held mid-write (blobs written, not listed), fit goes
+    on into the next epoch; once released it is listed and restores."""
+    flag = tmp_path / "blocked.json"
+    trainer = Trainer(store_url, "beside", "--epochs", "3", "--every-epochs", "1",
+                      env={"RETUNE_TEST_BLOCK_SAVE": f"4:{flag}"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not flag.exists():
+            assert trainer.proc.poll() is None, trainer.output()
+            assert time.monotonic() < deadline, "the epoch checkpoint never started"
+            time.sleep(0.02)
+        trainer.wait_step(6)  # two steps of the next epoch while the save is held
+        assert flag.exists()
+        run = retune.load("beside", store=store_url)
+        assert all(c.step != 4 for c in run.checkpoints)  # not listed before it is durable
+    finally:
+        flag.unlink(missing_ok=True)
+    assert trainer.finish() == 0, trainer.output()
+    run = retune.load("beside", store=store_url)
+    assert [(c.reason, c.step) for c in run.checkpoints] == [
+        ("schedule", 4), ("schedule", 8), ("schedule", 12)]  # fmt: skip
+    objects = ObjectStore(objects_url_for(store_url), create=False)
+    record = run.checkpoints[0]
+    state = decode_state(record.manifest, objects, label=record.label)  # every blob verified
+    assert state["loop"]["step"] == 4
 
 
 @pytest.mark.slow
