@@ -59,7 +59,13 @@ def _server(
     *,
     read_only: bool,
     allowed_hosts: Iterable[str] = (),
+    own_process: bool,
 ) -> Any:
+    """A uvicorn server for the app. Only a process of its own (``retune ui``) lets uvicorn
+    configure logging: its ``dictConfig`` closes every handler the process has, so inside a
+    training script or a notebook it would close the user's handlers (and abseil's, which
+    then closes the stream it writes to). There uvicorn's loggers only get their level and
+    reach the user's handlers through the root logger."""
     try:
         import uvicorn
     except ImportError as e:
@@ -67,7 +73,14 @@ def _server(
     from retune.server._app import create_app
 
     app = create_app(store, read_only=read_only, token=token, allowed_hosts={host, *allowed_hosts})
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        log_config=uvicorn.config.LOGGING_CONFIG if own_process else None,
+    )
     return uvicorn.Server(config)
 
 
@@ -87,7 +100,10 @@ def serve(
     """
     allowed_hosts = tuple(allowed_hosts)
     token = check_bind(host, token, allowed_hosts)
-    server = _server(store, host, port, token, read_only=read_only, allowed_hosts=allowed_hosts)
+    server = _server(
+        store, host, port, token, read_only=read_only, allowed_hosts=allowed_hosts,
+        own_process=True,
+    )  # fmt: skip
     print(f"retune: dashboard at {_url(host, port, token)}", flush=True)
     server.run()
 
@@ -104,7 +120,10 @@ def serve_in_thread(
     """Start serving on a daemon thread; returns (server, url) once it accepts connections."""
     allowed_hosts = tuple(allowed_hosts)
     token = check_bind(host, token, allowed_hosts)
-    server = _server(store, host, port, token, read_only=read_only, allowed_hosts=allowed_hosts)
+    server = _server(
+        store, host, port, token, read_only=read_only, allowed_hosts=allowed_hosts,
+        own_process=False,
+    )  # fmt: skip
     thread = threading.Thread(target=server.run, name="retune-ui", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -3,6 +3,7 @@ values of its tunables, and the knobs it declares."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -64,6 +65,38 @@ def test_finish_stops_the_dashboard_it_served(store_url: str) -> None:
         time.sleep(0.05)
     assert not _answers(port)
     assert run.ui_server is None
+
+
+class _RecordingHandler(logging.Handler):
+    """A user's logging handler that remembers being closed."""
+
+    closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def test_the_dashboard_in_a_training_process_leaves_the_users_logging_alone(
+    store_url: str,
+) -> None:
+    """``ui=`` serves from the training process: uvicorn's own logging set-up there (a
+    ``dictConfig``) closed every handler the process had, the user's included; abseil's (which
+    Keras installs) then closed the stream it wrote to, the test runner's captured stderr."""
+    handler = _RecordingHandler()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        port = _free_port()
+        with retune.init("own-logging", store=store_url, ui=port) as run:
+            assert _answers(port)
+            run.step(loss=1.0)
+        assert not handler.closed and handler in root.handlers
+    finally:
+        root.removeHandler(handler)
 
 
 @pytest.mark.parametrize("metrics", [{"loss": 1.0}, {}], ids=["with-metrics", "no-metrics"])
