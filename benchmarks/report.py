@@ -376,7 +376,8 @@ def render_distributed_overhead(r: dict[str, Any]) -> str:
     )
     return "\n".join([
         _header(r, f"{s['ranks']} ranks ({s['backend']}, {s['launcher']}), DDP MLP, "
-                   f"{s['steps']} steps per round, median of {s['rounds']} interleaved rounds"),
+                   f"{s['steps']} steps per round after {s.get('warmup', 0)} untimed, median of "
+                   f"{s['rounds']} interleaved rounds"),
         "",
         markdown_table(["per-step time (rank 0)", "ms (median)", "rounds (ms)"], rounds),
         "",
