@@ -79,9 +79,14 @@ def _quiet_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):  # stdout without a descriptor (tests)
         pass
+    finally:
+        os.close(devnull)  # stdout's descriptor now refers to /dev/null on its own
 
 
 def main(argv: Sequence[str] | None = None) -> int:

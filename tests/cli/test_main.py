@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import retune
@@ -65,3 +66,18 @@ def test_store_urls_in_errors_never_show_the_password() -> None:
     assert done.returncode == 2
     assert "hunter2secret" not in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.startswith("retune: error: ") and done.stderr.count("\n") == 1
+
+
+def test_quieting_stdout_after_a_gone_reader_leaks_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a reader went away the CLI points stdout at /dev/null; the descriptor it opened
+    for that is closed again (stdout's own now refers to /dev/null)."""
+    from retune.cli import _quiet_stdout
+
+    with (tmp_path / "out.txt").open("w") as stdout:
+        monkeypatch.setattr(sys, "stdout", stdout)
+        before = set(os.listdir("/proc/self/fd"))
+        _quiet_stdout()
+        assert set(os.listdir("/proc/self/fd")) == before
+        assert os.readlink(f"/proc/self/fd/{stdout.fileno()}") == os.devnull
