@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import retune
-from retune.checkpoint import ObjectStore, decode_state
 from retune.control import Knob, LiveTunables
 from retune.errors import CommandRejected, RunNotFound
-from retune.store import STALE_AFTER, objects_url_for, open_store
+from retune.store import STALE_AFTER, open_store
+from tests.integrations._held_save import training_goes_on_beside_a_held_epoch_save
 
 SCRIPT = Path(__file__).with_name("keras_train.py")
 TIMEOUT = 120.0
@@ -425,26 +425,9 @@ def test_an_epoch_checkpoint_is_written_while_the_next_epoch_trains(
     flag = tmp_path / "blocked.json"
     trainer = Trainer(store_url, "beside", "--epochs", "3", "--every-epochs", "1",
                       env={"RETUNE_TEST_BLOCK_SAVE": f"4:{flag}"})  # fmt: skip
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not flag.exists():
-            assert trainer.proc.poll() is None, trainer.output()
-            assert time.monotonic() < deadline, "the epoch checkpoint never started"
-            time.sleep(0.02)
-        trainer.wait_step(6)  # two steps of the next epoch while the save is held
-        assert flag.exists()
-        run = retune.load("beside", store=store_url)
-        assert all(c.step != 4 for c in run.checkpoints)  # not listed before it is durable
-    finally:
-        flag.unlink(missing_ok=True)
-    assert trainer.finish() == 0, trainer.output()
-    run = retune.load("beside", store=store_url)
-    assert [(c.reason, c.step) for c in run.checkpoints] == [
-        ("schedule", 4), ("schedule", 8), ("schedule", 12)]  # fmt: skip
-    objects = ObjectStore(objects_url_for(store_url), create=False)
-    record = run.checkpoints[0]
-    state = decode_state(record.manifest, objects, label=record.label)  # every blob verified
-    assert state["loop"]["step"] == 4
+    training_goes_on_beside_a_held_epoch_save(
+        trainer, flag, store_url, "beside", 4, timeout=TIMEOUT
+    )
 
 
 @pytest.mark.slow

@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("lightning")
 
 import retune
-from retune.checkpoint import ObjectStore, decode_state
 from retune.errors import CommandRejected
-from retune.store import STALE_AFTER, objects_url_for, open_store
+from retune.store import STALE_AFTER, open_store
+from tests.integrations._held_save import training_goes_on_beside_a_held_epoch_save
 
 SCRIPT = Path(__file__).with_name("lightning_train.py")
 TIMEOUT = 120.0
@@ -104,26 +104,10 @@ def test_an_epoch_checkpoint_is_written_while_the_next_epoch_trains(
     flag = tmp_path / "blocked.json"
     trainer = Trainer(store_url, "beside", "--epochs", "3",
                       env={**os.environ, "RETUNE_TEST_BLOCK_SAVE": f"8:{flag}"})  # fmt: skip
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not flag.exists():
-            assert trainer.proc.poll() is None, trainer.output()
-            assert time.monotonic() < deadline, "the epoch checkpoint never started"
-            time.sleep(0.02)
-        trainer.wait_step(10)  # two steps of the next epoch while the save is held
-        assert flag.exists()
-        run = retune.load("beside", store=store_url)
-        assert all(c.step != 8 for c in run.checkpoints)  # not listed before it is durable
-    finally:
-        flag.unlink(missing_ok=True)
-    assert trainer.finish() == 0, trainer.output()
-    run = retune.load("beside", store=store_url)
-    assert [(c.reason, c.step) for c in run.checkpoints] == [
-        ("schedule", 8), ("schedule", 16), ("schedule", 24)]  # fmt: skip
-    objects = ObjectStore(objects_url_for(store_url), create=False)
-    record = run.checkpoints[0]
-    state = decode_state(record.manifest, objects, label=record.label)  # every blob verified
-    assert state["loop"]["step"] == 8 and state["parts"]["lightning"]["fit_loop"]
+    state = training_goes_on_beside_a_held_epoch_save(
+        trainer, flag, store_url, "beside", 8, timeout=TIMEOUT
+    )
+    assert state["parts"]["lightning"]["fit_loop"]  # where Lightning's loop was
 
 
 @pytest.mark.slow
