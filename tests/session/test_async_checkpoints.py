@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,6 +52,17 @@ def _train(run: retune.Run, weights: np.ndarray, steps: int) -> None:
         run.step(loss=float(run.global_step))
 
 
+def _started(
+    name: str, store: str, size: int = 50_000, **options: Any
+) -> tuple[retune.Run, np.ndarray]:
+    """A run whose state is one array of ``size`` zeros (50,000: big enough for a blob of its
+    own); returns the run and the array, which :func:`_train` fills with the step."""
+    run = retune.init(name, store=store, **options)
+    weights = np.zeros(size)
+    run.state["w"] = weights
+    return run, weights
+
+
 def _kinds(store: str, run: retune.Run) -> list[tuple[str, int | None]]:
     return [(e.kind, e.step) for e in open_store(store).list_events(run.id)]
 
@@ -60,10 +72,7 @@ def test_training_goes_on_while_a_save_is_written_and_a_busy_save_is_skipped(
 ) -> None:
     store = str(tmp_path / "s.db")
     flag = _block(monkeypatch, tmp_path, 5)
-    run = retune.init("skip", store=store, checkpoint_every_n_steps=5,
-                      checkpoint_when_busy="skip")  # fmt: skip
-    weights = np.zeros(50_000)  # big enough for a blob of its own
-    run.state["w"] = weights
+    run, weights = _started("skip", store, checkpoint_every_n_steps=5, checkpoint_when_busy="skip")
     _train(run, weights, 5)
     _until(flag.exists, "the save of step 5 to block")
     assert json.loads(flag.read_text())["step"] == 5
@@ -89,9 +98,7 @@ def test_the_next_save_waits_for_the_one_in_flight_and_finish_waits_too(
 ) -> None:
     store = str(tmp_path / "w.db")
     flag = _block(monkeypatch, tmp_path, 3)
-    run = retune.init("wait", store=store, checkpoint_every_n_steps=3)
-    weights = np.zeros(50_000)
-    run.state["w"] = weights
+    run, weights = _started("wait", store, checkpoint_every_n_steps=3)
     returned: list[int] = []
 
     def train() -> None:
@@ -262,9 +269,7 @@ def test_a_restore_waits_for_the_save_in_flight_and_lands_on_it(
     first: the restore waits until it is listed, then restores it."""
     store = str(tmp_path / "r.db")
     flag = _block(monkeypatch, tmp_path, 3)
-    run = retune.init("latest", store=store, checkpoint_every_n_steps=3)
-    weights = np.zeros(50_000)
-    run.state["w"] = weights
+    run, weights = _started("latest", store, checkpoint_every_n_steps=3)
     outcome: list[object] = []
 
     def train() -> None:
@@ -296,9 +301,7 @@ def test_a_stop_whose_scheduled_save_failed_takes_its_own_checkpoint(
     """A stop at a step whose background save fails must not rely on it: the run takes a
     ``stop`` checkpoint of its own, so a resume continues from the stop."""
     store = str(tmp_path / "f.db")
-    run = retune.init("failed", store=store, checkpoint_every_n_steps=5)
-    weights = np.zeros(50_000)
-    run.state["w"] = weights
+    run, weights = _started("failed", store, checkpoint_every_n_steps=5)
     write = run.checkpointer._write
 
     def failing_write(encoded: object, reason: str, *args: object, **kwargs: object) -> object:
@@ -328,9 +331,7 @@ def test_a_restore_with_no_checkpoint_at_all_is_rejected_at_the_boundary(
     accepted (the first may be in flight); the training process resolves it again and, with
     none at all, rejects it with the reason. Nothing changes and training goes on."""
     store = str(tmp_path / "n.db")
-    run = retune.init("none-yet", store=store, poll_interval=0.01)
-    weights = np.zeros(10)
-    run.state["w"] = weights
+    run, weights = _started("none-yet", store, 10, poll_interval=0.01)
     _train(run, weights, 3)
     with retune.connect("none-yet", store=store) as ctl:
         command = ctl.restore(target)
@@ -364,9 +365,7 @@ def test_a_target_no_checkpoint_could_match_is_refused_at_submission_even_before
     """Only a target that could name the save in flight waits for the boundary: a malformed
     one, or one naming an unknown node, is refused when submitted, recorded as rejected."""
     store = str(tmp_path / "m.db")
-    run = retune.init("malformed", store=store)
-    weights = np.zeros(10)
-    run.state["w"] = weights
+    run, weights = _started("malformed", store, 10)
     _train(run, weights, 2)
     with retune.connect("malformed", store=store) as ctl:
         with pytest.raises(retune.CommandRejected, match=reason):
