@@ -123,10 +123,12 @@ def pack(rows: list[Rows]) -> list[MetricChunk]:
             )
     chunks = []
     for (node, key), pieces in parts.items():
-        steps = np.concatenate([p[0] for p in pieces])
-        values = np.concatenate([p[1] for p in pieces])
-        times = np.concatenate([p[2] for p in pieces])
-        if len(pieces) > 1:
+        if len(pieces) == 1:  # the common case: no copy but the value column's
+            steps, values, times = pieces[0]
+        else:
+            steps = np.concatenate([p[0] for p in pieces])
+            values = np.concatenate([p[1] for p in pieces])
+            times = np.concatenate([p[2] for p in pieces])
             order = np.argsort(steps, kind="stable")
             steps, values, times = steps[order], values[order], times[order]
         chunks.append(MetricChunk(node=node, key=key, steps=steps, values=values, times=times))
@@ -193,6 +195,7 @@ class MetricWriter:
                     if not self._warned:
                         log.warning("retune: metrics not written yet, will retry: %s", e)
                         self._warned = True
+            self._store.maintain()  # off every acknowledged path: flush() does not wait for it
 
     def columns(self, node: int) -> Columns:
         """Fresh columns for the points of ``node`` (training thread, when the node changes);

@@ -361,6 +361,15 @@ class Store(ABC):
         """
         return None
 
+    def maintain(self) -> None:
+        """Housekeeping that need not delay an acknowledged write, run when a caller has a
+        moment (the metric writer's thread calls it between flushes). SQLite folds the
+        write-ahead log that :meth:`append_metrics` left behind into the database file; other
+        backends have nothing to do. Any thread; never raises (what fails is tried again at
+        the next call).
+        """
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Release connections. The store must not be used afterwards."""
