@@ -67,7 +67,7 @@ from retune.session._protocols import TrainingSession
 from retune.session._run import Run, _merged
 from retune.session._state import _rng_state, _set_rng_state
 from retune.session._writer import Columns, Group, MetricWriter
-from retune.store import LIVE_STATUSES, CheckpointRecord, CommandRecord, Store
+from retune.store import CheckpointRecord, CommandRecord, Store
 
 __all__ = ["RANKS_PART", "Cluster", "LeaderRun", "RankRun", "detect"]
 
@@ -365,6 +365,9 @@ class _ClusterRun(Run):
 class LeaderRun(_ClusterRun):
     """Rank 0's run: a normal run that also leads the agreement at the step boundaries."""
 
+    _kept_ends = frozenset({"crashed"})
+    """A crash another rank recorded stands: the job failed, whatever rank 0 saw."""
+
     def __init__(self, *args: Any, cluster: Cluster, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._cluster = cluster
@@ -648,18 +651,23 @@ class RankRun(_ClusterRun):
         """Rank 0 records the knobs every rank declares; this rank only applies them."""
 
     def _mark_ended(self, status: str, error: str | None) -> None:
-        """Rank 0 records how the run ended. This rank records only a crash, and only while
-        the store still shows the run live: when rank 0 itself died (SIGKILL, out of memory,
-        its machine gone) nobody else would, and the run would stay ``running`` until its
-        heartbeat aged. A rank 0 still alive writes its own crash over this one."""
+        """Rank 0 records how the run ended. This rank records only a crash: the job failed,
+        so the run is ``crashed`` whether rank 0 is alive or not (when it died, SIGKILL or
+        out of memory, nobody else would record it) and whether rank 0 ended the run before
+        or after (rank 0 keeps a crash recorded first: :attr:`LeaderRun._kept_ends`). The
+        first crash recorded stands, with its reason; later ones are events."""
         if status != "crashed":
             return
         rank = self._cluster.rank
         reason = f"rank {rank} crashed: {error or 'no reason given'}"
         try:
-            if self.store.get_run(self.id).status not in LIVE_STATUSES:
-                return  # rank 0 recorded the end first
-            self.store.update_run(self.id, status="crashed", ended_at=time.time(), error=reason)
+            self.store.update_run(
+                self.id,
+                status="crashed",
+                ended_at=time.time(),
+                error=reason,
+                unless_status={"crashed"},
+            )
             self.store.add_event(
                 self.id, "crashed", {"error": reason, "rank": rank}, node=self._node,
                 step=self._step,

@@ -112,6 +112,10 @@ class Run:
     ``step()`` only appends to an in-memory buffer; a background thread writes batches.
     """
 
+    _kept_ends: frozenset[str] = frozenset()
+    """Statuses the run's own end does not overwrite (a distributed run's rank 0 keeps the
+    crash another rank recorded first)."""
+
     def __init__(
         self,
         store: Store,
@@ -824,6 +828,7 @@ class Run:
             heartbeat_at=now,
             step=self._step,
             error=error,
+            unless_status=self._kept_ends,
         )
         self.store.end_node(self.id, self._node, self._step)
         self._applier.reject_remaining(self, f"the run ended ({status}) before it was applied")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,8 +94,14 @@ class Store(ABC):
         error: str | None = None,
         tunables: list[dict[str, Any]] | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> None:
-        """Set the given fields of a run; ``None`` leaves a field alone. ``meta`` is merged."""
+        unless_status: Collection[str] = (),
+    ) -> bool:
+        """Set the given fields of a run; ``None`` leaves a field alone. ``meta`` is merged.
+
+        ``unless_status``: when the run's status is one of these, ``status`` and ``error``
+        are left alone (the other fields are still set), decided in the same transaction as
+        the write (a compare-and-set: no other writer can slip in between). Returns whether
+        ``status`` and ``error`` were written (True when neither was given)."""
 
     @abstractmethod
     def set_run_tags(

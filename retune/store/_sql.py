@@ -8,7 +8,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -477,7 +477,8 @@ class SqlStore(Store):
         error: str | None = None,
         tunables: list[dict[str, Any]] | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> None:
+        unless_status: Collection[str] = (),
+    ) -> bool:
         values: dict[str, Any] = {}
         for column, value in (
             ("status", status),
@@ -491,14 +492,26 @@ class SqlStore(Store):
         if tunables is not None:
             values["tunables"] = _json.jsonable(tunables)
         ending = status is not None and status not in LIVE_STATUSES
+        written = True
         with self._tx(write=True) as conn:
+            if unless_status and (status is not None or error is not None):
+                self._lock_run(conn, run_id)  # held to the commit: the check stays true
+                current_status = conn.execute(
+                    select(runs.c.status).where(runs.c.id == run_id)
+                ).scalar()
+                if current_status is None:
+                    raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+                if current_status in unless_status:
+                    values.pop("status", None)
+                    values.pop("error", None)
+                    written = ending = False
             if meta is not None:
                 current = conn.execute(select(runs.c.meta).where(runs.c.id == run_id)).scalar()
                 if current is None:
                     raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
                 values["meta"] = {**current, **_json.jsonable(meta)}
             if not values:
-                return
+                return written
             result = conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
             if result.rowcount == 0:
                 raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
@@ -506,6 +519,7 @@ class SqlStore(Store):
                 # (the UPDATE above holds the run's row: a submit waits, then sees it ended)
                 reason = f"the run ended ({status}) before it was applied"
                 self._reject_queued(conn, run_id, reason, time.time())
+        return written
 
     def set_run_tags(
         self,

@@ -3,7 +3,7 @@
 Started once per rank with torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``): ``python ddp_trainer.py STORE LOGDIR [--epochs N] [--resume latest]
 [--term-at STEP] [--checkpoint-at STEP] [--set-at STEP] [--every N] [--pace S] [--per-rank]
-[--guard] [--nan-at STEP]``. Each rank writes ``LOGDIR/rank{r}.jsonl``: one line per step with
+[--guard] [--nan-at STEP] [--rank1-fails] [--await-status RANK STATUS]``. Each rank writes ``LOGDIR/rank{r}.jsonl``: one line per step with
 the lr it trained with, the loss (``float.hex``), the batch indices and a hash of the
 parameters after the step; and a last line ``{"end": ...}`` saying how it ended.
 
@@ -45,6 +45,9 @@ parser.add_argument("--timeout", type=float, default=30.0)
 parser.add_argument("--per-rank", action="store_true", help="per_rank_metrics=True")
 parser.add_argument("--guard", action="store_true", help="retune.init(..., guard=...)")
 parser.add_argument("--nan-at", type=int, default=0, help="rank 1's loss is NaN at this step, once")
+parser.add_argument("--rank1-fails", action="store_true", help="rank 1 raises after training")
+parser.add_argument("--await-status", nargs=2, default=None, metavar=("RANK", "STATUS"),
+                    help="after training, RANK waits until the store shows the run STATUS")  # fmt: skip
 args = parser.parse_args()
 
 torch.set_num_threads(1)
@@ -110,6 +113,13 @@ with log_path.open("a") as log:
                         os.kill(os.getpid(), signal.SIGTERM)  # handled: stop at the boundary
                     if args.pace:
                         time.sleep(args.pace)
+            if args.await_status and rank == int(args.await_status[0]):
+                deadline = time.monotonic() + 60
+                while run.store.get_run(run.id).status != args.await_status[1]:
+                    assert time.monotonic() < deadline, f"never {args.await_status[1]}"
+                    time.sleep(0.05)
+            if rank == 1 and args.rank1_fails:
+                raise RuntimeError("rank 1 failed after training")  # no collective left
             end = "stopped" if run.should_stop else "finished"
     except retune.DistributedError as e:
         end = f"DistributedError: {e}"

@@ -422,6 +422,34 @@ def test_killing_rank_0_ends_the_others_with_a_clear_error_and_they_mark_the_run
         _every_listed_checkpoint_restores(opened, listed)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("waiting", "first"),
+    [("0", "crashed"), ("1", "finished")],
+    ids=["rank-1-crash-recorded-first", "rank-0-end-recorded-first"],
+)
+def test_a_crash_on_another_rank_after_training_leaves_the_run_crashed_whoever_ends_first(
+    tmp_path: Path, waiting: str, first: str
+) -> None:
+    """Rank 1 raises after its last step, when no collective is left for rank 0 to notice
+    it: rank 0 ends normally. The job failed, so the run is ``crashed`` with rank 1's
+    reason whichever rank's end reaches the store first (the other waits until it has)."""
+    store = f"sqlite:///{tmp_path / 'retune.db'}"
+    job = launch(tmp_path / "logs", store, "--epochs", "1", "--rank1-fails",
+                 "--await-status", waiting, first, cwd=tmp_path)  # fmt: skip
+    (code0, err0), (code1, err1) = job.wait()
+    assert code0 == 0 and job.end(0)["end"] == "finished", err0[-2000:]
+    assert code1 == 1 and "rank 1 failed after training" in err1, err1[-2000:]
+    with open_store(store, create=False) as opened:
+        (run,) = opened.list_runs()
+        assert run.status == "crashed" and run.ended_at is not None
+        error = run.error or ""
+        assert error.startswith("rank 1 crashed: ")  # the traceback follows
+        assert "RuntimeError: rank 1 failed after training" in error
+        [event] = [e for e in opened.list_events(run.id) if e.kind == "crashed"]
+        assert event.payload["rank"] == 1
+
+
 # -- the guard: a NaN on rank 1 only is agreed, and every rank recovers the same way --------
 
 

@@ -72,6 +72,40 @@ def test_update_run_changes_only_given_fields_and_merges_meta(store: Store) -> N
     assert got.duration == pytest.approx(5)
 
 
+def test_update_run_unless_status_keeps_the_status_and_error_but_sets_the_rest(
+    store: Store,
+) -> None:
+    run = store.create_run("u", config={}, meta={}, tunables=[])
+    assert store.update_run(run.id, status="crashed", error="first", unless_status={"crashed"})
+    kept = store.update_run(
+        run.id, status="finished", error="second", step=9, unless_status={"crashed"}
+    )
+    got = store.get_run(run.id)
+    assert not kept and (got.status, got.error, got.step) == ("crashed", "first", 9)
+    with pytest.raises(RunNotFound):
+        store.update_run("nope", status="crashed", unless_status={"crashed"})
+
+
+def test_update_run_unless_status_is_one_compare_and_set_under_a_race(store: Store) -> None:
+    """Eight writers each record a crash unless one is recorded: exactly one wins, and the
+    status and error are that writer's (a read-then-write would let several win)."""
+    run = store.create_run("race", config={}, meta={}, tunables=[])
+    start = threading.Barrier(8)
+    won: list[str] = []
+
+    def crash(name: str) -> None:
+        start.wait()
+        if store.update_run(run.id, status="crashed", error=name, unless_status={"crashed"}):
+            won.append(name)
+
+    threads = [threading.Thread(target=crash, args=(f"w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1 and store.get_run(run.id).error == won[0]
+
+
 def test_list_runs_filters_by_status(store: Store) -> None:
     a = store.create_run("a", config={}, meta={}, tunables=[])
     store.create_run("b", config={}, meta={}, tunables=[])
