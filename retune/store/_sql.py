@@ -89,6 +89,25 @@ def _blob(values: np.ndarray, dtype: str) -> memoryview:
     return np.ascontiguousarray(values, dtype=dtype).data.cast("B")
 
 
+def _steps_blob(steps: np.ndarray) -> memoryview | bytes:
+    """A chunk's ``steps`` column: empty when the steps are consecutive (``first_step``,
+    ``first_step + 1``, ... ``last_step``: one call per step, the common case), which
+    :func:`_steps` rebuilds from ``first_step`` and ``count`` (schema v0.3.0); else every
+    step, little-endian int64."""
+    count = len(steps)
+    spans = bool(count) and int(steps[-1]) - int(steps[0]) == count - 1  # cheap first test
+    if spans and (count < 3 or bool(np.all(np.diff(steps) == 1))):
+        return b""
+    return _blob(steps, "<i8")
+
+
+def _steps(blob: bytes, first_step: int, count: int) -> np.ndarray:
+    """The steps of a stored chunk (see :func:`_steps_blob`), int64."""
+    if not blob and count:
+        return np.arange(first_step, first_step + count, dtype=np.int64)
+    return np.frombuffer(blob, dtype="<i8").astype(np.int64, copy=False)
+
+
 class SqlStore(Store):
     """A :class:`Store` on any SQLAlchemy database (tested: SQLite, PostgreSQL).
 
@@ -732,7 +751,7 @@ class SqlStore(Store):
                 "last_step": int(chunk.steps.max()),
                 "count": len(chunk.steps),
                 "nonfinite": int(np.count_nonzero(~np.isfinite(chunk.values))),
-                "steps": _blob(chunk.steps, "<i8"),
+                "steps": _steps_blob(chunk.steps),
                 "values": _blob(chunk.values, "<f8"),
                 "times": _blob(chunk.times, "<f8"),
             }
@@ -763,7 +782,7 @@ class SqlStore(Store):
     ) -> MetricSeries:
         c = metric_chunks.c
         query = (
-            select(c.node, c.steps, c["values"], c.times)
+            select(c.node, c.first_step, c.count, c.steps, c["values"], c.times)
             .where(and_(c.run_id == run_id, c.key == key))
             .order_by(c.node, c.first_step, c.id)
         )
@@ -775,8 +794,8 @@ class SqlStore(Store):
             query = query.where(c.first_step <= end)
         node_parts, step_parts, value_parts, time_parts = [], [], [], []
         with self._tx(write=False) as conn:
-            for node, steps_b, values_b, times_b in conn.execute(query):
-                steps = np.frombuffer(steps_b, dtype="<i8")
+            for node, first_step, count, steps_b, values_b, times_b in conn.execute(query):
+                steps = _steps(steps_b, first_step, count)
                 node_parts.append(np.full(len(steps), node, dtype=np.int64))
                 step_parts.append(steps)
                 value_parts.append(np.frombuffer(values_b, dtype="<f8"))
@@ -819,9 +838,9 @@ class SqlStore(Store):
         # Keyset pagination in the order of ix_metric_chunks_run_key (run_id, key, first_step;
         # id breaks ties): each page is one short read transaction and an index range scan.
         c = metric_chunks.c
-        base = select(c.id, c.node, c.key, c.first_step, c.steps, c["values"], c.times).where(
-            c.run_id == run_id
-        )
+        base = select(
+            c.id, c.node, c.key, c.first_step, c.count, c.steps, c["values"], c.times
+        ).where(c.run_id == run_id)
         if keys is not None:
             base = base.where(c.key.in_(sorted(set(keys))))
         if nodes is not None:
@@ -838,9 +857,9 @@ class SqlStore(Store):
                 query = query.where(tuple_(c.key, c.first_step, c.id) > tuple_(*after))
             with self._tx(write=False) as conn:
                 rows = conn.execute(query).all()
-            for chunk_id, node, key, first_step, steps_b, values_b, times_b in rows:
+            for chunk_id, node, key, first_step, count, steps_b, values_b, times_b in rows:
                 after = (key, first_step, chunk_id)
-                steps = np.frombuffer(steps_b, dtype="<i8").astype(np.int64)
+                steps = _steps(steps_b, first_step, count)
                 values = np.frombuffer(values_b, dtype="<f8").astype(np.float64)
                 times = np.frombuffer(times_b, dtype="<f8").astype(np.float64)
                 keep = np.argsort(steps, kind="stable")
@@ -879,11 +898,13 @@ class SqlStore(Store):
             .group_by(c.run_id, c.key)
             .subquery()
         )
-        query = select(c.run_id, c.key, c.steps, c["values"]).join(latest, c.id == latest.c.id)
+        query = select(c.run_id, c.key, c.first_step, c.count, c.steps, c["values"]).join(
+            latest, c.id == latest.c.id
+        )
         out: dict[str, dict[str, tuple[int, float]]] = {run_id: {} for run_id in run_ids}
         with self._tx(write=False) as conn:
-            for run_id, key, steps_b, values_b in conn.execute(query):
-                steps = np.frombuffer(steps_b, dtype="<i8")
+            for run_id, key, first_step, count, steps_b, values_b in conn.execute(query):
+                steps = _steps(steps_b, first_step, count)
                 values = np.frombuffer(values_b, dtype="<f8")
                 out[run_id][key] = (int(steps[-1]), float(values[-1]))
         return out

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import pytest
+import sqlalchemy
 
 from retune.errors import InvalidArgument, NodeNotFound, RunInUse, RunNotFound
 from retune.store import STALE_AFTER, MetricChunk, Store, open_store
@@ -209,6 +210,45 @@ def test_iter_metric_chunks_streams_every_point_in_order_page_by_page(
         flat(Store.iter_metric_chunks(store, run_id, keys=["x"], nodes=[2], start=6, end=8))
         == window
     )
+
+
+STEP_SHAPES = {
+    "consecutive": list(range(10, 1010)),
+    "one": [7],
+    "two": [3, 4],
+    "a gap": [1, 2, 4],
+    "a repeat": [5, 5, 6],
+    "a gap and a repeat (the ends still span count - 1)": [1, 1, 3],
+    "descending": [9, 8, 7],
+    "large": [2**62 - 3, 2**62 - 2, 2**62 - 1],
+}
+
+
+def test_every_shape_of_steps_reads_back_exactly_and_consecutive_ones_are_implied(
+    store: Store,
+) -> None:
+    """Schema v0.3.0 stores no steps for a chunk of consecutive ones; every reader rebuilds
+    them, and every other shape keeps each step."""
+    run_id = _run_with_root(store)
+    for index, (key, steps) in enumerate(STEP_SHAPES.items()):
+        values = [index + i / 8 for i in range(len(steps))]
+        store.append_metrics(run_id, [_chunk(1, key, steps, values)])
+        series = store.read_metric(run_id, key)
+        assert sorted(steps) == series.steps.tolist(), key
+        (chunk,) = store.iter_metric_chunks(run_id, keys=[key])
+        assert chunk.steps.tolist() == sorted(steps) and chunk.steps.dtype == np.int64, key
+        assert store.last_metrics([run_id])[run_id][key] == (steps[-1], values[-1]), key
+    engine = sqlalchemy.create_engine(store.url)  # what the rows hold
+    with engine.connect() as conn:
+        stored: dict[str, int] = dict(
+            conn.execute(
+                sqlalchemy.text("SELECT key, length(steps) FROM metric_chunks WHERE run_id = :r"),
+                {"r": run_id},
+            ).all()
+        )
+    engine.dispose()
+    implied = {"consecutive", "one", "two", "large"}
+    assert stored == {key: 0 if key in implied else 8 * len(s) for key, s in STEP_SHAPES.items()}
 
 
 def test_returned_arrays_are_read_only_snapshots(store: Store) -> None:

@@ -85,3 +85,37 @@ def test_a_store_written_by_0_1_0_asks_for_an_upgrade_then_works(tmp_path: Path)
     assert all(node.info == {} for node in store.list_nodes(run.id))
     assert store.set_run_tags(run.id, ["old"]).tags == ["old"]
     store.close()
+
+
+def test_downgrading_below_0_3_0_writes_the_implied_steps_out(tmp_path: Path) -> None:
+    """Schema v0.3.0 stores no steps for consecutive ones; a downgrade writes them back,
+    where an older Retune reads them (``np.frombuffer`` of the blob, as it did)."""
+    import numpy as np
+    from alembic import command
+    from sqlalchemy import text
+
+    from retune.store import MetricChunk
+    from retune.store._migrate import _config, upgrade
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    with open_store(url) as store:
+        run = store.create_run("r", config={}, meta={}, tunables=[])
+        store.create_node(run.id, parent=None, start_step=0, change_kind="start", values={},
+                          diff={}, created_by=None)  # fmt: skip
+        for key, steps in (("consecutive", [4, 5, 6, 7]), ("gapped", [1, 3])):
+            array = np.asarray(steps, dtype=np.int64)
+            store.append_metrics(run.id, [MetricChunk(1, key, array, array * 0.5, array * 1.0)])
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.downgrade(_config(conn), "v0.2.0")
+        stored: dict[str, bytes] = dict(
+            conn.execute(text("SELECT key, steps FROM metric_chunks")).all()
+        )
+    assert np.frombuffer(stored["consecutive"], "<i8").tolist() == [4, 5, 6, 7]
+    assert np.frombuffer(stored["gapped"], "<i8").tolist() == [1, 3]
+    with engine.begin() as conn:
+        upgrade(conn)
+    engine.dispose()
+    with open_store(url) as store:
+        assert store.read_metric(run.id, "consecutive").steps.tolist() == [4, 5, 6, 7]
+        assert store.read_metric(run.id, "gapped").values.tolist() == [0.5, 1.5]

@@ -19,10 +19,11 @@ import numpy as np
 import retune
 from retune.store import MetricChunk, Store, open_store
 
-POINTS = 200_000
-"""Three arrays of 8-byte values per chunk: 4.8 MB, past SQLite's 1,000-page fold mark."""
+POINTS = 400_000
+"""Values and times, 8 bytes each, per point (consecutive steps are not stored): 6.4 MB, past
+SQLite's 1,000-page (4 MB) fold mark."""
 
-BIG = POINTS * 8 * 3
+BIG = POINTS * 8 * 2
 
 
 def _chunk() -> MetricChunk:
@@ -104,7 +105,7 @@ def test_a_run_s_writer_thread_folds_after_its_flushes(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     run = retune.init("fold", store=f"sqlite:///{path}", flush_interval=3600)
     for i in range(POINTS // 2):
-        run.step(loss=float(i), acc=0.5)  # 2 keys x 100,000 points x 3 arrays: 4.8 MB
+        run.step(loss=float(i), acc=0.5)  # 2 keys x 200,000 points x 2 arrays: 6.4 MB
     run.flush()
     deadline = time.monotonic() + 60
     while path.stat().st_size < BIG:
