@@ -240,16 +240,16 @@ class Run:
         step = self._step + 1
         if values:
             group = self._group
-            if tuple(values) == group.keys:  # the names of the last call, in the same order
+            if len(values) == group.width:  # likely the names of the last call (take checks)
                 try:  # the array takes floats, and converts what float() would (or raises)
-                    group.values.extend(values.values())
+                    group.values.extend(group.take(values))  # KeyError: other names
                     group.times.append(time.time())
                     group.steps.append(step)  # last: the call is complete for the writer
                 except BaseException as e:  # nothing half-recorded stays, Ctrl-C included
                     self._writer.undo_partial(group)
                     if not isinstance(e, Exception):
                         raise
-                    self._append(step, values)  # the full check says what is wrong
+                    self._append(step, values)  # other names, or the full check says why
             else:
                 self._append(step, values)
         self._step = step

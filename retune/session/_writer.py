@@ -35,8 +35,10 @@ import logging
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
 
 import numpy as np
 
@@ -52,13 +54,16 @@ MAX_STRIKES = 3
 
 
 class Group:
-    """The unwritten calls of one node that logged exactly the names ``keys``, in that order.
+    """The unwritten calls of one node that logged exactly the names ``keys``.
 
     ``values`` holds ``len(keys)`` values per call, in ``keys`` order. Appended by the
     training thread: values, then time, then step (a call is complete once its step is in).
+    ``take(named)`` gives a mapping's values in ``keys`` order and raises ``KeyError`` when a
+    name is missing: with ``len(named) == width`` first, that is the hot path's whole check
+    that a call logs this group's names (in any order), cheaper than comparing them.
     """
 
-    __slots__ = ("keys", "steps", "times", "values", "width")
+    __slots__ = ("keys", "steps", "take", "times", "values", "width")
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         self.keys = keys
@@ -66,6 +71,14 @@ class Group:
         self.steps = array("q")
         self.times = array("d")
         self.values = array("d")
+        self.take: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+        if self.width > 1:
+            self.take = itemgetter(*keys)
+        elif keys:  # itemgetter of one name returns the value, not a 1-tuple
+            (key,) = keys
+            self.take = lambda named: (named[key],)
+        else:  # NO_GROUP: no call logs nothing, so none gets here
+            self.take = lambda named: ()
 
 
 NO_GROUP = Group(())

@@ -9,6 +9,7 @@ import math
 import time
 
 import numpy as np
+import pytest
 
 import retune
 
@@ -51,6 +52,36 @@ def test_names_in_any_order_and_mixed_calls_keep_every_point(store_url: str) -> 
     assert b.steps.tolist() == [1, 2, 3, 4, 5] and b.values.tolist()[:3] == [2.0, 4.0, 1.0]
     assert b.values[3] == math.inf
     assert (val.steps.tolist(), val.values.tolist()) == ([3], [0.5])
+
+
+def test_calls_with_as_many_names_but_other_ones_keep_each_point_under_its_own_name(
+    store_url: str,
+) -> None:
+    """The hot path takes a call as the last call's names when it has as many and each is
+    found: a call with the same count but another name must not land in that group."""
+    with retune.init("same-width", store=store_url, flush_interval=3600) as run:
+        for i in range(1, 7):
+            if i % 2:
+                run.step(a=float(i))  # width 1, alternating names
+                run.step(b=float(-i))
+            else:
+                run.step(a=float(i), b=float(10 * i))  # width 2, one name shared
+                run.step(a=float(i), c=float(100 * i))
+                run.step(c=float(1000 * i), a=float(i))  # the last call's names, reordered
+        with pytest.raises(retune.errors.InvalidArgument):
+            run.step(a=1.0, c="not a number")  # the fast path's group: refused whole
+    snap = retune.load("same-width", store=store_url)
+    a, b, c = (snap.metric(k) for k in "abc")
+    assert list(zip(a.steps.tolist(), a.values.tolist(), strict=True)) == [
+        (1, 1.0), (3, 2.0), (4, 2.0), (5, 2.0), (6, 3.0), (8, 4.0), (9, 4.0), (10, 4.0),
+        (11, 5.0), (13, 6.0), (14, 6.0), (15, 6.0),
+    ]  # fmt: skip
+    assert list(zip(b.steps.tolist(), b.values.tolist(), strict=True)) == [
+        (2, -1.0), (3, 20.0), (7, -3.0), (8, 40.0), (12, -5.0), (13, 60.0),
+    ]  # fmt: skip
+    assert list(zip(c.steps.tolist(), c.values.tolist(), strict=True)) == [
+        (4, 200.0), (5, 2000.0), (9, 400.0), (10, 4000.0), (14, 600.0), (15, 6000.0),
+    ]  # fmt: skip
 
 
 def test_the_writer_draining_while_training_appends_loses_and_repeats_nothing(
