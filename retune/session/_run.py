@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Run"]
 
+_now = time.time
+"""The wall clock of every point (a module global: one lookup less per step than
+``time.time``)."""
+
 log = logging.getLogger("retune")
 
 _NEVER = 2**62  # a step no run reaches: no scheduled checkpoint
@@ -243,7 +247,7 @@ class Run:
             if len(values) == group.width:  # likely the names of the last call (take checks)
                 try:  # the array takes floats, and converts what float() would (or raises)
                     group.values.extend(group.take(values))  # KeyError: other names
-                    group.times.append(time.time())
+                    group.times.append(_now())
                     group.steps.append(step)  # last: the call is complete for the writer
                 except BaseException as e:  # nothing half-recorded stays, Ctrl-C included
                     self._writer.undo_partial(group)
@@ -257,7 +261,8 @@ class Run:
         tripped = guard is not None and guard.observe(step, values)
         if tripped or self._inbox or step >= self._next_boundary:
             self._at_boundary(values)
-        return self._step  # a restore applied at this boundary moved it back
+            return self._step  # a restore applied at this boundary moved it back
+        return step
 
     def _append(self, step: int, values: Mapping[Any, Any]) -> None:
         """Append a call whose names differ from the last call's: names seen together before
@@ -276,7 +281,7 @@ class Run:
         these lines inline on purpose: a method call would cost ~5% of its time."""
         try:
             group.values.extend(values.values())
-            group.times.append(time.time())
+            group.times.append(_now())
             group.steps.append(step)
         except BaseException as e:
             self._writer.undo_partial(group)

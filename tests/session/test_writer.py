@@ -121,13 +121,14 @@ def test_ctrl_c_between_a_calls_appends_leaves_no_half_point(
     clock read between them) records nothing of that call: every later point keeps its own
     step and value (a notebook goes on with the same run after an interrupt)."""
     import threading
-    import time
+
+    from retune.session import _run
 
     run = retune.init("ctrl-c-append", store=store_url, flush_interval=3600)
     run.step(a=1.0, b=10.0)
     if path == "names seen before":
         run.step(c=0.0)  # the next call is not the last call's names: the slower path
-    clock = time.time
+    clock = _run._now  # the wall clock every point is stamped with
     interrupted = {"once": False}
 
     def interrupting_clock() -> float:
@@ -136,10 +137,10 @@ def test_ctrl_c_between_a_calls_appends_leaves_no_half_point(
             raise KeyboardInterrupt
         return clock()
 
-    monkeypatch.setattr(time, "time", interrupting_clock)
+    monkeypatch.setattr(_run, "_now", interrupting_clock)
     with pytest.raises(KeyboardInterrupt):
         run.step(a=2.0, b=20.0)
-    monkeypatch.setattr(time, "time", clock)
+    monkeypatch.setattr(_run, "_now", clock)
     first = run.global_step + 1
     run.step(a=3.0, b=30.0)
     run.step(a=4.0, b=40.0)
