@@ -64,6 +64,7 @@ bench: $(VENV)/.installed-bench browser
 	$(PY) benchmarks/command_latency.py $(BENCH_FLAGS) --out benchmarks/results/command_latency.json
 	$(PY) benchmarks/checkpoint_io.py $(BENCH_FLAGS) --out benchmarks/results/checkpoint_io.json
 	$(PY) benchmarks/checkpoint_stall.py $(BENCH_FLAGS) --out benchmarks/results/checkpoint_stall.json
+	$(PY) benchmarks/checkpoint_staging.py --rounds 2
 	$(PY) benchmarks/dashboard.py $(BENCH_FLAGS) --out benchmarks/results/dashboard.json
 	$(PY) benchmarks/integrations_overhead.py $(BENCH_FLAGS) --out benchmarks/results/integrations_overhead.json
 	$(PY) benchmarks/guard.py $(BENCH_FLAGS) --out benchmarks/results/guard.json

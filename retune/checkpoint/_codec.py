@@ -90,15 +90,69 @@ def _import_torch() -> Any:
 # -- encoding ------------------------------------------------------------------------------
 
 
+class Staging:
+    """CPU buffers that consecutive copying encodes reuse (phase 1 of background saves).
+
+    Copying into memory already in use is a plain memcpy; copying into fresh memory first
+    takes a page fault per 4 KB page, which made phase 1 of a 202 MB state about twice as long
+    in a training loop (docs/benchmarks.md, "Checkpoint stall"). Buffers match by kind, dtype
+    and element count. An :class:`EncodedState` built with this takes its buffers here and
+    gives them all back with :meth:`EncodedState.release`, once its bytes are written or
+    abandoned. So between saves this holds about one copy of the checkpointed arrays.
+
+    Not thread-safe: one encode or release at a time (a checkpointer has one save in flight).
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[str, str, int], list[Any]] = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the next save."""
+        return sum(_nbytes(b) for buffers in self._free.values() for b in buffers)
+
+    def tensor_like(self, source: torch.Tensor) -> torch.Tensor:
+        """A CPU tensor of ``source``'s dtype and element count (1-D), contents undefined."""
+        pool = self._free.get(("tensor", str(source.dtype), source.numel()))
+        if pool:
+            buffer: torch.Tensor = pool.pop()
+            return buffer
+        fresh: torch.Tensor = _import_torch().empty_like(source)
+        return fresh
+
+    def array_like(self, source: np.ndarray) -> np.ndarray:
+        """A 1-D array of ``source``'s dtype and size, contents undefined."""
+        pool = self._free.get(("ndarray", source.dtype.str, source.size))
+        if pool:
+            buffer: np.ndarray = pool.pop()
+            return buffer
+        return np.empty_like(source)
+
+    def give_back(self, buffers: list[Any]) -> None:
+        for buffer in buffers:
+            if isinstance(buffer, np.ndarray):
+                key = ("ndarray", buffer.dtype.str, buffer.size)
+            else:
+                key = ("tensor", str(buffer.dtype), buffer.numel())
+            self._free.setdefault(key, []).append(buffer)
+
+
+def _nbytes(buffer: Any) -> int:
+    if isinstance(buffer, np.ndarray):
+        return int(buffer.nbytes)
+    return int(buffer.numel() * buffer.element_size())
+
+
 class EncodedState:
     """A state tree encoded in memory (phase 1 of a save): the manifest's nodes, and the bytes
     of every array, not yet hashed or stored. :meth:`write` stores them (phase 2).
 
-    Built with ``copy=True`` it holds its own copy of every array (tensors cloned to fresh CPU
-    memory), so the live objects may change while :meth:`write` runs on another thread.
+    Built with ``copy=True`` it holds its own copy of every array (tensors cloned to CPU
+    memory: fresh, or ``staging``'s buffers, given back by :meth:`release`), so the live
+    objects may change while :meth:`write` runs on another thread.
     """
 
-    def __init__(self, pack_below: int, copy: bool) -> None:
+    def __init__(self, pack_below: int, copy: bool, staging: Staging | None = None) -> None:
         self.pack_below = pack_below
         self.copy = copy
         self.root: Any = None
@@ -106,6 +160,16 @@ class EncodedState:
         self.small: list[tuple[dict[str, Any], memoryview]] = []
         self.nbytes = 0
         self._copies: list[tuple[Callable[[], object], int]] = []  # (copy, bytes), not yet run
+        self._staging = staging
+        self._staged: list[Any] = []  # staging's buffers this state's bytes live in
+
+    def release(self) -> None:
+        """Give the staging buffers back for the next save. Call it once the bytes are
+        written (or will not be): this state must not be used afterwards."""
+        staged, self._staged = self._staged, []
+        self.big, self.small, self._copies = [], [], []
+        if self._staging is not None:
+            self._staging.give_back(staged)
 
     def _copy_later(self, copy: Callable[[], object], nbytes: int) -> None:
         self._copies.append((copy, nbytes))
@@ -183,7 +247,11 @@ class EncodedState:
         }
         raw: Any = array.astype(little, copy=False).reshape(-1).view(np.uint8)
         if self.copy:
-            source, raw = raw, np.empty_like(raw)
+            if self._staging is None:
+                source, raw = raw, np.empty_like(raw)
+            else:
+                source, raw = raw, self._staging.array_like(raw)
+                self._staged.append(raw)
             self._copy_later(lambda: np.copyto(raw, source), raw.nbytes)
         return self.data(node, memoryview(raw))
 
@@ -206,7 +274,11 @@ class EncodedState:
             "requires_grad": bool(tensor.requires_grad),
         }
         if self.copy and flat.numel() and _shares_memory(flat, tensor):
-            source, flat = flat, torch.empty_like(flat)
+            if self._staging is None:
+                source, flat = flat, torch.empty_like(flat)
+            else:
+                source, flat = flat, self._staging.tensor_like(flat)
+                self._staged.append(flat)
             self._copy_later(lambda: flat.copy_(source), flat.numel() * flat.element_size())
         raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
         buffer: Any = raw.numpy()
@@ -253,7 +325,9 @@ def _shares_memory(flat: torch.Tensor, tensor: torch.Tensor) -> bool:
     return bool(flat.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr())
 
 
-def encode_in_memory(tree: Any, *, copy: bool = True, pack_below: int = PACK_BELOW) -> EncodedState:
+def encode_in_memory(
+    tree: Any, *, copy: bool = True, pack_below: int = PACK_BELOW, staging: Staging | None = None
+) -> EncodedState:
     """Phase 1 of a save: walk ``tree`` and keep its structure and array bytes in memory.
 
     With ``copy`` (the default) every array's bytes are copied (tensors on other devices are
@@ -263,9 +337,13 @@ def encode_in_memory(tree: Any, *, copy: bool = True, pack_below: int = PACK_BEL
     """
     if pack_below < 0:
         raise InvalidArgument(f"pack_below must be >= 0, got {pack_below}")
-    encoded = EncodedState(pack_below, copy)
-    encoded.root = encoded.encode(tree, "state")
-    encoded.finish_copies()
+    encoded = EncodedState(pack_below, copy, staging if copy else None)
+    try:
+        encoded.root = encoded.encode(tree, "state")
+        encoded.finish_copies()
+    except BaseException:
+        encoded.release()  # the buffers taken so far serve the next save
+        raise
     return encoded
 
 

@@ -47,6 +47,7 @@ from retune.checkpoint import (
     WRITERS,
     EncodedState,
     ObjectStore,
+    Staging,
     decode_state,
     encode_in_memory,
     manifest_hashes,
@@ -81,6 +82,10 @@ class CheckpointPolicy:
     written, ``"wait"`` (default) waits for it and then saves, ``"skip"`` skips this one and
     records a ``checkpoint_skipped`` event. The checkpoints before a change, at a stop, from
     ``run.checkpoint()`` and on command are never skipped: they wait.
+    ``keep_staging`` (default True): a background save copies the state into the CPU buffers
+    the previous one wrote from (:class:`~retune.checkpoint.Staging`), not into fresh memory
+    whose page faults would double the copy; they stay allocated between saves (about one
+    copy of the checkpointed arrays). False frees them after each save.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class CheckpointPolicy:
         *,
         background: bool = True,
         when_busy: str = "wait",
+        keep_staging: bool = True,
     ) -> None:
         for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -99,13 +105,15 @@ class CheckpointPolicy:
             raise InvalidArgument(f"keep_last must be at least 1, got {keep_last}")
         if when_busy not in WHEN_BUSY:
             raise InvalidArgument(f"when_busy must be 'wait' or 'skip', got {when_busy!r:.40}")
-        if not isinstance(background, bool):
-            raise InvalidArgument(f"background must be True or False, got {background!r:.40}")
+        for name, flag in (("background", background), ("keep_staging", keep_staging)):
+            if not isinstance(flag, bool):
+                raise InvalidArgument(f"{name} must be True or False, got {flag!r:.40}")
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self.keep_last = keep_last
         self.background = background
         self.when_busy = when_busy
+        self.keep_staging = keep_staging
 
 
 class PendingCheckpoint:
@@ -152,6 +160,7 @@ class Checkpointer:
         self._objects: ObjectStore | None = None
         self._registered = False  # this store's existing keys are in the location's ledger
         self.policy = policy
+        self._staging = Staging() if policy.keep_staging else None
         self._in_flight: PendingCheckpoint | None = None
         self._thread: threading.Thread | None = None
         self.failed = 0
@@ -202,7 +211,7 @@ class Checkpointer:
                 self._skip(reason, step, node, in_flight)
                 return None
             in_flight.wait()
-        encoded = encode_in_memory(capture_state(run), copy=True)
+        encoded = encode_in_memory(capture_state(run), copy=True, staging=self._staging)
         pending = PendingCheckpoint(reason, tag, step, node)
         thread = threading.Thread(
             target=self._phase2, args=(encoded, pending, True), name=f"retune-save-{run.id}"
@@ -253,6 +262,7 @@ class Checkpointer:
             pending.error = e
             raise
         finally:
+            encoded.release()  # written or failed: the next save may copy into its buffers
             pending._done.set()
 
     def _write(

@@ -127,6 +127,37 @@ def test_the_next_save_waits_for_the_one_in_flight_and_finish_waits_too(
     assert open_store(store).get_run(run.id).status == "finished"
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "freed"])
+def test_background_saves_copy_into_the_last_one_s_buffers_unless_told_not_to(
+    tmp_path: Path, keep: bool
+) -> None:
+    """Phase 1 copies into the buffers the previous background save wrote from (no page
+    faults of fresh memory); ``checkpoint_keep_staging=False`` keeps none between saves.
+    Either way every checkpoint holds the state of its own step."""
+    from tests.checkpoint.test_staging import _pointers
+
+    store = str(tmp_path / "s.db")
+    run, weights = _started("staging", store, checkpoint_every_n_steps=2,
+                            checkpoint_keep_staging=keep)  # fmt: skip
+    staging = run.checkpointer._staging
+    held: list[set[int]] = []
+    for _ in range(3):
+        _train(run, weights, 2)
+        run.checkpointer.wait()
+        if staging is not None:
+            assert staging.nbytes >= weights.nbytes
+            held.append(_pointers(staging))
+    run.finish()
+    assert (staging is not None) is keep
+    if keep:
+        assert held[0] == held[1] == held[2]  # one set of buffers, reused
+    checkpoints = open_store(store).list_checkpoints(run.id)
+    assert [c.step for c in checkpoints] == [2, 4, 6]
+    for checkpoint in checkpoints:
+        state = decode_state(checkpoint.manifest, ObjectStore(str(tmp_path / "objects")))
+        assert np.array_equal(state["user"]["w"], np.full(50_000, float(checkpoint.step)))
+
+
 def test_a_background_save_writes_from_one_thread_a_synchronous_one_from_several(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
