@@ -71,7 +71,17 @@ def canonical_kind(kind: str) -> str:
 
 
 def _specs(run: RunRecord) -> list[TunableSpec]:
-    return [TunableSpec.from_dict(entry) for entry in run.tunables]
+    """What the run declared tunable. ``CommandRejected`` when the store holds something
+    else (edited by hand, or damaged): no command can be validated against it."""
+    try:
+        if not isinstance(run.tunables, list):
+            raise ValueError(f"a list was expected, got {type(run.tunables).__name__}")
+        return [TunableSpec.from_dict(entry) for entry in run.tunables]
+    except ValueError as e:
+        raise CommandRejected(
+            f"run {run.name} ({run.id}) has a damaged list of tunables in the store, so no "
+            f"command can be checked against it: {e}"
+        ) from e
 
 
 def _group(payload: Mapping[str, Any]) -> int | str | None:
@@ -384,7 +394,7 @@ def submit(
                 f"run {run.name} ({run.id}) is {run.status}; commands need a running or paused run"
             )
         normalized = check(store, run, payload)
-    except RunNotLive as e:
+    except (RunNotLive, CommandRejected) as e:
         error = e
     except InvalidArgument as e:
         error = CommandRejected(str(e))

@@ -96,9 +96,38 @@ class TunableSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TunableSpec:
+        """The spec :meth:`to_dict` wrote; ``ValueError`` saying what is wrong for anything
+        else (a store edited by hand, or damaged), never a ``TypeError`` from deep inside."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a tunable must be a mapping, got {type(data).__name__}")
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        if fields.get("groups") is not None:
-            fields["groups"] = tuple(fields["groups"])
+        wanted: dict[str, tuple[type, ...]] = {
+            "name": (str,),
+            "kind": (str,),
+            "low": (int, float, type(None)),
+            "high": (int, float, type(None)),
+            "low_inclusive": (bool,),
+            "high_inclusive": (bool,),
+            "length": (int, type(None)),
+            "source": (str,),
+            "groups": (list, tuple, type(None)),
+            "doc": (str,),
+        }
+        for field in ("name", "kind"):
+            if field not in fields:
+                raise ValueError(f"a tunable lacks its {field!r}: {dict(data)!r:.120}")
+        for field, value in fields.items():
+            types = wanted[field]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise ValueError(
+                    f"tunable {fields['name']!r:.60}: {field} is {value!r:.60}, not "
+                    + " or ".join("None" if t is type(None) else t.__name__ for t in types)
+                )
+        groups = fields.get("groups")
+        if groups is not None:
+            if not all(g is None or isinstance(g, str) for g in groups):
+                raise ValueError(f"tunable {fields['name']!r:.60}: groups {groups!r:.60}")
+            fields["groups"] = tuple(groups)
         return cls(**fields)
 
     def describe_bounds(self) -> str:

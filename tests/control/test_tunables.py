@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,3 +161,38 @@ def test_int_for_a_float_is_converted_and_group_names_resolve() -> None:
         validate(specs, "lr", 2, "tail")
     with pytest.raises(InvalidArgument, match="group -1 does not exist"):
         validate(specs, "lr", 2, -1)
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("lr", "must be a mapping"),
+        ({"kind": "float"}, "lacks its 'name'"),
+        ({"name": "lr"}, "lacks its 'kind'"),
+        ({"name": "lr", "kind": "float", "low": "0"}, "low is '0', not int or float or None"),
+        ({"name": "lr", "kind": "float", "low_inclusive": 1}, "low_inclusive is 1, not bool"),
+        ({"name": "lr", "kind": "float", "length": True}, "length is True, not int or None"),
+        ({"name": "lr", "kind": "float", "groups": "ab"}, "groups is 'ab'"),
+        ({"name": "lr", "kind": "float", "groups": [1]}, "groups [1]"),
+    ],
+)
+def test_a_damaged_stored_spec_is_a_value_error_that_says_what_is_wrong(
+    entry: Any, says: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        TunableSpec.from_dict(entry)
+
+
+def test_a_command_to_a_run_with_damaged_tunables_is_recorded_rejected_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    from retune.control import submit
+    from retune.errors import CommandRejected
+    from retune.store import open_store
+
+    with open_store(str(tmp_path / "s.db")) as store:
+        run = store.create_run("r", config={}, meta={}, tunables=[{"name": "lr"}])
+        with pytest.raises(CommandRejected, match=r"damaged list of tunables.*lacks its 'kind'"):
+            submit(store, run.id, "set", {"values": {"lr": 0.1}}, source="cli")
+        (command,) = store.list_commands(run.id)
+        assert command.status == "rejected" and "damaged" in (command.reason or "")
