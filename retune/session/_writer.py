@@ -208,7 +208,10 @@ class MetricWriter:
                     if not self._warned:
                         log.warning("retune: metrics not written yet, will retry: %s", e)
                         self._warned = True
-            self._store.maintain()  # off every acknowledged path: flush() does not wait for it
+            try:
+                self._store.maintain()  # off every acknowledged path: flush() does not wait
+            except Exception as e:  # a third-party store's; this thread must live on
+                log.debug("retune: store maintenance failed: %s", e)
 
     def columns(self, node: int) -> Columns:
         """Fresh columns for the points of ``node`` (training thread, when the node changes);

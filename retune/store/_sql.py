@@ -71,6 +71,10 @@ __all__ = ["SqlStore"]
 
 log = logging.getLogger("retune")
 
+FOLD_AFTER_BYTES = 4 * 1024 * 1024
+"""Metric bytes committed to SQLite's write-ahead log before :meth:`SqlStore.maintain` folds
+it: about SQLite's own mark (1,000 pages of 4 KB)."""
+
 _ID_MIN, _ID_MAX = -(2**31), 2**31 - 1  # command ids are 32-bit integer columns
 
 _BUSY_TIMEOUT_MS = 60_000
@@ -155,7 +159,8 @@ class SqlStore(Store):
                 self._writer = self._reader = self._appender = engine
         except (ArgumentError, NoSuchModuleError, ValueError) as e:
             raise StoreUnavailable(f"cannot open store {url!r}: {e}") from e
-        self._fold_pending = False  # metrics committed to SQLite's log, not folded yet
+        self._unfolded = 0  # bytes of metric batches committed to SQLite's log since a fold
+        self._unfolded_lock = threading.Lock()
         self._fold_lock = threading.Lock()  # one fold at a time; close() waits for it
         self._closed = False
         self.revision_at_open: str | None = None
@@ -296,8 +301,6 @@ class SqlStore(Store):
         try:
             with engine.begin() as conn:
                 yield conn
-            if appending and self._appender is not self._writer:
-                self._fold_pending = True
         except RetuneError:
             raise
         except IntegrityError as e:
@@ -358,22 +361,30 @@ class SqlStore(Store):
         """SQLite: fold the write-ahead log that metric batches left into the database file
         (a passive checkpoint: it waits for no reader or writer and folds what it can). A
         commit is durable without it (``synchronous=FULL`` syncs the log); folding keeps the
-        log from growing and reads fast. A fold that fails is retried at the next call."""
-        if not self._fold_pending or not self._fold_lock.acquire(blocking=False):
+        log from growing and reads fast.
+
+        It folds once :data:`FOLD_AFTER_BYTES` of metrics were committed since the last
+        complete fold (as SQLite would: an idle run's heartbeats do not sync the database file
+        every second). A fold that fails, or that a reader or another checkpoint cut short,
+        is retried at the next call."""
+        if self._unfolded < FOLD_AFTER_BYTES or not self._fold_lock.acquire(blocking=False):
             return
         try:
             if self._closed:  # a fold now would open the engine again
                 return
-            self._fold_pending = False
+            taken = self._unfolded
             connection = self._appender.raw_connection()
             try:
                 driver = connection.driver_connection
-                assert driver is not None, "a pooled connection has its driver's"
-                driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if driver is None:
+                    return
+                busy, logged, folded = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             finally:
                 connection.close()
+            if not busy and folded == logged:  # complete: keep what came in meanwhile
+                with self._unfolded_lock:
+                    self._unfolded -= taken
         except (sqlite3.Error, SQLAlchemyError) as e:
-            self._fold_pending = True
             log.debug("retune: folding the log of %s failed, will retry: %s", self.url, e)
         finally:
             self._fold_lock.release()
@@ -742,7 +753,7 @@ class SqlStore(Store):
         step: int | None = None,
         heartbeat_at: float | None = None,
     ) -> None:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "run_id": run_id,
                 "node": chunk.node,
@@ -770,6 +781,10 @@ class SqlStore(Store):
                 conn.execute(insert(metric_chunks), rows)
             if progress:
                 conn.execute(update(runs).where(runs.c.id == run_id).values(**progress))
+        if self._appender is not self._writer:  # left in SQLite's log for maintain()
+            size = sum(len(r["steps"]) + len(r["values"]) + len(r["times"]) for r in rows)
+            with self._unfolded_lock:
+                self._unfolded += size + 512 * (len(rows) + 1)  # blobs, rows, the run's row
 
     def read_metric(
         self,

@@ -9,6 +9,7 @@ anyway (a SIGKILL before any fold loses nothing), and the fold does happen.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -59,6 +60,39 @@ def test_a_metrics_commit_leaves_the_fold_to_maintain(tmp_path: Path) -> None:
     assert np.array_equal(series.steps, expected.steps)
     assert np.array_equal(series.values, expected.values)
     assert np.array_equal(series.times, expected.times)
+
+
+def test_small_batches_are_not_folded_one_by_one(tmp_path: Path) -> None:
+    """An idle run's heartbeat batches would otherwise sync the database file every second:
+    the fold waits until about 4 MB of metrics are in the log, as SQLite's own mark does."""
+    path = tmp_path / "r.db"
+    with open_store(str(path)) as store:
+        run_id = _run(store)
+        size = path.stat().st_size
+        for step in range(1, 21):
+            steps = np.array([step], dtype=np.int64)
+            store.append_metrics(run_id, [MetricChunk(1, "loss", steps, steps * 1.0, steps * 1.0)])
+            store.maintain()
+        assert path.stat().st_size == size  # nothing folded
+        store.append_metrics(run_id, [_chunk()])
+        store.maintain()
+        assert path.stat().st_size > BIG
+
+
+def test_a_fold_a_reader_cut_short_is_finished_later(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    with open_store(str(path)) as store:
+        run_id = _run(store)
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM runs").fetchone()  # holds its snapshot
+        store.append_metrics(run_id, [_chunk()])
+        store.maintain()  # cannot fold past the reader's snapshot
+        assert path.stat().st_size < BIG
+        reader.execute("COMMIT")
+        reader.close()
+        store.maintain()  # the rest, now
+        assert path.stat().st_size > BIG
 
 
 def test_maintain_after_close_does_nothing(tmp_path: Path) -> None:
