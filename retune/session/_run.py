@@ -245,8 +245,8 @@ class Run:
         if values:
             group = self._group
             if len(values) == group.width:  # likely the names of the last call (take checks)
-                try:  # the array takes floats, and converts what float() would (or raises)
-                    group.values.extend(group.take(values))  # KeyError: other names
+                try:  # pack converts what float() would (or raises), then one atomic append
+                    group.values.frombytes(group.pack(*group.take(values)))  # KeyError: names
                     group.times.append(_now())
                     group.steps.append(step)  # last: the call is complete for the writer
                 except BaseException as e:  # nothing half-recorded stays, Ctrl-C included
@@ -280,7 +280,7 @@ class Run:
         (re-raises Ctrl-C and the like after undoing the part appended). :meth:`step` repeats
         these lines inline on purpose: a method call would cost ~5% of its time."""
         try:
-            group.values.extend(values.values())
+            group.values.frombytes(group.pack(*values.values()))  # converted, then atomic
             group.times.append(_now())
             group.steps.append(step)
         except BaseException as e:

@@ -32,6 +32,7 @@ What is never lost:
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from array import array
@@ -61,9 +62,15 @@ class Group:
     ``take(named)`` gives a mapping's values in ``keys`` order and raises ``KeyError`` when a
     name is missing: with ``len(named) == width`` first, that is the hot path's whole check
     that a call logs this group's names (in any order), cheaper than comparing them.
+
+    ``pack(*values)`` converts one call's values to their bytes (``float()``'s rules, or an
+    exception) before anything is appended: ``values.frombytes(pack(...))`` is then one
+    atomic append. ``values.extend(iterable)`` was not: it converts item by item, and a
+    conversion that lets other threads run (a torch tensor's ``__float__`` releases the GIL)
+    let the writer's drain shift the array under it, which stored garbage values.
     """
 
-    __slots__ = ("keys", "steps", "take", "times", "values", "width")
+    __slots__ = ("keys", "pack", "steps", "take", "times", "values", "width")
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         self.keys = keys
@@ -71,6 +78,7 @@ class Group:
         self.steps = array("q")
         self.times = array("d")
         self.values = array("d")
+        self.pack: Callable[..., bytes] = struct.Struct(f"{self.width}d").pack
         self.take: Callable[[Mapping[str, Any]], tuple[Any, ...]]
         if self.width > 1:
             self.take = itemgetter(*keys)

@@ -84,6 +84,41 @@ def test_calls_with_as_many_names_but_other_ones_keep_each_point_under_its_own_n
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["tensor", "tensor-requiring-grad"])
+def test_tensor_values_converted_while_the_writer_drains_are_stored_exactly(
+    store_url: str, grad: bool
+) -> None:
+    """A one-element tensor's ``float()`` lets other threads run. Converted inside the shared
+    array's ``extend``, that let the writer's drain shift the array mid-append: garbage
+    values (denormals, other rows' values) were stored. Every point must be its own."""
+    import warnings
+
+    import torch
+
+    run = retune.init("tensors", store=store_url, flush_interval=0.001, poll_interval=0.0005)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # float() of a tensor that requires grad warns
+        for s in range(1, 20_001):
+            value = torch.tensor(float(s), requires_grad=grad)
+            if s % 3 == 0:
+                run.step(a=value, b=-float(s))
+            elif s % 3 == 1:
+                run.step(b=-float(s), a=value)
+            else:
+                run.step(a=value, c=s + 0.5)  # the slower path, by other names
+    run.finish()
+    snap = retune.load("tensors", store=store_url)
+    for name, expected in (("a", float), ("b", lambda s: -float(s)), ("c", lambda s: s + 0.5)):
+        series = snap.metric(name)
+        wrong = [
+            (step, value)
+            for step, value in zip(series.steps.tolist(), series.values.tolist(), strict=True)
+            if value != expected(step)
+        ]
+        assert wrong == [], f"{name}: {len(wrong)} wrong, e.g. {wrong[:3]}"
+    assert len(snap.metric("a")) == 20_000
+
+
 def test_the_writer_draining_while_training_appends_loses_and_repeats_nothing(
     store_url: str,
 ) -> None:
