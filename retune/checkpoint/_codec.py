@@ -98,7 +98,8 @@ class Staging:
     in a training loop (docs/benchmarks.md, "Checkpoint stall"). Buffers match by kind, dtype
     and element count. An :class:`EncodedState` built with this takes its buffers here and
     gives them all back with :meth:`EncodedState.release`, once its bytes are written or
-    abandoned. So between saves this holds about one copy of the checkpointed arrays.
+    abandoned; buffers an encode did not take (an array whose size changed) are freed then.
+    So between saves this holds one copy of the last save's arrays, no more.
 
     Not thread-safe: one encode or release at a time (a checkpointer has one save in flight).
     """
@@ -127,6 +128,10 @@ class Staging:
             buffer: np.ndarray = pool.pop()
             return buffer
         return np.empty_like(source)
+
+    def clear(self) -> None:
+        """Free every buffer held (the next encode allocates fresh ones)."""
+        self._free.clear()
 
     def give_back(self, buffers: list[Any]) -> None:
         for buffer in buffers:
@@ -344,6 +349,8 @@ def encode_in_memory(
     except BaseException:
         encoded.release()  # the buffers taken so far serve the next save
         raise
+    if staging is not None and copy:
+        staging.clear()  # what this save did not take matches nothing any more: sizes changed
     return encoded
 
 

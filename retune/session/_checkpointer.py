@@ -236,11 +236,14 @@ class Checkpointer:
         return pending
 
     def close(self) -> None:
-        """Wait for the save in flight (``run.finish()``, exit)."""
+        """Wait for the save in flight (``run.finish()``, exit), then free the staging
+        buffers (an ended run held in a notebook keeps no copy of its state)."""
         self.wait()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        if self._staging is not None:
+            self._staging.clear()
 
     def _phase2(
         self, encoded: EncodedState, pending: PendingCheckpoint, background: bool = False

@@ -84,3 +84,14 @@ def test_an_encode_without_copies_takes_no_staging_buffers() -> None:
     encoded = encode_in_memory(_state(1.0), copy=False, staging=staging)
     encoded.release()
     assert staging.nbytes == 0
+
+
+def test_buffers_of_sizes_no_longer_in_the_state_are_freed_not_kept() -> None:
+    """An array that grows between saves (a history, a resized layer) must not leave one
+    buffer behind per save: the pool holds the last save's arrays only."""
+    staging = Staging()
+    for size in range(1_000, 11_000, 1_000):
+        encode_in_memory(
+            {"history": np.zeros(size), "w": torch.ones(500)}, staging=staging
+        ).release()
+        assert staging.nbytes == size * 8 + 500 * 4
