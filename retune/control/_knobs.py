@@ -29,7 +29,7 @@ class Knob:
         set: Callable[..., None] | None = None,
         bounds: tuple[float | None, float | None] = (None, None),
         kind: str | None = None,
-        doc: str = "",
+        doc: str | None = "",
         modal: bool = False,
     ) -> None:
         if not name or not isinstance(name, str):
@@ -38,6 +38,10 @@ class Knob:
             raise InvalidArgument(f"tunable {name}: give both get= and set=, or neither")
         if get is None and initial is None:
             raise InvalidArgument(f"tunable {name}: give an initial value or get=/set=")
+        if doc is None:  # accepted before it was checked: a stored null reads back as ""
+            doc = ""
+        if not isinstance(doc, str):
+            raise InvalidArgument(f"tunable {name}: doc must be a string, got {doc!r:.40}")
         self._value = initial
         self._get = get
         self._set = set

@@ -101,6 +101,8 @@ class TunableSpec:
         if not isinstance(data, Mapping):
             raise ValueError(f"a tunable must be a mapping, got {type(data).__name__}")
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if fields.get("doc", "") is None:  # runs of an earlier version stored a knob's null doc
+            fields["doc"] = ""
         wanted: dict[str, tuple[type, ...]] = {
             "name": (str,),
             "kind": (str,),

@@ -196,3 +196,14 @@ def test_a_command_to_a_run_with_damaged_tunables_is_recorded_rejected_with_the_
             submit(store, run.id, "set", {"values": {"lr": 0.1}}, source="cli")
         (command,) = store.list_commands(run.id)
         assert command.status == "rejected" and "damaged" in (command.reason or "")
+
+
+def test_a_knob_s_doc_is_a_string_and_a_stored_null_doc_reads_as_empty() -> None:
+    """Runs of an earlier version stored ``doc: null`` for ``Knob(doc=None)``: commands to
+    them must still be checked, not rejected as damaged."""
+    from retune.control import Knob
+
+    assert Knob("dropout", 0.1, doc=None).spec.doc == ""
+    with pytest.raises(InvalidArgument, match="doc must be a string"):
+        Knob("dropout", 0.1, doc=5)  # type: ignore[arg-type]
+    assert TunableSpec.from_dict({"name": "dropout", "kind": "float", "doc": None}).doc == ""
