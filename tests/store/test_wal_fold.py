@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import retune
-from retune.store import MetricChunk, Store, open_store
+from retune.store import MetricChunk, MetricSeries, Store, open_store
+from tests.store.test_conformance import _run_with_root
 
 POINTS = 400_000
 """Values and times, 8 bytes each, per point (consecutive steps are not stored): 6.4 MB, past
@@ -33,17 +34,15 @@ def _chunk() -> MetricChunk:
 
 
 def _run(store: Store) -> str:
-    run = store.create_run("fold", config={}, meta={}, tunables=[])
-    store.create_node(
-        run.id,
-        parent=None,
-        start_step=0,
-        change_kind="start",
-        values={},
-        diff={},
-        created_by=None,
-    )
-    return run.id
+    return _run_with_root(store, "fold")
+
+
+def _all_points(series: MetricSeries) -> None:
+    """``series`` holds every point of :func:`_chunk`, bit for bit."""
+    expected = _chunk()
+    assert np.array_equal(series.steps, expected.steps)
+    assert np.array_equal(series.values, expected.values)
+    assert np.array_equal(series.times, expected.times)
 
 
 def test_a_metrics_commit_leaves_the_fold_to_maintain(tmp_path: Path) -> None:
@@ -55,11 +54,7 @@ def test_a_metrics_commit_leaves_the_fold_to_maintain(tmp_path: Path) -> None:
         assert Path(f"{path}-wal").stat().st_size > BIG
         store.maintain()
         assert path.stat().st_size > BIG  # folded into the database file
-        series = store.read_metric(run_id, "loss")
-    expected = _chunk()
-    assert np.array_equal(series.steps, expected.steps)
-    assert np.array_equal(series.values, expected.values)
-    assert np.array_equal(series.times, expected.times)
+        _all_points(store.read_metric(run_id, "loss"))
 
 
 def test_small_batches_are_not_folded_one_by_one(tmp_path: Path) -> None:
@@ -128,11 +123,7 @@ def test_points_in_an_unfolded_log_survive_sigkill(tmp_path: Path) -> None:
     run_id = child.stdout.strip()
     assert path.stat().st_size < BIG  # the child died with its points in the log only
     with open_store(str(path), create=False) as store:
-        series = store.read_metric(run_id, "loss")
-    expected = _chunk()
-    assert np.array_equal(series.steps, expected.steps)
-    assert np.array_equal(series.values, expected.values)
-    assert np.array_equal(series.times, expected.times)
+        _all_points(store.read_metric(run_id, "loss"))
 
 
 def test_a_run_s_writer_thread_folds_after_its_flushes(tmp_path: Path) -> None:
