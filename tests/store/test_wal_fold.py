@@ -19,6 +19,7 @@ import numpy as np
 
 import retune
 from retune.store import MetricChunk, MetricSeries, Store, open_store
+from retune.store._sql import FOLD_AFTER_BYTES, SqlStore
 from tests.store.test_conformance import _run_with_root
 
 POINTS = 400_000
@@ -127,13 +128,21 @@ def test_points_in_an_unfolded_log_survive_sigkill(tmp_path: Path) -> None:
 
 
 def test_a_run_s_writer_thread_folds_after_its_flushes(tmp_path: Path) -> None:
+    """6.4 MB of metrics arrive in two or three flushes: the writer thread folds once 4 MB are
+    in the log (what it has folded is what the store no longer counts), and what arrives
+    after that fold waits for the next 4 MB, or the close, as with SQLite's own mark."""
     path = tmp_path / "r.db"
     run = retune.init("fold", store=f"sqlite:///{path}", flush_interval=3600)
+    store = run.store
+    assert isinstance(store, SqlStore)
     for i in range(POINTS // 2):
         run.step(loss=float(i), acc=0.5)  # 2 keys x 200,000 points x 2 arrays: 6.4 MB
     run.flush()
     deadline = time.monotonic() + 60
-    while path.stat().st_size < BIG:
+    while store._unfolded >= FOLD_AFTER_BYTES:
         assert time.monotonic() < deadline, "the writer thread never folded the log"
         time.sleep(0.05)
+    assert path.stat().st_size > FOLD_AFTER_BYTES  # folded into the database file
     run.finish()
+    with open_store(str(path), create=False) as reopened:  # the rest, folded at the close
+        assert len(reopened.read_metric(run.id, "loss")) == POINTS // 2
