@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -145,19 +146,22 @@ def _worker(rank: int, settings: dict[str, Any]) -> None:
     dist.destroy_process_group()
 
 
-def _control(store: str, commands: int) -> list[Any]:
-    """Send ``commands`` lr changes to the live 2-rank run, each waited for; then stop it."""
+def _control(store: str, commands: int, alive: Callable[[], bool]) -> list[Any]:
+    """Send ``commands`` lr changes to the live 2-rank run, each waited for; then stop it.
+    Waits for the run as long as the ranks are ``alive`` (they time their rounds first, for
+    as long as ``--rounds`` asks)."""
     import retune
     from retune.errors import RunNotFound, StoreNotFound
 
-    deadline = time.monotonic() + 600
     while True:
         try:
             ctl = retune.connect("dist-latency", store=store)
             break
         except (RunNotFound, StoreNotFound):
-            if time.monotonic() > deadline:
-                raise
+            if not alive():
+                raise SystemExit(
+                    "distributed_overhead: a rank ended before the latency run"
+                ) from None
             time.sleep(0.1)
     sent = []
     rng = random.Random(0)
@@ -203,7 +207,8 @@ def main() -> int:
             _worker, args=(settings,), nprocs=2, join=False, start_method="spawn"
         )
         assert context is not None
-        sent = _control(store, args.commands)
+        processes = context.processes
+        sent = _control(store, args.commands, lambda: all(p.is_alive() for p in processes))
         while not context.join():
             pass
         ranks = [json.loads(Path(folder, f"rank{r}.json").read_text()) for r in range(2)]
