@@ -97,8 +97,10 @@ def test_maintain_after_close_does_nothing(tmp_path: Path) -> None:
     store.append_metrics(_run(store), [_chunk()])
     store.close()
     size = path.stat().st_size
+    assert not Path(f"{path}-wal").exists()  # the last close folded and removed the log
     store.maintain()  # no error, and no connection opened again to fold
     assert path.stat().st_size == size
+    assert not Path(f"{path}-wal").exists()  # a reopened WAL connection would create it
 
 
 KILLED = """
