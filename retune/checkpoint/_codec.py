@@ -114,20 +114,18 @@ class Staging:
 
     def tensor_like(self, source: torch.Tensor) -> torch.Tensor:
         """A CPU tensor of ``source``'s dtype and element count (1-D), contents undefined."""
-        pool = self._free.get(("tensor", str(source.dtype), source.numel()))
-        if pool:
-            buffer: torch.Tensor = pool.pop()
-            return buffer
-        fresh: torch.Tensor = _import_torch().empty_like(source)
-        return fresh
+        buffer: torch.Tensor | None = self._take(source)
+        return _import_torch().empty_like(source) if buffer is None else buffer
 
     def array_like(self, source: np.ndarray) -> np.ndarray:
         """A 1-D array of ``source``'s dtype and size, contents undefined."""
-        pool = self._free.get(("ndarray", source.dtype.str, source.size))
-        if pool:
-            buffer: np.ndarray = pool.pop()
-            return buffer
-        return np.empty_like(source)
+        buffer: np.ndarray | None = self._take(source)
+        return np.empty_like(source) if buffer is None else buffer
+
+    def _take(self, source: Any) -> Any:
+        """A held buffer matching ``source``, or None."""
+        pool = self._free.get(_key(source))
+        return pool.pop() if pool else None
 
     def clear(self) -> None:
         """Free every buffer held (the next encode allocates fresh ones)."""
@@ -135,11 +133,14 @@ class Staging:
 
     def give_back(self, buffers: list[Any]) -> None:
         for buffer in buffers:
-            if isinstance(buffer, np.ndarray):
-                key = ("ndarray", buffer.dtype.str, buffer.size)
-            else:
-                key = ("tensor", str(buffer.dtype), buffer.numel())
-            self._free.setdefault(key, []).append(buffer)
+            self._free.setdefault(_key(buffer), []).append(buffer)
+
+
+def _key(buffer: Any) -> tuple[str, str, int]:
+    """What a staging buffer must match: kind, dtype and element count."""
+    if isinstance(buffer, np.ndarray):
+        return ("ndarray", buffer.dtype.str, buffer.size)
+    return ("tensor", str(buffer.dtype), buffer.numel())
 
 
 def _nbytes(buffer: Any) -> int:
