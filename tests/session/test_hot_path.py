@@ -84,6 +84,25 @@ def test_calls_with_as_many_names_but_other_ones_keep_each_point_under_its_own_n
     ]  # fmt: skip
 
 
+def test_names_with_slashes_markup_and_non_ascii_take_the_fast_path_and_read_back(
+    store_url: str,
+) -> None:
+    """The group's itemgetter matches names by equality whatever their characters; calls
+    alternate between two groups of the same width that share one name."""
+    names = ("val/loss", "<b>ünïcode</b>", "日本")
+    with retune.init("hostile-names", store=store_url, flush_interval=3600) as run:
+        for i in range(1, 7):
+            if i % 2:
+                run.step({names[0]: float(i), names[1]: -float(i)})
+            else:
+                run.step({names[1]: -float(i), names[2]: 10.0 * i})  # as many, another name
+    snap = retune.load("hostile-names", store=store_url)
+    first, second, third = (snap.metric(name) for name in names)
+    assert (first.steps.tolist(), first.values.tolist()) == ([1, 3, 5], [1.0, 3.0, 5.0])
+    assert second.values.tolist() == [-float(i) for i in range(1, 7)]
+    assert (third.steps.tolist(), third.values.tolist()) == ([2, 4, 6], [20.0, 40.0, 60.0])
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["tensor", "tensor-requiring-grad"])
 def test_tensor_values_converted_while_the_writer_drains_are_stored_exactly(
     store_url: str, grad: bool
