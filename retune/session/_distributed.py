@@ -61,6 +61,7 @@ from retune import _json
 from retune.checkpoint import resolve_checkpoint
 from retune.errors import CommandRejected, DistributedError, InvalidArgument, RetuneError
 from retune.session import _steer
+from retune.session._checkpointer import PendingCheckpoint
 from retune.session._control import Applier, Handler
 from retune.session._handlers import HANDLERS
 from retune.session._protocols import TrainingSession
@@ -431,10 +432,12 @@ class LeaderRun(_ClusterRun):
             return 2
         return int(self._step >= guard.next_due)
 
-    def _process(self, due: bool, guard_work: int = 0) -> bool:
-        """The guard (a recovery, or its checkpoint), the scheduled checkpoint and the queued
-        commands; True when it saved and nothing changed after."""
-        saved = False
+    def _process(self, due: bool, guard_work: int = 0) -> PendingCheckpoint | None:
+        """The guard (a recovery, or its checkpoint), the scheduled checkpoint (written in the
+        background, as on one process: the other ranks do not wait for it) and the queued
+        commands; the scheduled save when it holds this boundary's state (nothing changed
+        after it), else None."""
+        scheduled: PendingCheckpoint | None = None
         guard = self.guard
         if guard_work and guard is not None:
             if guard_work == 2 and guard.tripped is None:
@@ -450,12 +453,12 @@ class LeaderRun(_ClusterRun):
         if due:
             every = self.checkpointer.policy.every_n_steps or _NEVER
             self._next_checkpoint = (self._step // every + 1) * every
-            self.checkpointer.save("schedule")
-            saved = True
+            scheduled = self.checkpointer.save_async("schedule")  # None: skipped (when_busy)
         if self._inbox:
             self._applier.apply_pending(self)
-            saved = saved and not self._effects
-        return saved
+            if self._effects:
+                scheduled = None  # a command changed the state after it
+        return scheduled
 
     def _at_boundary(self, values: Mapping[str, Any]) -> None:
         if self.training_thread is None:
@@ -467,13 +470,15 @@ class LeaderRun(_ClusterRun):
             return  # a queued command waits for the agreement: it must apply on every rank
         self._time_steps()
         due = self._step >= self._next_checkpoint  # the same on every rank
-        saved = False
+        scheduled: PendingCheckpoint | None = None
         while True:
             pending, signal, stop, paused, guard_any, cadence = self._agreed()
             if signal or stop:
                 self.flags.stop_requested = True  # a signal or stop on any rank stops every rank
             if pending or signal or due or stop or guard_any:
-                saved = self._exchange(partial(self._process, due, guard_any)) or saved
+                kept = self._exchange(partial(self._process, due, guard_any))
+                if kept is not None or self._effects:  # what a pause's repeat applied, too
+                    scheduled = kept
                 paused, stop = int(self._sent["paused"]), int(self._sent["stop"])
             due = False
             if paused and not stop:  # what the other ranks were told, not this rank's flags
@@ -481,8 +486,8 @@ class LeaderRun(_ClusterRun):
                     self._applier.wake.clear()
                 continue
             break
-        if stop:
-            self._stop_here(already_saved=saved)
+        if stop:  # the stop relies on the scheduled save: it must be listed
+            self._stop_here(already_saved=scheduled is not None and scheduled.wait() is not None)
         else:
             self._agree_next(self._flags())
             self._plan_next_agreement(cadence)
@@ -549,8 +554,8 @@ class LeaderRun(_ClusterRun):
 
     def _on_epoch_end(self) -> None:
         every = self.checkpointer.policy.every_n_epochs
-        if every and self.loop.epoch % every == 0:
-            self._exchange(lambda: self.checkpointer.save("schedule"))
+        if every and self.loop.epoch % every == 0:  # the exchange gathers every rank's RNG
+            self._exchange(lambda: self.checkpointer.save_async("schedule"))
 
 
 class _SilentWriter(MetricWriter):

@@ -272,27 +272,36 @@ def test_per_rank_metrics_are_tagged_with_the_rank(controlled: Controlled) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("every", [None, 1], ids=["stop-checkpoint", "scheduled-at-every-step"])
 def test_two_rank_stop_and_resume_gives_the_uninterrupted_losses_bit_for_bit(
-    tmp_path: Path,
+    tmp_path: Path, every: int | None
 ) -> None:
     """The stop is a SIGTERM to rank 1 alone, after its step 5: the next agreement carries
     it, and every rank stops at the agreement after that, at one step ``S`` (rank 0
     checkpoints, the run is ``stopped``); the steps are paced to 50 ms so that agreements come
-    every two steps or so and ``S`` falls inside the 12 steps. Also: every rank's data comes
-    in DistributedSampler's documented order."""
+    every two steps or so and ``S`` falls inside the 12 steps. With a scheduled checkpoint
+    at every step, the stop relies on the one of step ``S`` (written in the background; rank
+    0 waits until it is listed) instead of taking its own. Also: every rank's data comes in
+    DistributedSampler's documented order."""
     reference = launch(tmp_path / "ref", f"sqlite:///{tmp_path / 'ref.db'}", "--epochs", "3",
                        cwd=tmp_path)  # fmt: skip
     store = f"sqlite:///{tmp_path / 'resumed.db'}"
+    scheduled = ["--every", str(every)] if every else []
     first = launch(tmp_path / "first", store, "--epochs", "3", "--term-at", "5",
-                   "--pace", "0.05", cwd=tmp_path)  # fmt: skip
+                   "--pace", "0.05", *scheduled, cwd=tmp_path)  # fmt: skip
     assert [code for code, _ in reference.wait()] == [0, 0]
     assert [code for code, _ in first.wait()] == [0, 143]  # rank 1 exits as SIGTERM asks
     assert first.end(0)["end"] == "stopped"
     with open_store(store, create=False) as opened:
         (run,) = opened.list_runs()
         assert run.status == "stopped"
-        ((reason, stopped_at),) = [(c.reason, c.step) for c in opened.list_checkpoints(run.id)]
-    assert reason == "stop" and 6 <= stopped_at < 12
+        listed = [(c.reason, c.step) for c in opened.list_checkpoints(run.id)]
+    reason, stopped_at = listed[-1]
+    assert reason == ("schedule" if every else "stop") and 6 <= stopped_at < 12
+    if every:  # the last five kept, one per step, and no stop checkpoint
+        assert listed == [("schedule", step) for step in range(stopped_at - 4, stopped_at + 1)]
+    else:
+        assert len(listed) == 1
     second = launch(tmp_path / "second", store, "--epochs", "3", "--resume", "latest",
                     cwd=tmp_path)  # fmt: skip
     assert [code for code, _ in second.wait()] == [0, 0]
@@ -328,6 +337,16 @@ def test_two_rank_stop_and_resume_gives_the_uninterrupted_losses_bit_for_bit(
 def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
     tmp_path: Path,
 ) -> None:
+    """Rank 0's scheduled checkpoint of step 6 is held in the middle of its write (on its
+    background thread): both ranks train on beside it, up to step 8's boundary, where the
+    next scheduled save waits for it (``when_busy="wait"``) and rank 1 waits for rank 0.
+    Rank 1 is then killed; rank 0 ends with a clear error, the run is crashed, and every
+    listed checkpoint restores."""
+
+    def rank_0_reported(step: int) -> bool:
+        with open_store(store, create=False) as opened:
+            return any(run.step >= step for run in opened.list_runs())
+
     store = f"sqlite:///{tmp_path / 'retune.db'}"
     flag = tmp_path / "blocked.json"
     job = launch(
@@ -339,15 +358,21 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
     )  # fmt: skip
     try:
         until(flag.exists, "rank 0 blocked in the middle of the checkpoint at step 6")
-        job.procs[1].send_signal(signal.SIGKILL)  # rank 1 waits for rank 0's broadcast
+        # training goes on while it is written: both ranks train steps 7 and 8, and rank 0
+        # reports step 8 (so it is at that boundary, past the step's gradient all_reduce)
+        until(lambda: all(len(job.steps(rank)) >= 7 for rank in range(2)), "step 7 on both")
+        until(lambda: rank_0_reported(8), "rank 0 at step 8's boundary")
+        job.procs[1].send_signal(signal.SIGKILL)
         job.procs[1].wait(timeout=DEADLINE)
-        flag.unlink()  # rank 0 finishes its save and meets the dead rank
+        flag.unlink()  # rank 0 finishes the save and meets the dead rank
         code, err = job.procs[0].wait(timeout=DEADLINE), job.procs[0].stderr
     finally:
         for proc in job.procs:
             if proc.poll() is None:
                 proc.kill()
-    assert code == 3
+    assert code == 3, err.read() if err else ""
+    # step 8's boundary waited for the save in flight: no rank got past it
+    assert [line["step"] for line in job.steps(0)] == list(range(1, 8))
     assert err is not None and "another rank has died" in err.read()
     # run.set(lr=0.02) called on every rank at step 3: one command, applied at once on both
     sets = [[line for line in job.lines(rank) if "set" in line] for rank in range(2)]
@@ -362,9 +387,12 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
         assert run.status == "crashed"
         assert "DistributedError" in (run.error or "")
         listed = opened.list_checkpoints(run.id)
-        # the blocked one too (it completed), and the one before run.set() at step 3
-        assert [(c.reason, c.step) for c in listed] == [
-            ("schedule", 2), ("change", 3), ("schedule", 4), ("schedule", 6)]  # fmt: skip
+        # the held one too (it completed), and the one before run.set() at step 3; step
+        # 8's when rank 1 died after the RNG gather of that boundary (rank 0 then saved it
+        # before its broadcast failed), not when it died before
+        got = [(c.reason, c.step) for c in listed]
+        assert got[:4] == [("schedule", 2), ("change", 3), ("schedule", 4), ("schedule", 6)]
+        assert got[4:] in ([], [("schedule", 8)])
         _every_listed_checkpoint_restores(opened, listed)
 
 
@@ -388,11 +416,15 @@ def test_killing_rank_0_ends_the_others_with_a_clear_error_and_they_mark_the_run
 ) -> None:
     """Rank 0 owns the run, so when it is the one SIGKILLed (its agreement in flight, as
     nearly always) nobody would record the end: rank 1 ends at once with a clear error and
-    records the crash itself. Every listed checkpoint restores."""
+    records the crash itself. Rank 0 dies in the middle of writing step 8's checkpoint on its
+    background thread (held there): that one is not listed, and every listed one restores."""
     store = f"sqlite:///{tmp_path / 'retune.db'}"
+    flag = tmp_path / "blocked.json"
     job = launch(tmp_path / "logs", store, "--epochs", "1000", "--every", "4", "--pace", "0.01",
-                 "--timeout", "60", cwd=tmp_path)  # fmt: skip
+                 "--timeout", "60", env={"RETUNE_TEST_BLOCK_SAVE": f"8:{flag}"},
+                 cwd=tmp_path)  # fmt: skip
     try:
+        until(flag.exists, "rank 0 in the middle of the checkpoint at step 8")
         until(lambda: len(job.steps(1)) >= 10, "ten steps on rank 1")
         job.procs[0].send_signal(signal.SIGKILL)
         job.procs[0].wait(timeout=DEADLINE)
@@ -418,7 +450,8 @@ def test_killing_rank_0_ends_the_others_with_a_clear_error_and_they_mark_the_run
         [event] = [e for e in opened.list_events(run.id) if e.kind == "crashed"]
         assert event.payload["rank"] == 1
         listed = opened.list_checkpoints(run.id)
-        assert listed and all(c.reason == "schedule" and c.step % 4 == 0 for c in listed)
+        # step 12's save waited for step 8's, which was never finished
+        assert [(c.reason, c.step) for c in listed] == [("schedule", 4)]
         _every_listed_checkpoint_restores(opened, listed)
 
 
