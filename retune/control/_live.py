@@ -121,9 +121,17 @@ class LiveTunables:
 
     # -- changing ---------------------------------------------------------------------------
     def set(
-        self, values: Mapping[str, Any], group: int | str | None = None, mode: str = "rescale"
+        self,
+        values: Mapping[str, Any],
+        group: int | str | None = None,
+        mode: str = "rescale",
+        *,
+        apply: bool = True,
     ) -> dict[str, Any]:
-        """Set absolute values; returns the diff ``{label: [old, new]}``."""
+        """Set absolute values; returns the diff ``{label: [old, new]}``. Raises
+        :class:`CommandRejected` with the reason, changing nothing. With ``apply=False``
+        nothing changes either way: every check but the setters' own, and the diff it would
+        make (a command checks this before it saves the checkpoint that precedes a change)."""
         changes: list[_Change] = []
         specs = self.specs
         for name, raw in values.items():
@@ -135,12 +143,18 @@ class LiveTunables:
                 if old is None:
                     raise CommandRejected(f"param group {index} has no {name}")
                 changes.append(_Change(spec, index, old, new))
-        return self._apply(changes, mode)
+        return self._apply(changes, mode, apply)
 
     def scale(
-        self, factors: Mapping[str, float], group: int | str | None = None, mode: str = "rescale"
+        self,
+        factors: Mapping[str, float],
+        group: int | str | None = None,
+        mode: str = "rescale",
+        *,
+        apply: bool = True,
     ) -> dict[str, Any]:
-        """Multiply values per group (so per-group ratios are kept); returns the diff."""
+        """Multiply values per group (so per-group ratios are kept); returns the diff. As
+        :meth:`set`, also for ``apply``."""
         changes: list[_Change] = []
         specs = self.specs
         indexes: list[int | None]
@@ -159,7 +173,7 @@ class LiveTunables:
                 old = self.read(spec, index)
                 new = [v * factor for v in old] if isinstance(old, list) else old * factor
                 changes.append(_Change(spec, index, old, self._validated(specs, name, new, None)))
-        return self._apply(changes, mode)
+        return self._apply(changes, mode, apply)
 
     @staticmethod
     def _validated(specs: list[TunableSpec], name: str, value: Any, group: Any) -> Any:
@@ -168,13 +182,15 @@ class LiveTunables:
         except InvalidArgument as e:
             raise CommandRejected(str(e)) from e
 
-    def _apply(self, changes: list[_Change], mode: str) -> dict[str, Any]:
+    def _apply(self, changes: list[_Change], mode: str, apply: bool = True) -> dict[str, Any]:
         if mode not in ("rescale", "constant"):
             raise CommandRejected(f"mode must be rescale or constant, got {mode!r}")
         by_key = self._scheduler_plan(changes)
         if self.scheduler is not None:
             for key, (_, factors) in by_key.items():
                 self.scheduler.check(key, mode, factors)
+        if not apply:
+            return self._diff(changes)
         done: list[_Change] = []
         try:
             for change in changes:

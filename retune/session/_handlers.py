@@ -46,13 +46,14 @@ def _change(session: TrainingSession, command: CommandRecord, kind: str) -> dict
     _not_while_exploring(session, kind)
     payload = command.payload
     group, mode = payload.get("group"), payload.get("mode", "rescale")
+    tunables = session.tunables
+    change = tunables.set if kind == "set" else tunables.scale
+    values = payload.get("values" if kind == "set" else "factors", {})
+    change(values, group, mode, apply=False)  # a rejection costs no checkpoint
     before = session.checkpointer.save("change")  # so that any change can be undone
     try:
-        if kind == "set":
-            diff = session.tunables.set(payload.get("values", {}), group, mode)
-        else:
-            diff = session.tunables.scale(payload.get("factors", {}), group, mode)
-    except CommandRejected:
+        diff = change(values, group, mode)
+    except CommandRejected:  # a setter refused (the values were put back)
         session.store.delete_checkpoints(session.id, [before.id])
         raise
     session.start_node(kind, diff, command.user)

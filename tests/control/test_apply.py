@@ -81,6 +81,36 @@ def test_rejected_set_changes_nothing(
     assert _snapshot(opt) == before
 
 
+@pytest.mark.parametrize("kind", ["SGD", "Adam(capturable)"])
+@pytest.mark.parametrize(("case", "values", "group", "reason"), REJECTIONS, ids=lambda x: x)
+def test_a_check_without_applying_rejects_alike(
+    kind: str, case: str, values: dict[str, Any], group: Any, reason: str
+) -> None:
+    opt = _make(kind)
+    if "eps" in values and kind == "SGD":
+        values = {"lr": 0.2, "momentum": 1.0}
+        reason = "momentum must be >= 0 and < 1, got 1"
+    before = _snapshot(opt)
+    with pytest.raises(CommandRejected, match=reason):
+        LiveTunables(opt).set(values, group, apply=False)
+    assert _snapshot(opt) == before
+
+
+@pytest.mark.parametrize("kind", list(OPTIMIZERS))
+def test_a_check_without_applying_returns_the_diff_and_changes_nothing(kind: str) -> None:
+    opt = _make(kind)
+    live, before = LiveTunables(opt), _snapshot(opt)
+    set_twin, scale_twin = _make(kind), _make(kind)
+    assert live.set({"lr": 0.3}, "head", apply=False) == LiveTunables(set_twin).set(
+        {"lr": 0.3}, "head"
+    )
+    assert live.scale({"lr": 0.5}, apply=False) == LiveTunables(scale_twin).scale({"lr": 0.5})
+    with pytest.raises(CommandRejected, match="mode must be rescale or constant"):
+        live.set({"lr": 0.3}, mode="sideways", apply=False)
+    assert _snapshot(opt) == before
+    assert _snapshot(set_twin) != before and _snapshot(scale_twin) != before
+
+
 @pytest.mark.parametrize("kind", ["Adam", "AdamW", "Adam(capturable)"])
 def test_a_beta_of_one_is_rejected(kind: str) -> None:
     opt = _make(kind)
