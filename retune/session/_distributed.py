@@ -350,6 +350,13 @@ class _ClusterRun(Run):
         if self.pipelined:
             self._agreement = self._cluster.agree_later(flags)
 
+    def _stop_checkpointed(self) -> None:
+        """Every rank leaves the stop together, once rank 0's stop checkpoint is listed (one
+        ``all_reduce``): a rank that exited first (with a signal's exit status) could make a
+        launcher such as torchrun kill rank 0 in the middle of writing it, and a resume would
+        then go back to an older checkpoint."""
+        self._cluster.agree([0])
+
     def finish(self, status: str = "finished", *, error: str | None = None) -> None:
         """As :meth:`Run.finish`, after the agreement in flight completes on every rank."""
         agreement, self._agreement = self._agreement, None

@@ -350,6 +350,7 @@ class Run:
                     self.checkpointer.save("stop")
                 except RetuneError as e:
                     log.warning("retune: no checkpoint at the stop (step %d): %s", self._step, e)
+            self._stop_checkpointed()
         signum, self._signal = self._signal, 0
         if signum:
             self.flags.stop_requested = True
@@ -360,6 +361,10 @@ class Run:
         if first and self.loop.iterating:
             return
         raise StopTraining(f"run {self.name} ({self.id}) stopped at step {self._step}")
+
+    def _stop_checkpointed(self) -> None:
+        """The stop's checkpoint is listed (or failed, and said so): a hook for the ranks of a
+        job, which wait for it together."""
 
     def _stop_at_boundary(self, signum: int) -> bool:
         """Called by the signal handler (main thread): stop at the next boundary. Returns True

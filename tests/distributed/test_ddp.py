@@ -330,6 +330,35 @@ def test_two_rank_stop_and_resume_gives_the_uninterrupted_losses_bit_for_bit(
     assert [node.change_kind for node in tree] == ["start", "resume"]
 
 
+@pytest.mark.slow
+def test_no_rank_leaves_a_stop_before_its_checkpoint_is_listed(tmp_path: Path) -> None:
+    """A SIGTERM to rank 1 alone stops every rank; rank 1 then exits with SIGTERM's status,
+    which makes a launcher such as torchrun kill the others. So no rank leaves the stop
+    before rank 0's stop checkpoint is listed: while it is held in the middle of its write,
+    rank 1 is still there; released, both end and the checkpoint is listed."""
+    store = f"sqlite:///{tmp_path / 'retune.db'}"
+    flag = tmp_path / "blocked.json"
+    job = launch(tmp_path / "logs", store, "--epochs", "1000", "--term-at", "5",
+                 "--pace", "0.02", env={"RETUNE_TEST_BLOCK_SAVE": f"1:{flag}"},
+                 cwd=tmp_path)  # fmt: skip
+    try:
+        until(flag.exists, "rank 0 in the middle of the stop checkpoint")
+        with pytest.raises(subprocess.TimeoutExpired):  # before: rank 1 exited at once
+            job.procs[1].wait(timeout=3)
+        flag.unlink()
+        exits = job.wait()
+    finally:
+        for proc in job.procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [code for code, _ in exits] == [0, 143], exits
+    with open_store(store, create=False) as opened:
+        (run,) = opened.list_runs()
+        assert run.status == "stopped"
+        ((reason, step),) = [(c.reason, c.step) for c in opened.list_checkpoints(run.id)]
+    assert reason == "stop" and step == job.steps(0)[-1]["step"]
+
+
 # -- a rank killed mid-training -------------------------------------------------------------
 
 
