@@ -21,10 +21,10 @@ from retune.cli._registry import (
 )
 from retune.control import Controller, parse_assignments
 from retune.control._parse import parse_group
-from retune.errors import InvalidArgument
+from retune.errors import InvalidArgument, RunInUse
 from retune.session._init import RESUME_FROM_ENV, RESUME_RUN_ENV
 from retune.session._snapshot import RunSnapshot, read_snapshot
-from retune.store import CheckpointRecord, Store
+from retune.store import CheckpointRecord, Store, in_use_message, is_live
 
 __all__ = ["COMMANDS"]
 
@@ -125,6 +125,8 @@ def _resume(args: argparse.Namespace, store: Store) -> int:
         ctl = Controller(store, args.run, source="cli")
         return report(args, ctl.continue_(wait=not args.no_wait, timeout=args.timeout))
     run = store.get_run(args.run)
+    if is_live(run):  # its retune.init would refuse it: say so here, and start nothing
+        raise RunInUse(in_use_message(run))
     checkpoint = resolve_checkpoint(store, run.id, args.target)
     print(f"retune: resuming {run.name} ({run.id}) from {checkpoint.label} at step "
           f"{checkpoint.step}: {' '.join(cmd)}", flush=True)  # fmt: skip

@@ -13,6 +13,7 @@ from retune.store._base import Store
 from retune.store._liveness import (
     STALE_AFTER,
     current_user,
+    in_use_message,
     is_live,
     is_stale,
     process_identity,
@@ -44,6 +45,7 @@ __all__ = [
     "RunRecord",
     "Store",
     "current_user",
+    "in_use_message",
     "is_live",
     "is_stale",
     "objects_url_for",

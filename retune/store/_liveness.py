@@ -20,7 +20,14 @@ from typing import Any
 
 from retune.store._records import LIVE_STATUSES, RunRecord
 
-__all__ = ["STALE_AFTER", "current_user", "is_live", "is_stale", "process_identity"]
+__all__ = [
+    "STALE_AFTER",
+    "current_user",
+    "in_use_message",
+    "is_live",
+    "is_stale",
+    "process_identity",
+]
 
 STALE_AFTER = 30.0
 """Seconds without a heartbeat after which a live run's process is considered gone."""
@@ -64,6 +71,20 @@ def _owner_gone(run: RunRecord) -> bool:
     except OSError:  # exists but is not ours (PermissionError), or cannot tell
         return False
     return False
+
+
+def in_use_message(run: RunRecord, now: float | None = None) -> str:
+    """Why a live run (:func:`is_live`) cannot be attached by another process: where it runs,
+    and what to do."""
+    process = run.meta.get("process") or run.meta.get("invocation") or {}
+    where = f"process {process.get('pid', '?')} on host {process.get('host', '?')}"
+    now = time.time() if now is None else now
+    age = now - (run.heartbeat_at or now)
+    return (
+        f"run {run.name} ({run.id}) is {run.status} in {where} (heartbeat {age:.0f}s ago);"
+        f" stop it first (`retune stop {run.id}`), or wait until its heartbeat is"
+        f" {STALE_AFTER:g}s old if that process is gone"
+    )
 
 
 def is_stale(run: RunRecord, now: float | None = None) -> bool:

@@ -51,7 +51,7 @@ from retune.errors import (
 )
 from retune.store import _migrate
 from retune.store._base import Store
-from retune.store._liveness import STALE_AFTER, is_live
+from retune.store._liveness import in_use_message, is_live
 from retune.store._records import (
     LIVE_STATUSES,
     MAX_TAGS,
@@ -611,7 +611,7 @@ class SqlStore(Store):
             current = self._run(row)
             now = time.time()
             if is_live(current, now):
-                raise RunInUse(self._in_use_message(current, now))
+                raise RunInUse(in_use_message(current, now))
             # compare-and-set: the row still is what was read (SQLite's BEGIN IMMEDIATE and
             # PostgreSQL's row lock already serialize attachers; this states the condition)
             attached = conn.execute(
@@ -648,17 +648,6 @@ class SqlStore(Store):
                 and_(commands.c.run_id == run_id, commands.c.status.in_(("pending", "applying")))
             )
             .values(status="rejected", reason=reason, resolved_at=now)
-        )
-
-    @staticmethod
-    def _in_use_message(run: RunRecord, now: float) -> str:
-        process = run.meta.get("process") or run.meta.get("invocation") or {}
-        where = f"process {process.get('pid', '?')} on host {process.get('host', '?')}"
-        age = now - (run.heartbeat_at or now)
-        return (
-            f"run {run.name} ({run.id}) is {run.status} in {where} (heartbeat {age:.0f}s ago);"
-            f" stop it first (`retune stop {run.id}`), or wait until its heartbeat is"
-            f" {STALE_AFTER:g}s old if that process is gone"
         )
 
     # -- nodes ------------------------------------------------------------------------------

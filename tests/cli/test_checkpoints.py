@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -113,6 +114,19 @@ def test_continue_unpauses_and_resume_without_a_command_is_its_alias(
     with open_store(store) as opened:
         kinds = [c.kind for c in opened.list_commands(opened.get_run(name).id)]
     assert kinds == ["pause", "continue", "pause", "continue"]
+
+
+def test_resume_of_a_live_run_is_refused_before_its_command_starts(
+    live_run: tuple[str, str], tmp_path: Path
+) -> None:
+    """Its ``retune.init`` would refuse the run (RunInUse): before, the command was started
+    anyway and died with that traceback."""
+    name, store = live_run
+    started = tmp_path / "started"
+    command = [sys.executable, "-c", f"open({str(started)!r}, 'w')"]
+    done = retune_cli("resume", name, "--store", store, "--", *command)
+    _one_line_error(done, "is running in process ")
+    assert "stop it first" in done.stderr and not started.exists()
 
 
 def test_tree_draws_every_node(finished: str) -> None:
