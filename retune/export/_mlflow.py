@@ -128,7 +128,7 @@ def _node_tags(record: RunRecord, node: NodeRecord) -> dict[str, str]:
         "retune.change_kind": node.change_kind,
         "retune.start_step": str(node.start_step),
         "retune.end_step": "" if node.end_step is None else str(node.end_step),
-        "retune.diff": diff_text(node.diff) or "(root)",
+        "retune.diff": diff_text(node.diff) or ("(root)" if node.parent is None else "(none)"),
         "retune.diff_json": _json.dumps(node.diff),
         "retune.info": _json.dumps(node.info),
     }

@@ -162,3 +162,27 @@ def test_bad_destinations_are_refused_before_anything_is_written(tmp_path: Path)
             export(store, run_id, "mlflow", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
                    experiment=" ")  # fmt: skip
     assert not (tmp_path / "m.db").exists()
+
+
+def test_a_change_without_new_values_is_not_tagged_as_the_root(tmp_path: Path) -> None:
+    """A resume, or a restore that sets nothing, has no diff but a parent: only n1 is the
+    root (both were tagged ``(root)`` before)."""
+    from mlflow.tracking import MlflowClient
+
+    from retune.store import open_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with open_store(f"sqlite:///{tmp_path / 'retune.db'}") as store:
+        run = store.create_run("plain", config={}, meta={}, tunables=[])
+        for parent, kind in ((None, "start"), (1, "restore"), (2, "resume")):
+            store.create_node(run.id, parent=parent, start_step=0, change_kind=kind,
+                              values={}, diff={}, created_by="u")  # fmt: skip
+        export(store, run.id, "mlflow", tracking_uri=uri, experiment="plain")
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("plain")
+    assert experiment is not None
+    tags = {
+        r.data.tags["retune.node"]: r.data.tags["retune.diff"]
+        for r in client.search_runs([experiment.experiment_id])
+    }
+    assert tags == {"n1": "(root)", "n2": "(none)", "n3": "(none)"}
