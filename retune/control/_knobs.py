@@ -18,6 +18,10 @@ class Knob:
     Either Retune holds the value (``Knob(name, initial)``) and the loop reads it, or it wraps
     ``get``/``set`` callables (a dropout module's ``p``, a loss weight in another object).
     Only the training thread changes it, at a step boundary, after validation.
+
+    ``bounds`` are ``(low, high)``, each a finite number or None; ``inclusive`` says whether
+    each bound itself is allowed (default both: ``(False, True)`` with ``(0, 1)`` is ``0 < x
+    <= 1``). Commands are checked against them when sent and again when applied.
     """
 
     def __init__(
@@ -28,6 +32,7 @@ class Knob:
         get: Callable[[], Any] | None = None,
         set: Callable[..., None] | None = None,
         bounds: tuple[float | None, float | None] = (None, None),
+        inclusive: tuple[bool, bool] = (True, True),
         kind: str | None = None,
         doc: str | None = "",
         modal: bool = False,
@@ -51,7 +56,24 @@ class Knob:
         current = get() if get is not None else initial
         inferred = kind or _infer_kind(name, current)
         low, high = _check_bounds(name, bounds)
-        self.spec = TunableSpec(name=name, kind=inferred, low=low, high=high, doc=doc)
+        if not (
+            isinstance(inclusive, (tuple, list))
+            and len(inclusive) == 2
+            and all(isinstance(flag, bool) for flag in inclusive)
+        ):
+            raise InvalidArgument(
+                f"tunable {name}: inclusive must be a pair of booleans (low, high), "
+                f"got {inclusive!r:.40}"
+            )
+        self.spec = TunableSpec(
+            name=name,
+            kind=inferred,
+            low=low,
+            high=high,
+            low_inclusive=inclusive[0],
+            high_inclusive=inclusive[1],
+            doc=doc,
+        )
         self._value = validate([self.spec], name, current)
 
     @property

@@ -190,11 +190,12 @@ class GuardRuntime:
         run = self.run
         bounds: dict[str, tuple[float | None, float | None]] = {
             "guard": (None, None),
-            "guard_spike": (1.0, None),
-            "guard_lr_factor": (0.0, 1.0),
+            "guard_spike": (1.0, None),  # above 1
+            "guard_lr_factor": (0.0, 1.0),  # above 0, at most 1
             "guard_max_attempts": (0, None),
             "guard_skip": (None, None),
         }
+        above_low = {"guard_spike", "guard_lr_factor"}
         docs = {
             "guard": "the guard is on",
             "guard_spike": "trigger above spike x the metric's level",
@@ -209,6 +210,7 @@ class GuardRuntime:
                     get=self._getter(attribute),
                     set=self._setter(name, attribute),
                     bounds=bounds[name],
+                    inclusive=(name not in above_low, True),
                     doc=docs[name],
                 )
             )
@@ -220,11 +222,7 @@ class GuardRuntime:
         return lambda: getattr(self, attribute)
 
     def _setter(self, name: str, attribute: str) -> Any:
-        def assign(value: Any) -> None:
-            if attribute == "spike" and float(value) <= 1.0:
-                raise InvalidArgument(f"{name} must be above 1, got {value}")
-            if attribute == "lr_factor" and float(value) <= 0.0:
-                raise InvalidArgument(f"{name} must be above 0, got {value}")
+        def assign(value: Any) -> None:  # validated against the knob's bounds already
             if attribute in ("enabled", "skip_batches"):
                 value = bool(value)
             elif attribute == "max_attempts":

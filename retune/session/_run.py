@@ -487,17 +487,19 @@ class Run:
         bounds: tuple[float | None, float | None] = (None, None),
         kind: str | None = None,
         doc: str = "",
+        inclusive: tuple[bool, bool] = (True, True),
     ) -> Knob:
         """Declare a knob commands may change; returns it (``knob.value`` is always current).
 
         ``run.tunable("clip_norm", 1.0, bounds=(0, None))`` holds the value (read it as
         ``run.hp.clip_norm``); ``run.tunable("dropout", get=..., set=..., bounds=(0, 1))``
-        wraps any getter/setter. Bounds are inclusive, numbers or None, low <= high; values
-        must be finite. A bad declaration raises ``InvalidArgument`` saying why.
+        wraps any getter/setter. Bounds are numbers or None, low <= high, inclusive unless
+        ``inclusive`` says otherwise (``inclusive=(False, True)``: above low, at most high);
+        values must be finite. A bad declaration raises ``InvalidArgument`` saying why.
         """
-        knob = self.tunables.add(
-            Knob(name, initial, get=get, set=set, bounds=bounds, kind=kind, doc=doc)
-        )
+        knob = Knob(name, initial, get=get, set=set, bounds=bounds, inclusive=inclusive,
+                    kind=kind, doc=doc)  # fmt: skip
+        self.tunables.add(knob)
         self._publish_tunables()
         return knob
 

@@ -207,3 +207,19 @@ def test_a_knob_s_doc_is_a_string_and_a_stored_null_doc_reads_as_empty() -> None
     with pytest.raises(InvalidArgument, match="doc must be a string"):
         Knob("dropout", 0.1, doc=5)  # type: ignore[arg-type]
     assert TunableSpec.from_dict({"name": "dropout", "kind": "float", "doc": None}).doc == ""
+
+
+def test_a_knob_s_bounds_may_exclude_their_ends() -> None:
+    from retune.control import Knob
+
+    factor = Knob("factor", 0.5, bounds=(0, 1), inclusive=(False, True))
+    assert factor.spec.describe_bounds() == "> 0 and <= 1"
+    assert validate([factor.spec], "factor", 1.0) == 1.0
+    with pytest.raises(InvalidArgument, match="factor must be > 0 and <= 1, got 0"):
+        validate([factor.spec], "factor", 0.0)
+    stored = TunableSpec.from_dict(factor.spec.to_dict())  # as a command is checked when sent
+    assert not stored.low_inclusive and stored.high_inclusive
+    with pytest.raises(InvalidArgument, match="must be > 0 and <= 1, got 0"):
+        Knob("factor", 0.0, bounds=(0, 1), inclusive=(False, True))  # the initial value too
+    with pytest.raises(InvalidArgument, match="inclusive must be a pair of booleans"):
+        Knob("factor", 0.5, bounds=(0, 1), inclusive=(0, 1))  # type: ignore[arg-type]

@@ -325,6 +325,14 @@ def test_guard_commands_are_checked_when_sent(store_url: str) -> None:
             ctl.guard("set", speed=2)
         with pytest.raises(CommandRejected, match="guard_spike"):
             ctl.guard("set", spike=-1)
+        # the bounds the guard needs are exclusive: refused when sent, not first by the run
+        with pytest.raises(CommandRejected, match="guard_spike must be > 1, got 1"):
+            ctl.guard("set", spike=1)
+        with pytest.raises(CommandRejected, match="guard_spike must be > 1, got 1"):
+            ctl.set(guard_spike=1.0)
+        with pytest.raises(CommandRejected, match="guard_lr_factor must be > 0 and <= 1, got 0"):
+            ctl.set(guard_lr_factor=0.0)
+        assert [c.status for c in run.store.list_commands(run.id)][-3:] == ["rejected"] * 3
         with pytest.raises(CommandRejected, match="no recovery to veto"):
             run._applier.apply_now(run, ctl.guard("veto"))
         applied = run._applier.apply_now(run, ctl.guard("set", spike=5, lr_factor=0.25))
