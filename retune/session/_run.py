@@ -505,9 +505,13 @@ class Run:
 
     def _publish_tunables(self) -> None:
         """Store the declared tunables with their values, so commands are validated against
-        them (a rank other than 0 of a distributed job records nothing: rank 0 does)."""
+        them, and a knob declared after the current node began among the node's values (its
+        value at the node's start: the start node of ``retune.init`` then ``run.tunable``
+        records it too). A rank other than 0 of a distributed job records nothing: rank 0
+        does."""
         self._live_records = self.tunables.records()
         self.store.update_run(self.id, tunables=self._live_records)
+        self.store.add_node_values(self.id, self._node, self.tunables.values())
 
     def tune_dropout(self, model: Any, name: str = "dropout") -> Knob:
         """One knob ``name`` for the ``p`` of every ``nn.Dropout*`` module of ``model``.

@@ -174,6 +174,16 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def add_node_values(self, run_id: str, node: int, values: dict[str, Any]) -> NodeRecord:
+        """Add to the node's ``values`` those of ``values`` it does not record yet, atomically;
+        the ones it records stay as they are. For a knob declared after its node began: knobs
+        change only by commands, which open nodes, so its value then is its value at the
+        node's start.
+
+        Raises ``NodeNotFound`` when the run or node does not exist.
+        """
+
+    @abstractmethod
     def end_node(self, run_id: str, node: int, end_step: int) -> None:
         """Close an open node at ``end_step``; a node already closed is left unchanged."""
 

@@ -718,6 +718,20 @@ class SqlStore(Store):
             row = conn.execute(select(nodes).where(where)).one()
         return self._node(row)
 
+    def add_node_values(self, run_id: str, node: int, values: dict[str, Any]) -> NodeRecord:
+        where = and_(nodes.c.run_id == run_id, nodes.c.id == node)
+        with self._tx(write=True, run_id=run_id) as conn:
+            self._lock_run(conn, run_id)
+            current = conn.execute(select(nodes.c["values"]).where(where)).one_or_none()
+            if current is None:
+                raise NodeNotFound(f"run {run_id} has no node n{node}")
+            recorded = current[0] or {}
+            missing = {k: v for k, v in _json.jsonable(values).items() if k not in recorded}
+            if missing:
+                conn.execute(update(nodes).where(where).values(values={**recorded, **missing}))
+            row = conn.execute(select(nodes).where(where)).one()
+        return self._node(row)
+
     def end_node(self, run_id: str, node: int, end_step: int) -> None:
         with self._tx(write=True) as conn:
             conn.execute(

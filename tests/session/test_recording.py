@@ -190,3 +190,31 @@ def test_git_commit_and_dirty_flag_of_the_script_repository(tmp_path: Path) -> N
     script.write_text(script.read_text() + "# edited\n")
     subprocess.run([sys.executable, str(script), store], cwd=tmp_path, check=True)
     assert retune.load("git", store=store).meta["git"]["dirty"] is True
+
+
+def test_knobs_declared_after_init_are_among_every_node_s_values(store_url: str) -> None:
+    """``retune.init`` opens the start (or resume) node before the script declares its
+    knobs: their values join that node's, so ``compare`` and the exports do not show them as
+    differences between nodes (they showed ``None`` on the start and resume nodes)."""
+    from retune.store import open_store
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with retune.init("knobs", model=model, optimizer=opt, store=store_url) as run:
+        run.tunable("clip_norm", 1.0, bounds=(0, None))
+        run.step(loss=1.0)
+        run.set(lr=0.05)
+        run.step(loss=0.5)
+    with retune.init("knobs", model=model, optimizer=opt, store=store_url,
+                     resume="latest") as resumed:  # fmt: skip
+        assert resumed.id == run.id
+        resumed.tunable("clip_norm", 1.0, bounds=(0, None))
+        resumed.tunable("warmup", 3, bounds=(0, None))  # new in the resumed script
+        resumed.step(loss=0.4)
+    with open_store(store_url, create=False) as store:
+        nodes = store.list_nodes(run.id)
+    assert [(n.change_kind, n.values["clip_norm"]) for n in nodes] == [
+        ("start", 1.0), ("set", 1.0), ("resume", 1.0)]  # fmt: skip
+    # the resume goes back to the latest checkpoint: the one before the set, lr 0.1
+    assert [n.values["lr"] for n in nodes] == [[0.1], [0.05], [0.1]]
+    assert "warmup" not in nodes[0].values and nodes[2].values["warmup"] == 3

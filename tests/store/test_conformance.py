@@ -606,3 +606,16 @@ def test_node_info_is_stored_and_merged(store: Store) -> None:
     assert store.list_nodes(run_id)[1].info == merged.info
     with pytest.raises(NodeNotFound):
         store.update_node_info(run_id, 99, {"x": 1})
+
+
+def test_add_node_values_adds_only_what_the_node_does_not_record(store: Store) -> None:
+    run_id = _run_with_root(store)
+    node = store.create_node(run_id, parent=1, start_step=5, change_kind="set",
+                             values={"lr": 0.1}, diff={"lr": [0.2, 0.1]}, created_by="u")  # fmt: skip
+    added = store.add_node_values(run_id, node.id, {"lr": 0.5, "clip": 1.0, "betas": (0.9, 0.99)})
+    assert added.values == {"lr": 0.1, "clip": 1.0, "betas": [0.9, 0.99]}  # lr kept
+    assert store.list_nodes(run_id)[1].values == added.values
+    assert store.list_nodes(run_id)[0].values == {}
+    assert store.add_node_values(run_id, node.id, {"clip": 2.0}).values == added.values
+    with pytest.raises(NodeNotFound):
+        store.add_node_values(run_id, 99, {"x": 1})
