@@ -47,6 +47,16 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
+def size(nbytes: int) -> str:
+    """``nbytes`` for people: ``812 B``, ``3.4 kB``, ``202 MB``, ``1.2 GB`` (powers of 1000)."""
+    value, unit = float(nbytes), "B"
+    for bigger in ("kB", "MB", "GB", "TB"):
+        if abs(value) < 999.5:
+            break
+        value, unit = value / 1000, bigger
+    return f"{value:.0f} {unit}" if unit == "B" or value >= 99.5 else f"{value:.1f} {unit}"
+
+
 def timestamp(epoch: float | None) -> str:
     """Local time, ``YYYY-MM-DD HH:MM:SS``; ``-`` when unknown."""
     if epoch is None:

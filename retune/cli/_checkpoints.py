@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from retune._files import write_text_file
-from retune._format import diff_text, draw_tree
+from retune._format import diff_text, draw_tree, size, table, timestamp
 from retune.checkpoint import resolve_checkpoint
 from retune.cli._control import report
 from retune.cli._registry import (
@@ -137,6 +137,27 @@ def _resume(args: argparse.Namespace, store: Store) -> int:
         return subprocess.call(cmd, env=env)
     except OSError as e:
         raise InvalidArgument(f"cannot run {cmd[0]!r}: {e}") from e
+
+
+@COMMANDS.command(
+    "checkpoints", "a run's listed checkpoints: label, step, node, why, tag, size", run_arg
+)
+def _checkpoints(args: argparse.Namespace, store: Store) -> int:
+    """Every checkpoint the run lists (each restorable: complete and durable), oldest first."""
+    run = store.get_run(args.run)
+    listed = store.list_checkpoints(run.id)
+    if args.json:
+        emit_json([{"label": c.label, "step": c.step, "node": f"n{c.node}", "reason": c.reason,
+                    "tag": c.tag, "nbytes": c.nbytes, "created_at": c.created_at}
+                   for c in listed])  # fmt: skip
+        return 0
+    if not listed:
+        print(f"no checkpoints listed for {run.name} ({run.id})")
+        return 0
+    rows = [[c.label, str(c.step), f"n{c.node}", c.reason, c.tag or "", size(c.nbytes),
+             timestamp(c.created_at)] for c in listed]  # fmt: skip
+    print(table(["CHECKPOINT", "STEP", "NODE", "WHY", "TAG", "SIZE", "CREATED"], rows))
+    return 0
 
 
 def picture_args(p: argparse.ArgumentParser) -> None:

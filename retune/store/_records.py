@@ -182,7 +182,7 @@ class CheckpointRecord:
     step: int
     tag: str | None
     reason: str
-    manifest: dict[str, Any]
+    manifest: dict[str, Any] = field(repr=False)  # every blob and the RNG state: kilobytes
     nbytes: int
     created_at: float
 

@@ -129,6 +129,30 @@ def test_resume_of_a_live_run_is_refused_before_its_command_starts(
     assert "stop it first" in done.stderr and not started.exists()
 
 
+def test_checkpoints_lists_every_listed_checkpoint(finished: str, tmp_path: Path) -> None:
+    done = retune_cli("checkpoints", "done", "--store", finished)
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == ["CHECKPOINT", "STEP", "NODE", "WHY", "TAG", "SIZE", "CREATED"]
+    assert [row.split()[:4] for row in rows] == [
+        ["c1", "10", "n1", "schedule"], ["c2", "20", "n1", "schedule"],
+        ["c3", "30", "n1", "schedule"]]  # fmt: skip
+    assert all(" kB " in row for row in rows)  # a Linear(3, 1), the RNG state: kilobytes
+    listed = json.loads(retune_cli("checkpoints", "done", "--store", finished, "--json").stdout)
+    with open_store(finished) as store:
+        records = store.list_checkpoints(store.get_run("done").id)
+    assert listed == [{"label": c.label, "step": c.step, "node": "n1", "reason": "schedule",
+                       "tag": None, "nbytes": c.nbytes, "created_at": c.created_at}
+                      for c in records]  # fmt: skip
+    assert "manifest" not in repr(records[0])  # a record prints short
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    with retune.init("none", store=empty):
+        pass
+    none = retune_cli("checkpoints", "none", "--store", empty)
+    assert none.returncode == 0 and none.stdout.startswith("no checkpoints listed for none")
+    _one_line_error(retune_cli("checkpoints", "nope", "--store", finished), "no run")
+
+
 def test_tree_draws_every_node(finished: str) -> None:
     done = retune_cli("tree", "done", "--store", finished)
     assert done.returncode == 0
