@@ -149,6 +149,10 @@ def _get(args: argparse.Namespace, store: Store) -> int:
 
 
 def _bounds(entry: dict[str, Any]) -> str:
+    if entry.get("kind") == "bool":
+        return "true or false"
+    if entry.get("kind") == "str":
+        return "any text"
     low, high = entry.get("low"), entry.get("high")
     left = "(-inf" if low is None else f"{'[' if entry.get('low_inclusive') else '('}{low:g}"
     right = "inf)" if high is None else f"{high:g}{']' if entry.get('high_inclusive') else ')'}"

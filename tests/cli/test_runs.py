@@ -85,6 +85,8 @@ def test_metrics_table_csv_json_and_downsampling(recorded: str, capsys) -> None:
 def test_get_and_changes(recorded: str, capsys) -> None:
     code, out, _ = _run(capsys, "get", "cli-run", "--store", recorded)
     assert code == 0 and "momentum" in out and "[0, 1)" in out
+    (nesterov,) = [line for line in out.splitlines() if line.startswith("nesterov")]
+    assert nesterov.endswith("true or false")  # not "any finite"
     _, out, _ = _run(capsys, "get", "cli-run", "--store", recorded, "--json")
     assert json.loads(out)["lr"] == [0.1]
     _, out, _ = _run(capsys, "changes", "cli-run", "--store", recorded)
