@@ -218,3 +218,7 @@ def test_knobs_declared_after_init_are_among_every_node_s_values(store_url: str)
     # the resume goes back to the latest checkpoint: the one before the set, lr 0.1
     assert [n.values["lr"] for n in nodes] == [[0.1], [0.05], [0.1]]
     assert "warmup" not in nodes[0].values and nodes[2].values["warmup"] == 3
+    with retune.init("guarded", store=store_url, guard=True) as guarded:  # its knobs too
+        guarded.step(loss=1.0)
+        (start,) = guarded.store.list_nodes(guarded.id)
+    assert start.values["guard_spike"] == 3.0 and start.values["guard"] is True
