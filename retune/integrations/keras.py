@@ -288,7 +288,7 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
                 knob = Knob(name, get=get, set=set_, bounds=bounds, kind="float")
             self.run.tunables.add(knob)
-        self.run.store.update_run(self.run.id, tunables=self.run.tunables.records())
+        self.run.publish_tunables()  # and their values on the node training now
 
     def _learning_rate_knob(self, bounds: tuple[float | None, float | None]) -> Any:
         from retune.control import Knob

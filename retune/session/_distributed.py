@@ -659,7 +659,7 @@ class RankRun(_ClusterRun):
         if self._per_rank:
             Run.log(self, tagged)
 
-    def _publish_tunables(self) -> None:
+    def publish_tunables(self) -> None:
         """Rank 0 records the knobs every rank declares; this rank only applies them."""
 
     def _mark_ended(self, status: str, error: str | None) -> None:

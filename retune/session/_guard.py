@@ -215,8 +215,7 @@ class GuardRuntime:
                 )
             )
         if record:  # as run.tunable() does: the knobs, and their values on the current node
-            run.store.update_run(run.id, tunables=run.tunables.records())
-            run.store.add_node_values(run.id, run.node, run.tunables.values())
+            run.publish_tunables()
         run.add_state(_PART, self._capture, self._load)
 
     def _getter(self, attribute: str) -> Any:

@@ -124,3 +124,6 @@ class TrainingSession(StatefulRun, Protocol):
 
     def load_state(self, state: Any) -> None:
         """Put a decoded checkpoint state into the live model, optimizer, RNG and loop."""
+
+    def publish_tunables(self) -> None:
+        """Store the declared tunables, and their values on the current node."""

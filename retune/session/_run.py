@@ -500,15 +500,16 @@ class Run:
         knob = Knob(name, initial, get=get, set=set, bounds=bounds, inclusive=inclusive,
                     kind=kind, doc=doc)  # fmt: skip
         self.tunables.add(knob)
-        self._publish_tunables()
+        self.publish_tunables()
         return knob
 
-    def _publish_tunables(self) -> None:
+    def publish_tunables(self) -> None:
         """Store the declared tunables with their values, so commands are validated against
         them, and a knob declared after the current node began among the node's values (its
         value at the node's start: the start node of ``retune.init`` then ``run.tunable``
-        records it too). A rank other than 0 of a distributed job records nothing: rank 0
-        does."""
+        records it too). ``run.tunable()`` calls it; call it after adding knobs with
+        ``run.tunables.add()`` (integrations do). A rank other than 0 of a distributed job
+        records nothing: rank 0 does."""
         self._live_records = self.tunables.records()
         self.store.update_run(self.id, tunables=self._live_records)
         self.store.add_node_values(self.id, self._node, self.tunables.values())

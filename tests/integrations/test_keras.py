@@ -241,6 +241,9 @@ def test_logged_losses_are_per_batch_values_not_running_means(
     assert [layer["class"] for layer in meta["model"]["layers"]][-2:] == ["Dense", "Dense"]
     assert meta["optimizer"]["config"]["name"] == "adam"
     assert meta["framework"]["name"] == "keras"
+    # the optimizer's knobs, declared once fit starts, are among the start node's values
+    (start,) = snap.tree()
+    assert start.values["learning_rate"] == 0.0 and "beta_1" in start.values
 
 
 def test_gradient_accumulation_records_one_step_per_optimizer_step(store_url: str) -> None:
