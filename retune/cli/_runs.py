@@ -85,12 +85,18 @@ def _describe(run: RunRecord, last: dict[str, tuple[int, float]]) -> list[str]:
         dirty = " (dirty)" if git.get("dirty") else ""
         lines.append(f"git        {git.get('commit')}{dirty} {git.get('root')}")
     if model := meta.get("model"):
-        lines.append(f"model      {model['class']}  {model['parameters']:,} parameters")
+        count = model.get("parameters")
+        params = f"  {count:,} parameters" if isinstance(count, int) else ""
+        lines.append(f"model      {model.get('class', '?')}{params}")
     if opt := meta.get("optimizer"):
-        lines.append(f"optimizer  {opt['class']}")
-        for i, group in enumerate(opt["param_groups"]):
+        lines.append(f"optimizer  {opt.get('class', '?')}")
+        for i, group in enumerate(opt.get("param_groups") or []):  # torch
             hp = "  ".join(f"{k}={number(v)}" for k, v in sorted(group["hyperparameters"].items()))
             lines.append(f"  group {i}  {hp}")
+        config = opt.get("config")  # Keras: the optimizer's get_config(), its plain settings
+        if isinstance(config, dict):
+            plain = {k: v for k, v in config.items() if k != "name" and not isinstance(v, dict)}
+            lines.append("  " + "  ".join(f"{k}={number(v)}" for k, v in sorted(plain.items())))
     if sched := meta.get("scheduler"):
         lines.append(f"scheduler  {sched['class']}")
     if run.tunables:

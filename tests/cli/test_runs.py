@@ -69,6 +69,28 @@ def test_show_has_config_hyperparameters_and_last_metrics(recorded: str, capsys)
     assert data["run"]["config"] == {"bs": 8} and data["nodes"][0]["end_step"] == 11
 
 
+def test_show_reads_a_keras_run_s_optimizer_summary(store_url: str, capsys) -> None:
+    """Keras records its optimizer as ``{class, config}`` (no torch param groups): ``show``
+    failed with a KeyError traceback on every Keras run."""
+    meta = {
+        "model": {"class": "keras.src.models.sequential.Sequential", "parameters": 1201},
+        "optimizer": {
+            "class": "keras.src.optimizers.adam.Adam",
+            "config": {"name": "adam", "learning_rate": 0.001, "beta_1": 0.9, "amsgrad": False,
+                       "weight_decay": None, "ema_momentum": 0.99,
+                       "loss_scale": {"class_name": "x"}},
+        },
+    }  # fmt: skip
+    with retune.init("keras-run", store=store_url, meta=meta) as run:
+        run.step(loss=1.0)
+    code, out, err = _run(capsys, "show", "keras-run", "--store", store_url)
+    assert code == 0, err
+    assert "model      keras.src.models.sequential.Sequential  1,201 parameters" in out
+    assert "optimizer  keras.src.optimizers.adam.Adam" in out
+    assert "  amsgrad=False  beta_1=0.9  ema_momentum=0.99  learning_rate=0.001" in out
+    assert "weight_decay=None" in out and "loss_scale" not in out
+
+
 def test_metrics_table_csv_json_and_downsampling(recorded: str, capsys) -> None:
     code, out, _ = _run(capsys, "metrics", "cli-run", "loss", "--store", recorded, "--csv")
     assert code == 0
