@@ -13,6 +13,11 @@ there) and raises ``SystemExit(143)`` for SIGTERM or ``KeyboardInterrupt`` for C
 boundary comes within :data:`GRACE_SECONDS`, or the signal comes again, it interrupts at once
 (no stop checkpoint then). With no such run open, signals act as they always do.
 
+While a run records its end (:func:`ending`: the last metrics and its status), a first
+SIGTERM or Ctrl-C waits until that is written, then acts as above; a second one interrupts at
+once. (A launcher such as torchrun terminates the other ranks the moment one dies: a rank
+recording the crash must not be cut off in the middle of it.)
+
 A thread that dies of an exception (``threading.excepthook``) ends the runs it was training
 as ``crashed`` with its traceback.
 """
@@ -24,13 +29,22 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Protocol
 
 from retune.errors import StopTraining
 
-__all__ = ["GRACE_SECONDS", "cancel_grace", "retry_at_exit", "terminated", "track", "untrack"]
+__all__ = [
+    "GRACE_SECONDS",
+    "cancel_grace",
+    "ending",
+    "retry_at_exit",
+    "terminated",
+    "track",
+    "untrack",
+]
 
 GRACE_SECONDS = 10.0
 """How long a first SIGTERM / Ctrl-C waits for a step boundary before it interrupts at once."""
@@ -56,6 +70,8 @@ _terminated: list[int] = []
 _signalled: list[int] = []
 _grace: list[threading.Timer] = []
 _retries: list[Callable[[], None]] = []
+_ending: list[object] = []  # one entry per run recording its end now
+_held: list[int] = []  # the signal that came meanwhile
 
 
 def _excepthook(
@@ -95,6 +111,10 @@ def terminated() -> bool:
 
 def _on_signal(signum: int, _frame: object) -> None:
     """SIGTERM (a scheduler, ``kill``) or Ctrl-C: stop cleanly at the next step boundary."""
+    with _lock:
+        if _ending and not _held:  # a run is recording its end: act once it is written
+            _held.append(signum)
+            return
     if signum == signal.SIGTERM:
         _terminated.append(signum)
     first = not _signalled
@@ -118,6 +138,25 @@ def _on_signal(signum: int, _frame: object) -> None:
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
+
+
+@contextmanager
+def ending() -> Iterator[None]:
+    """Around the writes that record a run's end: a first SIGTERM or Ctrl-C that arrives
+    meanwhile is held, and delivered again once the last such section is left."""
+    token = object()
+    with _lock:
+        _ending.append(token)
+    try:
+        yield
+    finally:
+        with _lock:
+            _ending.remove(token)
+            held = _held[:1] if not _ending else []
+            if held:
+                _held.clear()
+        if held:
+            signal.raise_signal(held[0])  # its handler runs again, now that the end is written
 
 
 def _signal_main_thread(signum: int) -> None:

@@ -789,6 +789,11 @@ class Run:
             status = "stopped"
         self._release()
         self.checkpointer.close()  # the save in flight is listed (or recorded failed) first
+        with _lifecycle.ending():  # a signal now waits until the end is written
+            self._record_end(status, error)
+
+    def _record_end(self, status: str, error: str | None) -> None:
+        """The writes of :meth:`finish`: the last metrics, then how the run ended."""
         lost: RetuneError | None = None
         try:
             self._writer.close()

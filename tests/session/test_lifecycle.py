@@ -122,3 +122,32 @@ def test_sys_exit_inside_the_context_manager_is_what_its_code_says(
         assert snap.run.error is None
     else:
         assert snap.run.error is not None and error in snap.run.error
+
+
+@pytest.mark.parametrize("times", [1, 2], ids=["once", "twice"])
+def test_a_sigterm_while_the_end_is_written_waits_for_it(tmp_path: Path, times: int) -> None:
+    """A launcher (torchrun) terminates the other ranks the moment one dies, often while a
+    rank records the crash: the first SIGTERM waits until the end is written, then ends the
+    process with 143 (before, the run stayed ``running`` with no reason). A second one
+    interrupts at once, as the module promises."""
+    done, store = _script(
+        tmp_path,
+        "import os, signal\n"
+        "with retune.init('ending', store=store) as run:\n"
+        "    run.step(loss=1.0)\n"
+        "    real = run.store.update_run\n"
+        "    def update_run(run_id, **fields):\n"
+        "        if 'status' in fields:  # terminated as it records the end\n"
+        f"            for _ in range({times}):\n"
+        "                os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        return real(run_id, **fields)\n"
+        "    run.store.update_run = update_run\n"
+        "    raise RuntimeError('rank 0 died')\n",
+    )
+    assert done.returncode == 143, done.stderr
+    snap = retune.load("ending", store=store)
+    if times == 1:
+        assert snap.status == "crashed" and "RuntimeError: rank 0 died" in (snap.run.error or "")
+        assert snap.nodes[0].end_step == 1
+    else:
+        assert snap.status == "running"  # interrupted at once: shown stale once it ages
