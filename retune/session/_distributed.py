@@ -673,13 +673,16 @@ class RankRun(_ClusterRun):
         rank = self._cluster.rank
         reason = f"rank {rank} crashed: {error or 'no reason given'}"
         try:
-            self.store.update_run(
+            recorded = self.store.update_run(
                 self.id,
                 status="crashed",
                 ended_at=time.time(),
+                step=self._step,  # the job's step: rank 0's last flush may be behind it
                 error=reason,
                 unless_status={"crashed"},
             )
+            if recorded:  # the first end recorded: close the node as rank 0 would have
+                self.store.end_node(self.id, self._node, self._step)
             self.store.add_event(
                 self.id, "crashed", {"error": reason, "rank": rank}, node=self._node,
                 step=self._step,

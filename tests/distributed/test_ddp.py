@@ -478,6 +478,9 @@ def test_killing_rank_0_ends_the_others_with_a_clear_error_and_they_mark_the_run
         assert ("DistributedError" if code == 3 else "RuntimeError") in error
         [event] = [e for e in opened.list_events(run.id) if e.kind == "crashed"]
         assert event.payload["rank"] == 1
+        # the node is closed at the step rank 1 reached, the run's step with it
+        [node] = opened.list_nodes(run.id)
+        assert node.end_step == run.step == event.step and run.step >= 10
         listed = opened.list_checkpoints(run.id)
         # step 12's save waited for step 8's, which was never finished
         assert [(c.reason, c.step) for c in listed] == [("schedule", 4)]
