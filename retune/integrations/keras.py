@@ -32,7 +32,6 @@ checkpoints are the shared core):
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Mapping
@@ -69,20 +68,25 @@ from retune import _json  # noqa: E402
 
 __all__ = ["RetuneCallback", "RetuneSchedule", "batch_values"]
 
-_BELOW_ONE = math.nextafter(1.0, 0.0)
-
-# the optimizer attributes Retune can change live, with their valid (inclusive) ranges
+# the optimizer attributes Retune can change live, with their valid ranges (inclusive unless
+# _EXCLUDED says an end is not: beta_1 in [0, 1), epsilon > 0, as torch's own bounds)
 _HYPERPARAMETERS: dict[str, tuple[float | None, float | None]] = {
     "learning_rate": (0.0, None),
-    "beta_1": (0.0, _BELOW_ONE),
-    "beta_2": (0.0, _BELOW_ONE),
+    "beta_1": (0.0, 1.0),
+    "beta_2": (0.0, 1.0),
     "weight_decay": (0.0, None),
     "momentum": (0.0, 1.0),
-    "rho": (0.0, _BELOW_ONE),
+    "rho": (0.0, 1.0),
     "epsilon": (0.0, None),
     "clipnorm": (0.0, None),
     "global_clipnorm": (0.0, None),
     "clipvalue": (0.0, None),
+}
+_EXCLUDED: dict[str, tuple[bool, bool]] = {
+    "beta_1": (True, False),
+    "beta_2": (True, False),
+    "rho": (True, False),
+    "epsilon": (False, True),
 }
 
 
@@ -286,7 +290,8 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 def set_(value: float, name: str = name) -> None:
                     setattr(self._optimizer, name, float(value))
 
-                knob = Knob(name, get=get, set=set_, bounds=bounds, kind="float")
+                knob = Knob(name, get=get, set=set_, bounds=bounds, kind="float",
+                            inclusive=_EXCLUDED.get(name, (True, True)))  # fmt: skip
             self.run.tunables.add(knob)
         self.run.publish_tunables()  # and their values on the node training now
 

@@ -274,8 +274,8 @@ def test_live_commands_from_another_process(store_url: str) -> None:
             assert hps[step - 1] == pytest.approx((0.01, 0.9))
             with pytest.raises(CommandRejected, match="learning_rate must be >= 0"):
                 ctl.set(learning_rate=-1.0, wait=True, timeout=TIMEOUT)
-            with pytest.raises(CommandRejected, match="beta_1"):
-                ctl.set(beta_1=1.0, wait=True, timeout=TIMEOUT)  # beta in [0, 1)
+            with pytest.raises(CommandRejected, match=r"beta_1 must be >= 0 and < 1, got 1"):
+                ctl.set(beta_1=1.0, wait=True, timeout=TIMEOUT)  # beta in [0, 1), said so
             rejected = [c for c in ctl.history() if c.status == "rejected"]
             assert len(rejected) == 2  # recorded in the audit
             trainer.wait_step(step + 3)  # still training
