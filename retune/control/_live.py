@@ -105,6 +105,13 @@ class LiveTunables:
         self._knob_values = {name: current[name] for name in self.knobs}
         return [{**spec.to_dict(), "value": current[spec.name]} for spec in self.specs]
 
+    def observe(self, name: str, value: Any) -> None:
+        """The value knob ``name`` has now, as the training thread just read it: what
+        :meth:`live_records` shows for it until the next call (for a knob that moves by
+        itself, such as a learning-rate schedule; other knobs change only by commands)."""
+        if name in self.knobs:
+            self._knob_values[name] = _plain(value)
+
     def live_records(self) -> list[dict[str, Any]]:
         """Like :meth:`records`, safe to call off the training thread: optimizer values are
         read live (a scheduler moves lr every step); user knobs, which change only through

@@ -477,7 +477,8 @@ class RetuneCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if _is_number(value) and name not in after
         }
         values.update(batch_values(self._before, after))
-        values["learning_rate"] = self._current_lr()  # the value the next step will use
+        values["learning_rate"] = lr = self._current_lr()  # the value the next step will use
+        self.run.tunables.observe("learning_rate", lr)  # retune get shows a schedule move
         self._before = after
         try:
             self.run.step(values)

@@ -318,6 +318,11 @@ def test_a_schedule_gets_rescale_and_constant_and_a_zero_schedule_rejects_rescal
             ratio = hps[step + 10][0] / hps[step][0]
             assert ratio == pytest.approx(0.9, rel=1e-4)
             assert hps[step][0] == pytest.approx(0.02, rel=1e-5)
+            # what retune get shows follows the schedule (it stayed at 0.02 before)
+            deadline = time.monotonic() + TIMEOUT
+            while ctl.values()["learning_rate"] > 0.0199:
+                assert time.monotonic() < deadline, "retune get never showed the schedule move"
+                time.sleep(0.05)
             const = ctl.set(learning_rate=0.003, mode="constant", wait=True, timeout=TIMEOUT)
             assert const.status == "applied", const.reason
             cstep = const.applied_step or 0
