@@ -12,6 +12,7 @@ The only Retune line is ``callbacks=[RetuneCallback("hf-tiny", ...)]``.
 
 from __future__ import annotations
 
+import argparse
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,6 +38,10 @@ class Counting(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--store", default=None, help="store URL (default $RETUNE_STORE or "
+                        "./.retune/retune.db)")  # fmt: skip
+    store = parser.parse_args().store
     set_seed(0)
     config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2)
     model = GPT2LMHeadModel(config)
@@ -58,7 +63,7 @@ def main() -> None:
         model=model,
         args=args,
         train_dataset=Counting(),
-        callbacks=[RetuneCallback("hf-tiny", checkpoint_every_n_steps=50)],
+        callbacks=[RetuneCallback("hf-tiny", checkpoint_every_n_steps=50, store=store)],
     )
     trainer.train()
 

@@ -28,6 +28,8 @@ from retune.integrations.keras import RetuneCallback
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--store", default=None, help="store URL (default $RETUNE_STORE or "
+                        "./.retune/retune.db)")  # fmt: skip
     parser.add_argument("--ui", action="store_true", help="serve the dashboard")
     args = parser.parse_args()
 
@@ -56,6 +58,7 @@ def main() -> None:
         model=model,
         config={"epochs": args.epochs, "hidden": 128, "dropout": 0.2},
         checkpoint_every_n_epochs=1,
+        store=args.store,
         ui=args.ui,
     )
     model.fit(
