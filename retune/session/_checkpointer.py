@@ -64,7 +64,8 @@ __all__ = ["WHEN_BUSY", "CheckpointPolicy", "Checkpointer", "PendingCheckpoint"]
 
 log = logging.getLogger("retune")
 
-KEPT_REASONS = frozenset({"change", "user", "command", "explore"})
+BRANCHED_FROM_A_CHECKPOINT = frozenset({"restore", "resume", "explore", "guard"})
+"""The kinds of node that start from a loaded checkpoint (their parent's, at their start)."""
 WHEN_BUSY = ("wait", "skip")
 """What a background save due while another is in flight does."""
 
@@ -382,6 +383,9 @@ class Checkpointer:
         return objects
 
     def _prune(self) -> None:
+        """Delete the scheduled checkpoints beyond the last ``keep_last``, except one a branch
+        started from (a restore, a resume, an exploration): its branch point stays
+        restorable."""
         run = self._run
         scheduled = [
             c
@@ -389,6 +393,13 @@ class Checkpointer:
             if c.reason == "schedule" and c.tag is None
         ]
         excess = scheduled[: -self.policy.keep_last]
+        if excess:
+            started = {
+                (node.parent, node.start_step)
+                for node in run.store.list_nodes(run.id)
+                if node.parent is not None and node.change_kind in BRANCHED_FROM_A_CHECKPOINT
+            }
+            excess = [c for c in excess if (c.node, c.step) not in started]
         run.store.delete_checkpoints(run.id, [c.id for c in excess])
 
 

@@ -271,6 +271,23 @@ def test_keep_policy_and_gc(
         assert torch.all(state["model"]["weight"] == float(checkpoint.step))
 
 
+def test_the_scheduled_checkpoint_a_branch_started_from_is_kept(store_url: str) -> None:
+    """A restore (or resume) from a scheduled checkpoint: the keep policy deletes the older
+    scheduled ones, but not that branch point (it was pruned, and the branch's start could
+    not be restored any more)."""
+    with retune.init("branch", store=store_url, checkpoint_every_n_steps=1, keep_last=2,
+                     checkpoint_in_background=False) as run:  # fmt: skip
+        for _ in range(3):
+            run.step(loss=1.0)
+        run.restore("c2")  # step 2 of n1: a branch n2 from there
+        for _ in range(6):
+            run.step(loss=0.5)
+        listed = [(c.label, c.node, c.step, c.reason) for c in run.store.list_checkpoints(run.id)]
+    assert ("c2", 1, 2, "schedule") in listed  # the branch point
+    scheduled = [entry for entry in listed if entry[3] == "schedule" and entry[0] != "c2"]
+    assert [step for _, _, step, _ in scheduled] == [7, 8]  # keep_last=2 of the others
+
+
 def test_user_state_and_bad_state(store_url: str) -> None:
     run, _ = _live_run(store_url, "state")
     with run:
