@@ -154,8 +154,9 @@ def _bounds(entry: dict[str, Any]) -> str:
     if entry.get("kind") == "str":
         return "any text"
     low, high = entry.get("low"), entry.get("high")
-    left = "(-inf" if low is None else f"{'[' if entry.get('low_inclusive') else '('}{low:g}"
-    right = "inf)" if high is None else f"{high:g}{']' if entry.get('high_inclusive') else ')'}"
+    low_in, high_in = entry.get("low_inclusive", True), entry.get("high_inclusive", True)
+    left = "(-inf" if low is None else f"{'[' if low_in else '('}{low:g}"
+    right = "inf)" if high is None else f"{high:g}{']' if high_in else ')'}"
     return f"{left}, {right}" if (low is not None or high is not None) else "any finite"
 
 

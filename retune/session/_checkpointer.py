@@ -73,9 +73,10 @@ WHEN_BUSY = ("wait", "skip")
 class CheckpointPolicy:
     """When checkpoints are taken and which are kept.
 
-    ``every_n_steps`` / ``every_n_epochs`` take ``schedule`` checkpoints; only the last
-    ``keep_last`` of those are kept. Checkpoints taken before a change, from the script
-    (``run.checkpoint()``), on command, or with a tag are always kept.
+    ``every_n_steps`` / ``every_n_epochs`` take ``schedule`` checkpoints; the last
+    ``keep_last`` of those are kept, and any older one a branch started from (a restore, a
+    resume, an exploration: one per such branch at most). Checkpoints taken before a change,
+    from the script (``run.checkpoint()``), on command, or with a tag are always kept.
 
     ``background`` (default True): scheduled checkpoints write on a background thread while
     training goes on (see the module docstring); False writes them before the step returns.

@@ -112,9 +112,11 @@ def terminated() -> bool:
 def _on_signal(signum: int, _frame: object) -> None:
     """SIGTERM (a scheduler, ``kill``) or Ctrl-C: stop cleanly at the next step boundary."""
     with _lock:
-        if _ending and not _held:  # a run is recording its end: act once it is written
-            _held.append(signum)
-            return
+        if _ending:  # a run is recording its end: the first signal acts once it is written
+            if not _held:
+                _held.append(signum)
+                return
+            _held.clear()  # the second interrupts at once, and nothing is delivered again
     if signum == signal.SIGTERM:
         _terminated.append(signum)
     first = not _signalled
@@ -143,7 +145,12 @@ def _on_signal(signum: int, _frame: object) -> None:
 @contextmanager
 def ending() -> Iterator[None]:
     """Around the writes that record a run's end: a first SIGTERM or Ctrl-C that arrives
-    meanwhile is held, and delivered again once the last such section is left."""
+    meanwhile is held, and delivered again once the last such section is left. Only on the
+    main thread, where signals interrupt: a run ending on another thread is not cut off by
+    one (and holding it would only delay the main thread's own interruption)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     token = object()
     with _lock:
         _ending.append(token)

@@ -151,3 +151,24 @@ def test_a_sigterm_while_the_end_is_written_waits_for_it(tmp_path: Path, times: 
         assert snap.nodes[0].end_step == 1
     else:
         assert snap.status == "running"  # interrupted at once: shown stale once it ages
+
+
+def test_a_sigterm_while_a_background_thread_writes_an_end_is_not_held(tmp_path: Path) -> None:
+    """Signals interrupt only the main thread: a run that ends on another thread (a notebook's
+    training thread) does not hold one, so the main thread's blocking call is interrupted at
+    once (held, it was delivered to the other thread and the main thread slept on: the
+    script would outlive the test's timeout)."""
+    done, _ = _script(
+        tmp_path,
+        "import os, signal, threading, time\n"
+        "run = retune.init('bg-end', store=store)\n"
+        "real = run.store.update_run\n"
+        "def update_run(run_id, **fields):\n"
+        "    if 'status' in fields:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(run_id, **fields)\n"
+        "run.store.update_run = update_run\n"
+        "threading.Thread(target=run.finish).start()\n"
+        "time.sleep(3600)\n",
+    )
+    assert done.returncode == 143, done.stderr
