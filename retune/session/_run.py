@@ -510,9 +510,10 @@ class Run:
         records it too). ``run.tunable()`` calls it; call it after adding knobs with
         ``run.tunables.add()`` (integrations do). A rank other than 0 of a distributed job
         records nothing: rank 0 does."""
-        self._live_records = self.tunables.records()
-        self.store.update_run(self.id, tunables=self._live_records)
-        self.store.add_node_values(self.id, self._node, self.tunables.values())
+        self._live_records = records = self.tunables.records()
+        self.store.update_run(self.id, tunables=records)
+        values = {record["name"]: record["value"] for record in records}  # read once, above
+        self.store.add_node_values(self.id, self._node, values)
 
     def tune_dropout(self, model: Any, name: str = "dropout") -> Knob:
         """One knob ``name`` for the ``p`` of every ``nn.Dropout*`` module of ``model``.
