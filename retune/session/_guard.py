@@ -208,7 +208,7 @@ class GuardRuntime:
                 Knob(
                     name,
                     get=self._getter(attribute),
-                    set=self._setter(name, attribute),
+                    set=self._setter(attribute),
                     bounds=bounds[name],
                     inclusive=(name not in above_low, True),
                     doc=docs[name],
@@ -221,7 +221,7 @@ class GuardRuntime:
     def _getter(self, attribute: str) -> Any:
         return lambda: getattr(self, attribute)
 
-    def _setter(self, name: str, attribute: str) -> Any:
+    def _setter(self, attribute: str) -> Any:
         def assign(value: Any) -> None:  # validated against the knob's bounds already
             if attribute in ("enabled", "skip_batches"):
                 value = bool(value)
