@@ -96,7 +96,8 @@ def _describe(run: RunRecord, last: dict[str, tuple[int, float]]) -> list[str]:
         config = opt.get("config")  # Keras: the optimizer's get_config(), its plain settings
         if isinstance(config, dict):
             plain = {k: v for k, v in config.items() if k != "name" and not isinstance(v, dict)}
-            lines.append("  " + "  ".join(f"{k}={number(v)}" for k, v in sorted(plain.items())))
+            if plain:
+                lines.append("  " + "  ".join(f"{k}={number(v)}" for k, v in sorted(plain.items())))
     if sched := meta.get("scheduler"):
         lines.append(f"scheduler  {sched['class']}")
     if run.tunables:
