@@ -187,3 +187,22 @@ def test_get_shows_the_live_value_a_scheduler_moved(live_run: tuple[str, str]) -
     table = retune_cli("get", name, "--store", store).stdout
     (row,) = [line for line in table.splitlines() if line.startswith("lr ")]
     assert float(row.split()[2]) < 0.1
+
+
+def test_checkpoints_and_node_values_keep_hostile_names(store_url: str) -> None:
+    """A tag and a knob name with '/', markup and non-ASCII characters: `retune checkpoints`
+    prints and emits the tag as it is; a knob so named, declared after init, joins the start
+    node's values under that exact name."""
+    tag, knob = "best/<b>日本</b>", "mix/ü<1>"
+    with retune.init("hostile/ü", store=store_url) as run:
+        run.tunable(knob, 0.5, bounds=(0, 1), inclusive=(False, True))
+        run.step(loss=1.0)
+        run.checkpoint(tag=tag)
+    done = retune_cli("checkpoints", "hostile/ü", "--store", store_url)
+    assert done.returncode == 0, done.stderr
+    assert tag in done.stdout.splitlines()[1]
+    listed = json.loads(retune_cli("checkpoints", run.id, "--store", store_url, "--json").stdout)
+    assert [entry["tag"] for entry in listed] == [tag]
+    with open_store(store_url) as store:
+        (start,) = store.list_nodes(run.id)
+    assert start.values[knob] == 0.5
