@@ -16,7 +16,11 @@ fresh temporary folder:
 * ``retune (sync)``: ``run.checkpoint()``: both phases before it returns;
 * ``retune (async)``: the scheduled save ``run.checkpointer.save_async("schedule")``: a copy
   in memory at the boundary, then hashing, writing, fsync and listing on a background thread;
-  awaited (``checkpointer.wait()``) at the end of the loop.
+  awaited (``checkpointer.wait()``) at the end of the loop;
+* ``retune (change)``: a ``set`` command (sent beforehand, untimed, and picked up by the run's
+  poller) applied at the boundary: its claim, the copy, the new value, the new node; the
+  checkpoint before it is written in the background and the command is resolved once it is
+  listed (awaited at the end of the loop, then checked: ``applied``, naming it).
 
 The checkpoint is taken after step ``--save-at``; the loop runs ``--steps`` steps. A
 contender's **stall** is its loop time (including the final wait for the save to be durable)
@@ -58,6 +62,7 @@ CONTENDERS = (
     "dcp.async_save",
     "retune (sync)",
     "retune (async)",
+    "retune (change)",
 )
 TARGET = 0.25
 """Retune's async stall, as a fraction of a synchronous torch.save's, at most."""
@@ -129,9 +134,10 @@ def _never_running() -> bool:
 
 def _saver(
     name: str, trainer: Trainer, folder: Path
-) -> tuple[Callable[[], tuple[Finish, Done]], Any]:
-    """``(save, run)``: ``save()`` is called at the boundary and returns ``(finish, done)``;
-    ``run`` is the Retune run (or None)."""
+) -> tuple[Callable[[], tuple[Finish, Done]], Any, Callable[[], object]]:
+    """``(save, run, prepare)``: ``save()`` is called at the boundary and returns
+    ``(finish, done)``; ``run`` is the Retune run (or None); ``prepare()`` runs right before
+    the save, untimed (what another process does: sending a command)."""
     import torch
 
     if name == "torch.save" or name == "torch.save + fsync":
@@ -145,7 +151,7 @@ def _saver(
                 os.close(fd)
             return (lambda: None), _never_running
 
-        return save_torch, None
+        return save_torch, None, _nothing
     if name == "dcp.async_save":
         from torch.distributed.checkpoint.state_dict_saver import async_save
 
@@ -156,7 +162,7 @@ def _saver(
             upload = getattr(future, "upload_completion", future)
             return upload.result, upload.done
 
-        return save_dcp, None
+        return save_dcp, None, _nothing
     if name.startswith("retune"):
         import retune
 
@@ -172,15 +178,39 @@ def _saver(
                 run.checkpoint()
                 return (lambda: None), _never_running
 
-            return save_sync, run
+            return save_sync, run, _nothing
+        if name == "retune (change)":
+            return _changer(run)
 
         def save_async() -> tuple[Finish, Done]:
             pending = run.checkpointer.save_async("schedule")
             assert pending is not None
             return run.checkpointer.wait, lambda: pending.done
 
-        return save_async, run
-    return (lambda: ((lambda: None), _never_running)), None
+        return save_async, run, _nothing
+    return (lambda: ((lambda: None), _never_running)), None, _nothing
+
+
+def _nothing() -> None:
+    return None
+
+
+def _changer(run: Any) -> tuple[Callable[[], tuple[Finish, Done]], Any, Callable[[], object]]:
+    """A ``set`` sent before the boundary, applied there as the run's step boundary does."""
+    from retune.control._commands import submit
+
+    run.tunable("clip", 1.0, bounds=(0, None))
+
+    def send() -> None:
+        submit(run.store, run.id, "set", {"values": {"clip": 2.0}}, source="python")
+        while not run._applier.inbox:  # the run's own poller picks it up
+            time.sleep(0.001)
+
+    def change() -> tuple[Finish, Done]:
+        run._applier.apply_pending(run)
+        return run.checkpointer.wait, lambda: run.checkpointer.in_flight is None
+
+    return change, run, send
 
 
 def one_round(name: str, trainer: Trainer, steps: int, save_at: int) -> dict[str, float]:
@@ -194,7 +224,7 @@ def one_round(name: str, trainer: Trainer, steps: int, save_at: int) -> dict[str
     """
     with tempfile.TemporaryDirectory(prefix="retune-stall-") as tmp:
         folder = Path(tmp)
-        save, run = _saver(name, trainer, folder)
+        save, run, prepare = _saver(name, trainer, folder)
         finish: Finish = lambda: None  # noqa: E731
         done: Done = _never_running
         blocked = 0.0
@@ -208,6 +238,7 @@ def one_round(name: str, trainer: Trainer, steps: int, save_at: int) -> dict[str
                 run.step()
             durations.append((time.perf_counter() - began, beside))
             if number == save_at and name != "none":
+                prepare()
                 called = time.perf_counter()
                 finish, done = save()
                 blocked = time.perf_counter() - called
@@ -254,6 +285,11 @@ def _same(got: Any, want: Any, where: str) -> None:
 
 def _verify_retune(run: Any, trainer: Trainer, save_at: int) -> None:
     [record] = run.store.list_checkpoints(run.id)
+    commands = run.store.list_commands(run.id)
+    for command in commands:  # the change: applied at its boundary, naming the checkpoint
+        outcome = (command.status, command.applied_step, command.result.get("checkpoint"))
+        if outcome != ("applied", save_at, record.label):
+            raise SystemExit(f"checkpoint_stall: the change ended {outcome}")
     state = run.checkpointer.load(record)
     if record.step != save_at:
         raise SystemExit(f"checkpoint_stall: Retune listed step {record.step}, not {save_at}")
@@ -338,7 +374,7 @@ def main() -> int:
         "blocked_ratio_to_torch_save": blocked_ratios,
         "target": TARGET,
         "target_met": met,
-        "verified_checkpoints": 4 * args.repeat,
+        "verified_checkpoints": 5 * args.repeat,
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     out = sys.stderr if args.json else sys.stdout

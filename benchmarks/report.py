@@ -292,6 +292,7 @@ STALL_NAMES = {
     "dcp.async_save": "`torch.distributed.checkpoint.async_save` (`no_dist=True`)",
     "retune (sync)": "Retune `run.checkpoint()` (both phases at the boundary)",
     "retune (async)": "Retune scheduled save (phase 2 in the background)",
+    "retune (change)": "Retune `set` command (its checkpoint's phase 2 in the background)",
 }
 
 
@@ -299,6 +300,8 @@ def render_checkpoint_stall(r: dict[str, Any]) -> str:
     s, mb = r["settings"], r["bytes"] / 1e6
     rows = []
     for name, label in STALL_NAMES.items():
+        if name not in r["loop_s"]:  # recorded before this contender existed
+            continue
         ratio = "" if name == "none" else _x(r["ratio_to_torch_save"][name])
         rows.append([
             label,
@@ -341,6 +344,13 @@ def render_checkpoint_stall(r: dict[str, Any]) -> str:
         f"boundary **{_x(blocked)}** as long."
         + (f" Load average when it ended: {load:.1f} on this machine." if load else ""),
     ]
+    if "retune (change)" in r["loop_s"]:
+        change, sync = r["median_stall_s"]["retune (change)"], r["median_stall_s"]["retune (sync)"]
+        lines[-1] += (
+            f" A `set` command applied at the boundary stalls training {change * 1e3:,.0f} ms "
+            f"(**{_x(r['ratio_to_torch_save']['retune (change)'])}**), where writing its "
+            f"checkpoint at the boundary, as `run.checkpoint()` does, stalls {sync * 1e3:,.0f} ms."
+        )
     return "\n".join(lines)
 
 

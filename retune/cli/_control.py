@@ -45,6 +45,9 @@ def report(args: argparse.Namespace, command: CommandRecord) -> int:
     print(
         f"applied {command.kind}{where}" + (f" (node n{command.node}): {changes}" if diff else "")
     )
+    failed = command.result.get("checkpoint_error")
+    if failed:  # applied, but "restore to before the change" has no checkpoint to go to
+        print(f"warning: the checkpoint before this change was not saved: {failed}")
     return 0
 
 

@@ -245,6 +245,12 @@ class Controller:
             if command.status == "rejected":
                 raise CommandRejected(command.reason or "rejected", command_id=command.id)
             if time.monotonic() >= deadline:
+                if command.status == "applying":
+                    raise CommandTimeout(
+                        f"command {command_id} ({command.kind}) is still being applied after "
+                        f"{timeout:g}s: the training process took it (a change waits for its "
+                        "checkpoint to be written); wait again or see `retune changes`"
+                    )
                 raise CommandTimeout(
                     f"command {command_id} ({command.kind}) is still pending after {timeout:g}s;"
                     " is the training process alive? (`retune runs` shows its heartbeat)"

@@ -9,12 +9,15 @@ and only then adds the checkpoint's row: a checkpoint is listed (restorable) onl
 completely written and durable, and a crash at any moment of phase 2 leaves nothing listed.
 
 :meth:`Checkpointer.save_async` runs phase 2 on a background thread (scheduled checkpoints);
-:meth:`Checkpointer.save` runs both phases before it returns, for the checkpoints something
-relies on at once: the one before a change (the change names it, and a restore may go back to
-it), ``run.checkpoint()`` and the ``checkpoint`` command (they return it), and the stop
-checkpoint (resume continues from it). At most one save is in flight: ``save()`` first waits
-for it; a background save due while one is in flight waits too (``when_busy="wait"``, the
-default) or is skipped with a ``checkpoint_skipped`` event (``when_busy="skip"``). A failed
+:meth:`Checkpointer.save_later` too, but is never skipped (the checkpoint before a ``set`` or
+``scale``: the change applies after phase 1, and its command is resolved by a callback,
+:meth:`PendingCheckpoint.then`, once the checkpoint is listed). :meth:`Checkpointer.save` runs
+both phases before it returns, for the checkpoints something relies on at once: the one
+before a restore (a failed restore puts it back), ``run.checkpoint()`` and the ``checkpoint``
+command (they return it), and the stop checkpoint (resume continues from it). At most one save
+is in flight: ``save()`` and ``save_later()`` first wait for it; a scheduled save due while one
+is in flight waits too (``when_busy="wait"``, the default) or is skipped with a
+``checkpoint_skipped`` event (``when_busy="skip"``). A failed
 background save never raises into training: it is logged and recorded as a
 ``checkpoint_failed`` event. :meth:`Checkpointer.close` (``run.finish()``, exit) waits for the
 save in flight.
@@ -40,6 +43,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,14 +129,40 @@ class PendingCheckpoint:
     (recorded as a ``checkpoint_failed`` event and logged, never raised into training).
     """
 
-    def __init__(self, reason: str, tag: str | None, step: int, node: int) -> None:
+    def __init__(
+        self, reason: str, tag: str | None, step: int, node: int, *, background: bool = True
+    ) -> None:
         self.reason = reason
         self.tag = tag
         self.step = step
         self.node = node
+        self.background = background
+        """Whether phase 2 runs on a background thread (False: it ended before the save
+        call returned)."""
         self.record: CheckpointRecord | None = None
         self.error: BaseException | None = None
         self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._then: list[Callable[[PendingCheckpoint], None]] | None = []
+        """What runs once the save has ended; None once it has run (later ones run at once)."""
+
+    def then(self, callback: Callable[[PendingCheckpoint], None]) -> None:
+        """Run ``callback(self)`` once the save has ended (listed or failed), before
+        :meth:`wait` returns: on the thread that ends phase 2, or at once on this thread when
+        it has ended already. A callback must not raise (what it raises is logged)."""
+        with self._lock:
+            if self._then is not None:
+                self._then.append(callback)
+                return
+        _call(callback, self)
+
+    def _ended(self) -> None:
+        """Phase 2 is over: run the callbacks, then release the waiters."""
+        with self._lock:
+            callbacks, self._then = self._then or [], None
+        for callback in callbacks:
+            _call(callback, self)
+        self._done.set()
 
     @property
     def done(self) -> bool:
@@ -200,19 +230,23 @@ class Checkpointer:
         phase 2 are never raised: they are logged, recorded as a ``checkpoint_failed`` event
         and kept in the returned object's ``error``.
         """
+        in_flight = self.in_flight
+        if in_flight is not None and self.policy.background and self.policy.when_busy == "skip":
+            self._skip(reason, self._run.global_step, self._run.node, in_flight)
+            return None
+        return self.save_later(reason, tag)
+
+    def save_later(self, reason: str, tag: str | None = None) -> PendingCheckpoint:
+        """Like :meth:`save_async`, but never skipped: a save in flight is waited for first
+        (the checkpoint before a change, which the change's command names once listed)."""
         run = self._run
         step, node = run.global_step, run.node
         if not self.policy.background:
-            pending = PendingCheckpoint(reason, tag, step, node)
+            pending = PendingCheckpoint(reason, tag, step, node, background=False)
             self.wait()
             self._phase2(encode_in_memory(capture_state(run), copy=False), pending)
             return pending
-        in_flight = self._in_flight
-        if in_flight is not None and not in_flight.done:
-            if self.policy.when_busy == "skip":
-                self._skip(reason, step, node, in_flight)
-                return None
-            in_flight.wait()
+        self.wait()
         encoded = encode_in_memory(capture_state(run), copy=True, staging=self._staging)
         pending = PendingCheckpoint(reason, tag, step, node)
         thread = threading.Thread(
@@ -268,7 +302,7 @@ class Checkpointer:
             raise
         finally:
             encoded.release()  # written or failed: the next save may copy into its buffers
-            pending._done.set()
+            pending._ended()
 
     def _write(
         self,
@@ -402,6 +436,15 @@ class Checkpointer:
             }
             excess = [c for c in excess if (c.node, c.step) not in started]
         run.store.delete_checkpoints(run.id, [c.id for c in excess])
+
+
+def _call(callback: Callable[[PendingCheckpoint], None], pending: PendingCheckpoint) -> None:
+    try:
+        callback(pending)
+    except Exception as e:  # the thread ending a save has nobody to raise to
+        log.warning(
+            "retune: after the %s checkpoint at step %d: %s", pending.reason, pending.step, e
+        )
 
 
 BACKGROUND_NICE = 10

@@ -14,20 +14,49 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from retune.errors import CommandRejected, RetuneError
+from retune.errors import CommandRejected, RetuneError, StoreUnavailable
 from retune.session._protocols import TrainingSession
-from retune.store import CommandRecord
+from retune.store import CommandRecord, Store
 
-__all__ = ["Applier"]
+__all__ = ["Applier", "resolve_applied"]
 
 log = logging.getLogger("retune")
 
 Handler = Callable[[TrainingSession, CommandRecord], dict[str, Any] | None]
+
+RESOLVE_ATTEMPTS = 6
+"""How often :func:`resolve_applied` tries a store that is unavailable (0.1 s, doubling)."""
+
+
+def resolve_applied(
+    store: Store, command_id: int, *, step: int, node: int, result: dict[str, Any]
+) -> None:
+    """Record that a command was applied at ``step`` (its node ``node``) with ``result``, from
+    any thread: for a handler whose work ended after its boundary (a change whose checkpoint
+    was written in the background). A store that is unavailable is tried again for about 6 s;
+    then the failure is logged and the command stays ``applying`` (never raises)."""
+    delay = 0.1
+    for attempt in range(1, RESOLVE_ATTEMPTS + 1):
+        try:
+            store.resolve_command(
+                command_id, status="applied", applied_step=step, node=node, result=result
+            )
+            return
+        except StoreUnavailable as e:
+            if attempt == RESOLVE_ATTEMPTS:
+                log.warning("retune: command %s applied, but not recorded so: %s", command_id, e)
+                return
+            time.sleep(delay)
+            delay *= 2
+        except RetuneError as e:
+            log.warning("retune: command %s applied, but not recorded so: %s", command_id, e)
+            return
 
 
 class Applier:
@@ -84,8 +113,10 @@ class Applier:
                 return
 
     def apply_now(self, run: TrainingSession, command: CommandRecord) -> CommandRecord:
-        """Apply one command at once (training thread); raise ``CommandRejected`` if rejected."""
+        """Apply one command at once (training thread); raise ``CommandRejected`` if rejected.
+        A change is returned once its checkpoint is listed (this waits for the writing)."""
         self._apply(run, command, retry=False)
+        run.checkpointer.wait()  # a change is resolved when its checkpoint is listed
         resolved = run.store.get_command(command.id)  # an exploration is still ``applying``
         if resolved.status == "rejected":
             raise CommandRejected(resolved.reason or "rejected", command_id=command.id)

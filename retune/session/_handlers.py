@@ -23,8 +23,9 @@ from typing import Any
 from retune.checkpoint import resolve_checkpoint
 from retune.control import validate
 from retune.errors import CommandRejected, InvalidArgument, RetuneError
+from retune.session._control import resolve_applied
 from retune.session._explore import Exploration
-from retune.session._protocols import SessionFlags, TrainingSession
+from retune.session._protocols import PendingSave, SessionFlags, TrainingSession
 from retune.store import CheckpointRecord, CommandRecord
 
 __all__ = ["HANDLERS", "SessionFlags", "TrainingSession"]
@@ -42,7 +43,10 @@ def _not_while_exploring(session: TrainingSession, kind: str) -> None:
         )
 
 
-def _change(session: TrainingSession, command: CommandRecord, kind: str) -> dict[str, Any]:
+def _change(session: TrainingSession, command: CommandRecord, kind: str) -> None:
+    """Checkpoint (phase 1 here, the writing in the background), change, open the node; the
+    command is resolved ``applied`` once that checkpoint is listed, naming it (or, when it
+    could not be written, saying why: the change stays applied)."""
     _not_while_exploring(session, kind)
     payload = command.payload
     group, mode = payload.get("group"), payload.get("mode", "rescale")
@@ -50,24 +54,44 @@ def _change(session: TrainingSession, command: CommandRecord, kind: str) -> dict
     change = tunables.set if kind == "set" else tunables.scale
     values = payload.get("values" if kind == "set" else "factors", {})
     change(values, group, mode, apply=False)  # a rejection costs no checkpoint
-    before = session.checkpointer.save("change")  # so that any change can be undone
+    before = session.checkpointer.save_later("change")  # so that any change can be undone
+    if not before.background and before.record is None:  # failed, nothing changed: refuse
+        raise CommandRejected(f"the checkpoint before the change failed: {_failure(before)}")
     try:
         diff = change(values, group, mode)
     except CommandRejected:  # a setter refused (the values were put back)
-        session.store.delete_checkpoints(session.id, [before.id])
+        record = before.wait()
+        if record is not None:
+            session.store.delete_checkpoints(session.id, [record.id])
         raise
+    step = session.global_step
     session.start_node(kind, diff, command.user)
-    return {"diff": diff, "mode": mode, "checkpoint": before.label}
+    node, store = session.node, session.store
+
+    def resolve(saved: PendingSave) -> None:  # once listed (or failed), on its thread
+        result: dict[str, Any] = {"diff": diff, "mode": mode, "checkpoint": None}
+        if saved.record is not None:
+            result["checkpoint"] = saved.record.label
+        else:
+            result["checkpoint_error"] = _failure(saved)
+        resolve_applied(store, command.id, step=step, node=node, result=result)
+
+    before.then(resolve)
 
 
-def on_set(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
+def _failure(pending: PendingSave) -> str:
+    error = pending.error
+    return f"{type(error).__name__}: {error}"[:500] if error is not None else "not written"
+
+
+def on_set(session: TrainingSession, command: CommandRecord) -> None:
     """New absolute values from the current state, on a new node (checkpointed before)."""
-    return _change(session, command, "set")
+    _change(session, command, "set")
 
 
-def on_scale(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:
+def on_scale(session: TrainingSession, command: CommandRecord) -> None:
     """Values multiplied per param group, on a new node (checkpointed before)."""
-    return _change(session, command, "scale")
+    _change(session, command, "scale")
 
 
 def on_pause(session: TrainingSession, command: CommandRecord) -> dict[str, Any]:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ActiveExploration",
     "CheckpointSaver",
+    "PendingSave",
     "RunIdentity",
     "SessionFlags",
     "StatefulRun",
@@ -75,10 +76,34 @@ class StatefulRun(RunIdentity, Protocol):
         """Write every buffered metric point now."""
 
 
+class PendingSave(Protocol):
+    """A save being written in the background (``Checkpointer.save_later``)."""
+
+    record: CheckpointRecord | None
+    """Set once the checkpoint is listed."""
+    error: BaseException | None
+    """Set once the save has failed."""
+    background: bool
+    """Whether it is written in the background (False: written before the call returned)."""
+
+    @property
+    def done(self) -> bool:
+        """Whether the writing has ended (listed or failed)."""
+
+    def wait(self, timeout: float | None = None) -> CheckpointRecord | None:
+        """Wait until the writing has ended; the listed record, or None."""
+
+    def then(self, callback: Callable[[Any], None]) -> None:
+        """Run ``callback(self)`` once the writing has ended (at once if it has)."""
+
+
 class CheckpointSaver(Protocol):
     """Saves the run's state now and loads a saved one (verified)."""
 
     def save(self, reason: str, tag: str | None = None) -> CheckpointRecord: ...
+
+    def save_later(self, reason: str, tag: str | None = None) -> PendingSave:
+        """The state copied now, written in the background; never skipped."""
 
     def load(self, record: CheckpointRecord) -> Any: ...
 

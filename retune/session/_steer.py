@@ -100,9 +100,14 @@ def _wait(run: Steered, command: CommandRecord, timeout: float) -> CommandRecord
             # the training thread ended meanwhile without taking it: nothing else will
             return run._applier.apply_now(run, current)
         if time.monotonic() >= deadline:
+            why = (
+                "the training thread took it and is still applying it (a change waits for its "
+                "checkpoint to be written)"
+                if current.status == "applying"
+                else "the training thread has not reached a step boundary (it stays queued)"
+            )
             raise CommandTimeout(
-                f"command {command.id} ({command.kind}) was not applied within {timeout:g}s: "
-                "the training thread has not reached a step boundary (it stays queued)"
+                f"command {command.id} ({command.kind}) was not resolved within {timeout:g}s: {why}"
             )
         time.sleep(delay)
         delay = min(delay * 1.5, 0.1)

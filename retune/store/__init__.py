@@ -11,6 +11,7 @@ from __future__ import annotations
 from retune.errors import StoreUnavailable, redact
 from retune.store._base import Store
 from retune.store._liveness import (
+    INTERRUPTED_WHILE_APPLYING,
     STALE_AFTER,
     current_user,
     in_use_message,
@@ -33,6 +34,7 @@ from retune.store._url import DEFAULT_STORE, is_known_scheme, objects_url_for, r
 
 __all__ = [
     "DEFAULT_STORE",
+    "INTERRUPTED_WHILE_APPLYING",
     "STALE_AFTER",
     "LIVE_STATUSES",
     "RUN_STATUSES",

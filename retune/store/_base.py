@@ -139,8 +139,11 @@ class Store(ABC):
         Succeeds only when no live process holds the run: its status is not live, or its
         heartbeat is older than ``retune.store.STALE_AFTER``. Then the run becomes
         ``running`` (end time and error cleared, fresh heartbeat), ``meta["process"]`` is set
-        to ``owner`` (``{"host", "pid", "user"}``), and every command still ``pending`` or
-        ``applying`` (sent while no process was live) becomes ``rejected`` with ``reason``.
+        to ``owner`` (``{"host", "pid", "user"}``), every command still ``pending`` (sent
+        while no process was live) becomes ``rejected`` with ``reason``, and every one still
+        ``applying`` (its process died before recording the outcome: a change whose
+        checkpoint was still being written, an exploration) becomes ``rejected`` with
+        :data:`~retune.store.INTERRUPTED_WHILE_APPLYING`.
         Of two processes attaching at once, exactly one wins.
 
         Returns:

@@ -32,6 +32,12 @@ __all__ = [
 STALE_AFTER = 30.0
 """Seconds without a heartbeat after which a live run's process is considered gone."""
 
+INTERRUPTED_WHILE_APPLYING = (
+    "the training process ended while applying this command, before recording its outcome "
+    "(a change whose checkpoint was still being written, or an exploration)"
+)
+"""Why a command found ``applying`` when another process attaches to the run is rejected."""
+
 
 def current_user() -> str | None:
     """The OS user name, or ``None`` when the platform cannot tell."""

@@ -51,7 +51,7 @@ from retune.errors import (
 )
 from retune.store import _migrate
 from retune.store._base import Store
-from retune.store._liveness import in_use_message, is_live
+from retune.store._liveness import INTERRUPTED_WHILE_APPLYING, in_use_message, is_live
 from retune.store._records import (
     LIVE_STATUSES,
     MAX_TAGS,
@@ -635,20 +635,22 @@ class SqlStore(Store):
             )
             if attached.rowcount != 1:
                 raise RunInUse(f"run {current.name} ({run_id}) was attached by another process")
-            self._reject_queued(conn, run_id, reason, now)
+            self._reject_queued(conn, run_id, reason, now, applying=INTERRUPTED_WHILE_APPLYING)
             row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
         return self._run(row)
 
     @staticmethod
-    def _reject_queued(conn: Connection, run_id: str, reason: str, now: float) -> None:
-        """Reject every command of the run still pending or being applied (no process will)."""
-        conn.execute(
-            update(commands)
-            .where(
-                and_(commands.c.run_id == run_id, commands.c.status.in_(("pending", "applying")))
+    def _reject_queued(
+        conn: Connection, run_id: str, reason: str, now: float, *, applying: str | None = None
+    ) -> None:
+        """Reject every command of the run still pending or being applied (no process will);
+        those being applied with ``applying`` as their reason, when given."""
+        for statuses, why in ((("pending",), reason), (("applying",), applying or reason)):
+            conn.execute(
+                update(commands)
+                .where(and_(commands.c.run_id == run_id, commands.c.status.in_(statuses)))
+                .values(status="rejected", reason=why, resolved_at=now)
             )
-            .values(status="rejected", reason=reason, resolved_at=now)
-        )
 
     # -- nodes ------------------------------------------------------------------------------
     @staticmethod

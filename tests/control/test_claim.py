@@ -68,6 +68,7 @@ def test_a_command_claimed_elsewhere_is_not_applied(store_url: str) -> None:
         run.step(loss=1.0)
         run._applier.poll(run)  # what the writer thread does every poll_interval
         run.step(loss=1.0)
+        run.checkpointer.wait()  # a change is resolved once its checkpoint is listed
         assert knob.value == 3.0
         assert other.get_command(taken.id).status == "applying"
         assert other.get_command(free.id).status == "applied"
@@ -103,6 +104,7 @@ def test_a_command_committed_after_a_higher_id_is_still_applied() -> None:
             tx.commit()
         run._applier.poll(run)
         run.step(loss=1.0)
+        run.checkpointer.wait()  # a change is resolved once its checkpoint is listed
         assert run.store.get_command(high.id).status == "applied"
         assert run.store.get_command(low).status == "applied"
         assert knob.value == 2.0

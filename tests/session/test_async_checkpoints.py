@@ -407,3 +407,211 @@ def test_a_target_no_checkpoint_could_match_is_refused_at_submission_even_before
     _train(run, weights, 1)
     assert run.global_step == 3 and run.node == 1
     run.finish()
+
+
+def _change(run: retune.Run, **values: float) -> CommandRecord:
+    from retune.control._commands import submit
+
+    return submit(run.store, run.id, "set", {"values": values}, source="python")
+
+
+def test_a_change_trains_on_while_its_checkpoint_is_written_and_resolves_once_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint before a change is copied at the boundary and written in the
+    background: the change applies at once and training goes on; the command stays
+    ``applying`` until that checkpoint is listed, then is ``applied`` naming it, and it holds
+    the state from before the change."""
+    store = str(tmp_path / "c.db")
+    flag = _block(monkeypatch, tmp_path, 3)
+    run, weights = _started("change", store, poll_interval=0.01)
+    clip = run.tunable("clip", 1.0, bounds=(0, None))
+    _train(run, weights, 3)
+    command = _change(run, clip=2.0)
+    try:
+        while not flag.exists():  # the change's save (the first at step >= 3) blocks
+            _train(run, weights, 1)
+            assert run.global_step < 10_000, "the change was never applied"
+        at = json.loads(flag.read_text())["step"]
+        assert clip.value == 2.0  # applied at that boundary, before its checkpoint is listed
+        trained = run.global_step
+        _train(run, weights, 5)  # training goes on meanwhile
+        assert run.global_step == trained + 5 and flag.exists()
+        assert run.store.get_command(command.id).status == "applying"
+        assert run.store.list_checkpoints(run.id) == []  # not listed while being written
+        [_, node] = run.store.list_nodes(run.id)
+        assert (node.id, node.parent, node.start_step, node.change_kind) == (2, 1, at, "set")
+        with (
+            retune.connect("change", store=store) as ctl,
+            pytest.raises(retune.CommandTimeout, match="still being applied"),
+        ):
+            ctl.wait(command.id, timeout=0.1)  # says it was taken, not "is the process alive?"
+    finally:
+        flag.unlink(missing_ok=True)
+    run.checkpointer.wait()
+    done = run.store.get_command(command.id)
+    assert (done.status, done.applied_step, done.node) == ("applied", at, 2)
+    assert done.result == {"diff": {"clip": [1.0, 2.0]}, "mode": "rescale", "checkpoint": "c1"}
+    [before] = run.store.list_checkpoints(run.id)
+    assert (before.label, before.reason, before.node, before.step) == ("c1", "change", 1, at)
+    state = run.checkpointer.load(before)  # the copy taken at the boundary, before the change
+    assert np.array_equal(state["user"]["w"], np.full(50_000, float(at)))
+    assert state["retune"]["tunables"]["knobs"]["clip"] == 1.0
+    run.restore("c1")  # "restore to before the change"
+    assert clip.value == 1.0 and run.global_step == at
+    run.finish()
+
+
+@pytest.mark.parametrize(
+    ("background", "failed_first"),
+    [(True, False), (True, True), (False, False)],
+    ids=["background", "background-failed-before-the-change", "synchronous"],
+)
+def test_a_change_whose_checkpoint_fails_says_so(
+    tmp_path: Path,
+    background: bool,
+    failed_first: bool,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Written in the background, the failure comes after the change applied: the command is
+    ``applied`` without a checkpoint and says why, next to a ``checkpoint_failed`` event,
+    even when the background thread failed before the handler went on (the outcome does not
+    depend on which thread is faster). Written at the boundary
+    (``checkpoint_in_background=False``), it comes first: the command is rejected and nothing
+    changed."""
+    store = str(tmp_path / "f.db")
+    (tmp_path / "a-file").write_text("not a folder")
+    run = retune.init("failing", store=store, objects=str(tmp_path / "a-file" / "objects"),
+                      checkpoint_in_background=background)  # fmt: skip
+    if failed_first:
+        save_later = run.checkpointer.save_later
+
+        def ended_first(reason: str, tag: str | None = None) -> Any:
+            pending = save_later(reason, tag)
+            pending.wait()  # the background thread has failed before the handler goes on
+            return pending
+
+        monkeypatch.setattr(run.checkpointer, "save_later", ended_first)
+    clip = run.tunable("clip", 1.0, bounds=(0, None))
+    run.step(loss=1.0)
+    command = _change(run, clip=2.0)
+    run._applier.poll(run)
+    run.step(loss=2.0)  # the boundary applies it
+    run.checkpointer.wait()
+    done = run.store.get_command(command.id)
+    events = [e.kind for e in run.store.list_events(run.id)]
+    assert "checkpoint_failed" in events
+    if background:
+        assert (done.status, clip.value, done.applied_step) == ("applied", 2.0, 2)
+        assert done.result["checkpoint"] is None
+        assert "cannot create the object folder" in done.result["checkpoint_error"]
+        from argparse import Namespace
+
+        from retune.cli._control import report
+
+        report(Namespace(json=False), done)  # what `retune set` prints: never silently
+        printed = capsys.readouterr().out
+        assert "applied set at step 2 (node n2): clip 1 -> 2" in printed
+        assert "warning: the checkpoint before this change was not saved" in printed
+    else:
+        assert (done.status, clip.value) == ("rejected", 1.0)
+        assert "the checkpoint before the change failed" in (done.reason or "")
+        assert [n.id for n in run.store.list_nodes(run.id)] == [1]
+    run.finish()
+
+
+def test_a_change_with_a_save_in_flight_waits_for_it_even_when_busy_saves_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``checkpoint_when_busy="skip"`` skips scheduled saves only: the checkpoint before a
+    change waits for the save in flight, and is taken."""
+    store = str(tmp_path / "s.db")
+    flag = _block(monkeypatch, tmp_path, 2)
+    run, weights = _started("busy", store, checkpoint_every_n_steps=2,
+                            checkpoint_when_busy="skip")  # fmt: skip
+    clip = run.tunable("clip", 1.0, bounds=(0, None))
+    _train(run, weights, 2)
+    _until(flag.exists, "the save of step 2 to block")
+    command = _change(run, clip=3.0)
+    run._applier.poll(run)
+    release = threading.Timer(0.5, flag.unlink)  # the change's boundary waits for it
+    release.start()
+    _train(run, weights, 1)
+    release.join()
+    run.checkpointer.wait()
+    done = run.store.get_command(command.id)
+    assert (done.status, done.result["checkpoint"], clip.value) == ("applied", "c2", 3.0)
+    assert [(c.reason, c.step) for c in run.store.list_checkpoints(run.id)] == [
+        ("schedule", 2),
+        ("change", 3),
+    ]
+    assert "checkpoint_skipped" not in [e.kind for e in run.store.list_events(run.id)]
+    run.finish()
+
+
+CHANGED_THEN_KILLED = """
+import sys, time, numpy as np, retune
+run = retune.init("change-killed", store=sys.argv[1], poll_interval=0.01, flush_interval=0.05)
+weights = np.zeros(50_000)
+run.state["w"] = weights
+run.tunable("clip", 1.0, bounds=(0, None))
+run.step(loss=1.0)
+weights.fill(1.0)
+run.checkpoint()
+for i in range(2, 100_000):
+    weights.fill(float(i))
+    run.step(loss=float(i))
+    time.sleep(0.005)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_while_a_change_s_checkpoint_is_written_leaves_it_unlisted_and_unresolved(
+    tmp_path: Path,
+) -> None:
+    """The process dies with the change applied but its checkpoint not listed: nothing half
+    written is listed, the command was never recorded ``applied`` (it named no checkpoint),
+    and the process that resumes the run rejects it, saying what happened."""
+    from retune.control._commands import submit
+    from retune.store import INTERRUPTED_WHILE_APPLYING
+
+    store, flag = str(tmp_path / "k.db"), tmp_path / "blocked.json"
+    env = {**os.environ, "RETUNE_TEST_BLOCK_SAVE": f"2:{flag}", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", CHANGED_THEN_KILLED, store], env=env)
+    try:
+        _until(lambda: Path(store).exists() and _listed(store), "the first checkpoint", proc)
+        opened = open_store(store)
+        run = opened.get_run("change-killed")
+        command = submit(opened, run.id, "set", {"values": {"clip": 2.0}}, source="python")
+        _until(flag.exists, "the change's save to block", proc)
+        at = json.loads(flag.read_text())["step"]
+
+        def trained_past() -> bool:
+            steps = retune.load(run.id, store=store).metric("loss").steps.tolist()
+            return bool(steps) and steps[-1] >= at + 5
+
+        _until(trained_past, "training past the change", proc)
+        assert opened.get_command(command.id).status == "applying"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert [(c.label, c.step) for c in opened.list_checkpoints(run.id)] == [("c1", 1)]
+    assert opened.get_command(command.id).status == "applying"
+    [_, node] = opened.list_nodes(run.id)
+    assert (node.change_kind, node.start_step) == ("set", at)  # it was applied, then lost
+    resumed = retune.init("change-killed", store=store, resume="latest")
+    clip = resumed.tunable("clip", 5.0, bounds=(0, None))  # the checkpoint's value wins
+    assert resumed.global_step == 1 and clip.value == 1.0
+    assert np.array_equal(resumed.state["w"], np.full(50_000, 1.0))
+    rejected = resumed.store.get_command(command.id)
+    assert (rejected.status, rejected.reason) == ("rejected", INTERRUPTED_WHILE_APPLYING)
+    resumed.finish()
+
+
+def _listed(store: str) -> bool:
+    opened = open_store(store)
+    try:
+        return any(opened.list_checkpoints(r.id) for r in opened.list_runs())
+    finally:
+        opened.close()

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy
 
 from retune.errors import InvalidArgument, NodeNotFound, RunInUse, RunNotFound
-from retune.store import STALE_AFTER, MetricChunk, Store, open_store
+from retune.store import INTERRUPTED_WHILE_APPLYING, STALE_AFTER, MetricChunk, Store, open_store
 
 
 def _chunk(node: int, key: str, steps: list[int], values: list[float]) -> MetricChunk:
@@ -481,9 +481,10 @@ def test_attach_takes_a_dead_or_ended_run_and_rejects_its_stale_commands(store: 
     assert (attached.status, attached.ended_at, attached.error) == ("running", None, None)
     assert attached.heartbeat_at is not None and attached.heartbeat_at > time.time() - 5
     assert attached.meta["process"] == {"host": "h2", "pid": 7, "user": "mia"}
-    for command in (old, claimed):
-        got = store.get_command(command.id)
-        assert (got.status, got.reason) == ("rejected", "the run was not live")
+    got = store.get_command(old.id)
+    assert (got.status, got.reason) == ("rejected", "the run was not live")
+    got = store.get_command(claimed.id)  # not "not live": it was being applied when it died
+    assert (got.status, got.reason) == ("rejected", INTERRUPTED_WHILE_APPLYING)
     ended = _run_with_root(store, "ended")
     store.update_run(ended, status="finished", ended_at=time.time(), error="x")
     assert store.attach_run(ended, owner={}, reason="r").status == "running"
