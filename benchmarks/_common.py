@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import sys
@@ -202,6 +203,16 @@ def mlp_step(
         opt.step()
 
     return module, opt, step
+
+
+def median_interval(ratios: list[float], resamples: int = 10_000) -> list[float]:
+    """The 95% bootstrap interval of the median of the paired ratios, in percent (a fixed
+    seed: the same rounds give the same interval)."""
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples)
+    )
+    return [medians[int(resamples * 0.025)] * 100, medians[int(resamples * 0.975) - 1] * 100]
 
 
 def latency_quantiles(values: list[float]) -> dict[str, float]:

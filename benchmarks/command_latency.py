@@ -26,6 +26,7 @@ from _common import (
     add_output_arguments,
     latency_quantiles,
     machine_line,
+    median_interval,
     mlp_step,
     print_json,
     table,
@@ -111,7 +112,9 @@ def _audit(commands: list[Any], sent: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--commands", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=600, help="steps per overhead phase")
+    parser.add_argument("--steps", type=int, default=300, help="steps per overhead phase")
+    parser.add_argument("--phases", type=int, default=20,
+                        help="pairs of phases, without and with Retune")  # fmt: skip
     parser.add_argument("--step-ms", type=float, default=5.0)
     parser.add_argument("--poll-ms", type=float, default=50.0)
     parser.add_argument(
@@ -124,23 +127,32 @@ def main() -> int:
     add_output_arguments(parser)
     args = parser.parse_args()
     if args.quick:
-        args.commands, args.steps = 40, 150
-    if min(args.commands, args.steps) < 1 or args.invalid_every < 0:
-        parser.error("--commands and --steps must be at least 1, --invalid-every at least 0")
+        args.commands, args.steps, args.phases = 40, 150, 3
+    if min(args.commands, args.steps, args.phases) < 1 or args.invalid_every < 0:
+        parser.error(
+            "--commands, --steps and --phases must be at least 1, --invalid-every at least 0"
+        )
 
     import retune
 
     step, calibrated = _workload(args.step_ms / 1000)
     with tempfile.TemporaryDirectory() as folder:
         store = str(Path(folder) / "retune.db")
-        # overhead: the same loop, alternating phases to even out drift
+        # overhead: the same loop in pairs of phases, alternating which runs first; each
+        # pair's ratio is taken under the same load, and the verdict reads their median's
+        # bootstrap interval (a median of three phases swung from -3% to +6.5% between runs)
         bare_runs, retune_runs = [], []
         run = retune.init("latency", store=store, poll_interval=args.poll_ms / 1000)
         run.tunable("clip_norm", 1.0, bounds=(0.0, None))
-        for _ in range(3):
-            bare_runs.append(_loop_time(step, args.steps))
-            retune_runs.append(_loop_time(step, args.steps, run))
+        for index in range(args.phases):
+            if index % 2:
+                retune_runs.append(_loop_time(step, args.steps, run))
+                bare_runs.append(_loop_time(step, args.steps))
+            else:
+                bare_runs.append(_loop_time(step, args.steps))
+                retune_runs.append(_loop_time(step, args.steps, run))
         bare_s, retune_s = statistics.median(bare_runs), statistics.median(retune_runs)
+        paired = [r / b - 1 for r, b in zip(retune_runs, bare_runs, strict=True)]
 
         sender = subprocess.Popen(
             [sys.executable, "-c", SENDER, store, str(args.commands), str(args.invalid_every)],
@@ -176,6 +188,7 @@ def main() -> int:
         "settings": {
             "commands": args.commands,
             "steps": args.steps,
+            "phases": args.phases,
             "step_ms": args.step_ms,
             "poll_ms": args.poll_ms,
             "invalid_every": args.invalid_every,
@@ -190,7 +203,8 @@ def main() -> int:
         "rejection_ms": latency_quantiles(rejections),
         "bare_step_ms": bare_s * 1000,
         "retune_step_ms": retune_s * 1000,
-        "overhead_pct": (retune_s / bare_s - 1) * 100,
+        "overhead_pct": statistics.median(paired) * 100,
+        "overhead_ci_pct": median_interval(paired),
         "bound_ms": args.poll_ms + calibrated * 1000,
     }
     write_results(args.out, "command_latency", args.quick, result)
@@ -217,8 +231,10 @@ def _print(result: dict[str, Any]) -> None:
             rows.append([label, *(f"{lat[k]:.1f}" for k in ("min", "p50", "p90", "p99", "max"))])
     print(table(["latency (ms)", "min", "p50", "p90", "p99", "max"], rows))
     print(f"bound (poll interval + one step) {result['bound_ms']:.1f} ms")
+    low, high = result["overhead_ci_pct"]
     print(f"step time: bare {result['bare_step_ms']:.3f} ms, with Retune (writer + poller) "
-          f"{result['retune_step_ms']:.3f} ms: {result['overhead_pct']:+.2f}%")  # fmt: skip
+          f"{result['retune_step_ms']:.3f} ms: {result['overhead_pct']:+.2f}% (median of "
+          f"the paired phases; 95% interval {low:+.2f}% to {high:+.2f}%)")  # fmt: skip
 
 
 if __name__ == "__main__":

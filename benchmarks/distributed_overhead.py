@@ -39,6 +39,7 @@ from _common import (
     free_port,
     latency_quantiles,
     machine_line,
+    median_interval,
     mlp_step,
     table,
     write_results,
@@ -171,16 +172,6 @@ def _control(store: str, commands: int, alive: Callable[[], bool]) -> list[Any]:
             time.sleep(rng.uniform(0.05, 0.15))
         ctl.stop(wait=True, timeout=120)
     return sent
-
-
-def median_interval(ratios: list[float], resamples: int = 10_000) -> list[float]:
-    """The 95% bootstrap interval of the median of the paired ratios, in percent (a fixed
-    seed: the same rounds give the same interval)."""
-    rng = random.Random(0)
-    medians = sorted(
-        statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples)
-    )
-    return [medians[int(resamples * 0.025)] * 100, medians[int(resamples * 0.975) - 1] * 100]
 
 
 def main() -> int:

@@ -146,23 +146,28 @@ def _check_checkpoint(store: Store, _run: RunRecord, payload: Mapping[str, Any])
     return {"tag": tag}
 
 
-def _check_restore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+def _check_checkpoint_target(store: Store, run: RunRecord, target: str) -> None:
+    """Refuse a target no checkpoint of the run matches (``InvalidArgument``), except one
+    that could name the live run's first checkpoint while it is being written (listed only
+    once durable): the training process, which waits for that save, resolves the target
+    again at the boundary and rejects the command there, with the reason."""
     from retune.checkpoint import check_target, resolve_checkpoint
     from retune.errors import CheckpointNotFound
 
-    target = payload.get("target")
-    if not isinstance(target, str) or not target:
-        raise InvalidArgument("restore needs a target: c3, latest, n3 or n3@1200")
     try:
         if run.status in LIVE_STATUSES and not store.list_checkpoints(run.id):
-            # the run's first checkpoint may be being written (listed only once durable): a
-            # target that could name it is accepted, and the training process, which waits
-            # for that save, resolves it again and rejects it there, with the reason
             check_target(store, run.id, target)
         else:
             resolve_checkpoint(store, run.id, target)
     except CheckpointNotFound as e:
         raise InvalidArgument(str(e)) from e
+
+
+def _check_restore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
+    target = payload.get("target")
+    if not isinstance(target, str) or not target:
+        raise InvalidArgument("restore needs a target: c3, latest, n3 or n3@1200")
+    _check_checkpoint_target(store, run, target)
     values = payload.get("set") or {}
     if not isinstance(values, Mapping):
         raise InvalidArgument("restore's set must map names to values")
@@ -281,9 +286,6 @@ def check_candidates(
 
 
 def _check_explore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> dict[str, Any]:
-    from retune.checkpoint import resolve_checkpoint
-    from retune.errors import CheckpointNotFound
-
     known = {"values", "steps", "metric", "goal", "score", "from", "then", "max_candidates",
              "group", "mode"}  # fmt: skip
     unknown = sorted(str(k) for k in payload if k not in known)
@@ -306,10 +308,7 @@ def _check_explore(store: Store, run: RunRecord, payload: Mapping[str, Any]) -> 
     if start is not None:
         if not isinstance(start, str) or not start:
             raise InvalidArgument("from must name a checkpoint: c3, latest, n3 or n3@1200")
-        try:
-            resolve_checkpoint(store, run.id, start)
-        except CheckpointNotFound as e:
-            raise InvalidArgument(str(e)) from e
+        _check_checkpoint_target(store, run, start)
     return {"values": values, "steps": steps, "metric": metric, "goal": goal, "score": score,
             "from": start, "then": then, "max_candidates": cap, "group": group,
             "mode": _mode(payload)}  # fmt: skip

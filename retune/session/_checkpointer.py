@@ -147,9 +147,10 @@ class PendingCheckpoint:
         """What runs once the save has ended; None once it has run (later ones run at once)."""
 
     def then(self, callback: Callable[[PendingCheckpoint], None]) -> None:
-        """Run ``callback(self)`` once the save has ended (listed or failed), before
-        :meth:`wait` returns: on the thread that ends phase 2, or at once on this thread when
-        it has ended already. A callback must not raise (what it raises is logged)."""
+        """Run ``callback(self)`` once the save has ended (listed or failed): on the thread
+        that ends phase 2, before :meth:`wait` returns, or, when phase 2 has already reached
+        its end, at once on this thread. A callback must be quick and not raise (an
+        ``Exception`` it raises is logged)."""
         with self._lock:
             if self._then is not None:
                 self._then.append(callback)
@@ -160,9 +161,11 @@ class PendingCheckpoint:
         """Phase 2 is over: run the callbacks, then release the waiters."""
         with self._lock:
             callbacks, self._then = self._then or [], None
-        for callback in callbacks:
-            _call(callback, self)
-        self._done.set()
+        try:
+            for callback in callbacks:
+                _call(callback, self)
+        finally:  # even a Ctrl-C in a callback must not leave every later wait() hanging
+            self._done.set()
 
     @property
     def done(self) -> bool:
@@ -253,8 +256,12 @@ class Checkpointer:
             target=self._phase2, args=(encoded, pending, True), name=f"retune-save-{run.id}"
         )
         thread.daemon = True  # run.finish() and exit wait for it (close())
+        try:
+            thread.start()
+        except BaseException:  # no thread: nothing in flight, and the copy is given back
+            encoded.release()
+            raise
         self._in_flight, self._thread = pending, thread
-        thread.start()
         return pending
 
     @property

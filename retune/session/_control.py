@@ -14,49 +14,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from retune.errors import CommandRejected, RetuneError, StoreUnavailable
+from retune.errors import CommandRejected, RetuneError
 from retune.session._protocols import TrainingSession
 from retune.store import CommandRecord, Store
 
-__all__ = ["Applier", "resolve_applied"]
+__all__ = ["Applier"]
 
 log = logging.getLogger("retune")
 
 Handler = Callable[[TrainingSession, CommandRecord], dict[str, Any] | None]
-
-RESOLVE_ATTEMPTS = 6
-"""How often :func:`resolve_applied` tries a store that is unavailable (0.1 s, doubling)."""
-
-
-def resolve_applied(
-    store: Store, command_id: int, *, step: int, node: int, result: dict[str, Any]
-) -> None:
-    """Record that a command was applied at ``step`` (its node ``node``) with ``result``, from
-    any thread: for a handler whose work ended after its boundary (a change whose checkpoint
-    was written in the background). A store that is unavailable is tried again for about 6 s;
-    then the failure is logged and the command stays ``applying`` (never raises)."""
-    delay = 0.1
-    for attempt in range(1, RESOLVE_ATTEMPTS + 1):
-        try:
-            store.resolve_command(
-                command_id, status="applied", applied_step=step, node=node, result=result
-            )
-            return
-        except StoreUnavailable as e:
-            if attempt == RESOLVE_ATTEMPTS:
-                log.warning("retune: command %s applied, but not recorded so: %s", command_id, e)
-                return
-            time.sleep(delay)
-            delay *= 2
-        except RetuneError as e:
-            log.warning("retune: command %s applied, but not recorded so: %s", command_id, e)
-            return
 
 
 class Applier:
@@ -76,6 +47,51 @@ class Applier:
         self._queued: set[int] = set()  # ids of the last poll's pending commands
         self._polled_at: object | None = None  # the store's change token before that poll
         self._warned = False
+        self._owed: list[tuple[int, int, int, dict[str, Any]]] = []
+        """Resolutions of applied commands the store refused: (id, step, node, result)."""
+        self._owed_lock = threading.Lock()
+        self._owed_warned = False
+
+    def resolve_applied(
+        self, store: Store, command_id: int, *, step: int, node: int, result: dict[str, Any]
+    ) -> None:
+        """Record that a command was applied at ``step`` (its node ``node``) with ``result``,
+        from any thread: for a handler whose work ended after its boundary (a change whose
+        checkpoint was written in the background). Never raises and never waits: when the
+        store refuses, the resolution is owed and :meth:`settle` writes it later (the writer
+        thread after each flush, and ``run.finish()`` before the run is marked ended)."""
+        with self._owed_lock:
+            self._owed.append((command_id, step, node, result))
+        self.settle(store)
+
+    def settle(self, store: Store) -> None:
+        """Write the owed resolutions, oldest first; stop at the first the store refuses
+        (kept, with those after it, for the next call). Any thread; never raises."""
+        with self._owed_lock:
+            while self._owed:
+                command_id, step, node, result = self._owed[0]
+                try:
+                    store.resolve_command(
+                        command_id, status="applied", applied_step=step, node=node, result=result
+                    )
+                except RetuneError as e:
+                    if not self._owed_warned:  # once until it is written: this is retried
+                        log.warning(
+                            "retune: command %s was applied at step %d; recording it waits "
+                            "for the store: %s",
+                            command_id,
+                            step,
+                            e,
+                        )
+                        self._owed_warned = True
+                    return
+                self._owed.pop(0)
+                self._owed_warned = False
+
+    @property
+    def owed(self) -> int:
+        """How many applied commands are not recorded ``applied`` yet (the store refused)."""
+        return len(self._owed)
 
     def poll(self, run: TrainingSession) -> None:
         """Fetch pending commands not queued yet into the inbox (writer thread; never raises)."""
@@ -117,6 +133,7 @@ class Applier:
         A change is returned once its checkpoint is listed (this waits for the writing)."""
         self._apply(run, command, retry=False)
         run.checkpointer.wait()  # a change is resolved when its checkpoint is listed
+        self.settle(run.store)
         resolved = run.store.get_command(command.id)  # an exploration is still ``applying``
         if resolved.status == "rejected":
             raise CommandRejected(resolved.reason or "rejected", command_id=command.id)

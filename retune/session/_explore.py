@@ -124,6 +124,7 @@ class Exploration:
             raise CommandRejected(str(e)) from e
         start: CheckpointRecord | None = None
         if self.start_target is not None:
+            s.checkpointer.wait()  # a save in flight (a change's) is listed first: "latest"
             try:
                 start = resolve_checkpoint(s.store, s.id, str(self.start_target))
                 s.checkpointer.load(start)  # every blob verified before anything changes

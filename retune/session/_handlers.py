@@ -23,7 +23,6 @@ from typing import Any
 from retune.checkpoint import resolve_checkpoint
 from retune.control import validate
 from retune.errors import CommandRejected, InvalidArgument, RetuneError
-from retune.session._control import resolve_applied
 from retune.session._explore import Exploration
 from retune.session._protocols import PendingSave, SessionFlags, TrainingSession
 from retune.store import CheckpointRecord, CommandRecord
@@ -66,7 +65,7 @@ def _change(session: TrainingSession, command: CommandRecord, kind: str) -> None
         raise
     step = session.global_step
     session.start_node(kind, diff, command.user)
-    node, store = session.node, session.store
+    node = session.node
 
     def resolve(saved: PendingSave) -> None:  # once listed (or failed), on its thread
         result: dict[str, Any] = {"diff": diff, "mode": mode, "checkpoint": None}
@@ -74,7 +73,7 @@ def _change(session: TrainingSession, command: CommandRecord, kind: str) -> None
             result["checkpoint"] = saved.record.label
         else:
             result["checkpoint_error"] = _failure(saved)
-        resolve_applied(store, command.id, step=step, node=node, result=result)
+        session.resolve_applied(command.id, step=step, node=node, result=result)
 
     before.then(resolve)
 

@@ -152,3 +152,10 @@ class TrainingSession(StatefulRun, Protocol):
 
     def publish_tunables(self) -> None:
         """Store the declared tunables, and their values on the current node."""
+
+    def resolve_applied(
+        self, command_id: int, *, step: int, node: int, result: dict[str, Any]
+    ) -> None:
+        """Record a command applied at ``step`` on ``node`` once its work has ended (any
+        thread; never raises: what the store refuses is written later, before the run
+        ends)."""

@@ -189,8 +189,14 @@ class Run:
             poll_interval=poll_interval,
             progress=lambda: self._step,
             tick=lambda: self._applier.poll(self),
-            after_flush=self._refresh_tunables,
+            after_flush=self._after_flush,
         )
+
+    def _after_flush(self) -> None:
+        """The writer thread, after each flush: the live tunables, and any resolution of an
+        applied command the store refused before (it is up again: the flush went through)."""
+        self._refresh_tunables()
+        self._applier.settle(self.store)
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -503,6 +509,14 @@ class Run:
         self.publish_tunables()
         return knob
 
+    def resolve_applied(
+        self, command_id: int, *, step: int, node: int, result: dict[str, Any]
+    ) -> None:
+        """Record a command applied at ``step`` on ``node`` once its work has ended (a change
+        whose checkpoint was written in the background); any thread, never raises: what the
+        store refuses is written after a later flush, or by :meth:`finish`."""
+        self._applier.resolve_applied(self.store, command_id, step=step, node=node, result=result)
+
     def publish_tunables(self) -> None:
         """Store the declared tunables with their values, so commands are validated against
         them, and a knob declared after the current node began among the node's values (its
@@ -790,6 +804,7 @@ class Run:
             status = "stopped"
         self._release()
         self.checkpointer.close()  # the save in flight is listed (or recorded failed) first
+        self._applier.settle(self.store)  # a change it resolved, if the store refused it
         with _lifecycle.ending():  # a signal now waits until the end is written
             self._record_end(status, error)
 

@@ -546,9 +546,11 @@ class SqlStore(Store):
             if result.rowcount == 0:
                 raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
             if ending:  # nothing will apply what is still queued: say so, in this transaction
-                # (the UPDATE above holds the run's row: a submit waits, then sees it ended)
+                # (the UPDATE above holds the run's row: a submit waits, then sees it ended).
+                # Commands being applied are left to the process applying them (a change whose
+                # checkpoint another rank's crash record races), or to the next attach.
                 reason = f"the run ended ({status}) before it was applied"
-                self._reject_queued(conn, run_id, reason, time.time())
+                self._reject_queued(conn, run_id, reason, time.time(), applying=None)
         return written
 
     def set_run_tags(
@@ -641,16 +643,17 @@ class SqlStore(Store):
 
     @staticmethod
     def _reject_queued(
-        conn: Connection, run_id: str, reason: str, now: float, *, applying: str | None = None
+        conn: Connection, run_id: str, reason: str, now: float, *, applying: str | None
     ) -> None:
-        """Reject every command of the run still pending or being applied (no process will);
-        those being applied with ``applying`` as their reason, when given."""
-        for statuses, why in ((("pending",), reason), (("applying",), applying or reason)):
-            conn.execute(
-                update(commands)
-                .where(and_(commands.c.run_id == run_id, commands.c.status.in_(statuses)))
-                .values(status="rejected", reason=why, resolved_at=now)
-            )
+        """Reject every command of the run still pending with ``reason`` (no process will
+        apply it), and those being applied with ``applying`` when given."""
+        for status, why in (("pending", reason), ("applying", applying)):
+            if why is not None:
+                conn.execute(
+                    update(commands)
+                    .where(and_(commands.c.run_id == run_id, commands.c.status == status))
+                    .values(status="rejected", reason=why, resolved_at=now)
+                )
 
     # -- nodes ------------------------------------------------------------------------------
     @staticmethod

@@ -615,3 +615,106 @@ def _listed(store: str) -> bool:
         return any(opened.list_checkpoints(r.id) for r in opened.list_runs())
     finally:
         opened.close()
+
+
+def test_an_applied_change_the_store_refuses_to_record_is_recorded_once_it_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change is in effect; its ``applied`` record is owed while the store refuses it,
+    written after the next flush, and never turned into a rejection by the run's end."""
+    store = str(tmp_path / "r.db")
+    run, weights = _started("owed", store)
+    clip = run.tunable("clip", 1.0, bounds=(0, None))
+    _train(run, weights, 2)
+    real = run.store.resolve_command
+    down = True
+
+    def refusing(command_id: int, **fields: Any) -> CommandRecord:
+        if down and fields.get("status") == "applied":
+            raise retune.StoreUnavailable("database or disk is full (test)")
+        return real(command_id, **fields)
+
+    monkeypatch.setattr(run.store, "resolve_command", refusing)
+    first = _change(run, clip=2.0)
+    run._applier.poll(run)
+    _train(run, weights, 1)  # applied at step 3
+    run.checkpointer.wait()
+    second = run.set(clip=3.0)  # from the training thread: returned as it stands
+    assert clip.value == 3.0 and run._applier.owed == 2
+    assert [run.store.get_command(c.id).status for c in (first, second)] == ["applying"] * 2
+    down = False  # the store is back: the writer thread's next flush writes what is owed
+    run.flush()
+    run._after_flush()
+    assert run._applier.owed == 0
+    recorded = [run.store.get_command(c.id) for c in (first, second)]
+    assert [(c.status, c.applied_step, c.node) for c in recorded] == [
+        ("applied", 3, 2),
+        ("applied", 3, 3),
+    ]
+    assert [c.result["checkpoint"] for c in recorded] == ["c1", "c2"]
+    down = True  # refused again: finish() tries once more, then the end does not reject it
+    third = run.set(clip=4.0)
+    run.finish()
+    assert open_store(store).get_command(third.id).status == "applying"
+
+
+def test_another_process_ending_the_run_does_not_reject_a_change_being_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a crashed rank of a distributed job writes (the run ``crashed``) while rank 0's
+    change is still having its checkpoint written: queued commands are rejected, but the
+    one being applied is left to its process, which records it ``applied``."""
+    store = str(tmp_path / "k.db")
+    flag = _block(monkeypatch, tmp_path, 3)
+    run, weights = _started("crash-record", store, poll_interval=0.01)
+    run.tunable("clip", 1.0, bounds=(0, None))
+    _train(run, weights, 3)
+    command = _change(run, clip=2.0)
+    try:
+        while not flag.exists():
+            _train(run, weights, 1)
+        queued = _change(run, clip=5.0)  # not taken yet: nothing will apply it
+        with open_store(store) as other:
+            other.update_run(run.id, status="crashed", ended_at=time.time(),
+                             error="rank 1 crashed (test)")  # fmt: skip
+            assert other.get_command(command.id).status == "applying"
+            assert other.get_command(queued.id).status == "rejected"
+    finally:
+        flag.unlink(missing_ok=True)
+    run.checkpointer.wait()
+    done = run.store.get_command(command.id)
+    assert (done.status, done.result["checkpoint"]) == ("applied", "c1")
+    run.finish("crashed", error="rank 1 crashed (test)")
+
+
+def test_an_exploration_from_latest_starts_from_a_change_s_checkpoint_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "latest" names the checkpoint before the last change, even while it is being written:
+    the exploration waits for it, as a restore does."""
+    store = str(tmp_path / "e.db")
+    flag = _block(monkeypatch, tmp_path, 3)
+    run, weights = _started("explore-latest", store, poll_interval=0.01)
+    run.tunable("clip", 1.0, bounds=(0, None))
+    _train(run, weights, 1)
+    run.checkpoint()  # c1 at step 1
+    _train(run, weights, 2)
+    _change(run, clip=2.0)
+    try:
+        while not flag.exists():
+            _train(run, weights, 1)
+        changed_at = json.loads(flag.read_text())["step"]
+        _train(run, weights, 2)
+        run.explore(clip=[1.5, 2.5], steps=2, metric="loss", start="latest")
+        release = threading.Timer(0.5, flag.unlink)
+        release.start()
+        _train(run, weights, 1)  # the boundary begins the exploration, after the save
+        release.join()
+    finally:
+        flag.unlink(missing_ok=True)
+    from retune.session._explore import Exploration
+
+    exploration = run.exploration
+    assert isinstance(exploration, Exploration) and exploration.start is not None
+    assert (exploration.start.label, exploration.start.step) == ("c2", changed_at)
+    run.finish()
