@@ -20,11 +20,12 @@ from retune.cli._registry import (
     wait_args,
 )
 from retune.control import Controller, parse_assignments
+from retune.control._commands import restore_payload
 from retune.control._parse import parse_group
-from retune.errors import InvalidArgument, RunInUse
+from retune.errors import CheckpointNotFound, InvalidArgument, RunInUse
 from retune.session._init import RESUME_FROM_ENV, RESUME_RUN_ENV
 from retune.session._snapshot import RunSnapshot, read_snapshot
-from retune.store import CheckpointRecord, Store, in_use_message, is_live
+from retune.store import CheckpointRecord, Store, current_user, in_use_message, is_live
 
 __all__ = ["COMMANDS"]
 
@@ -81,7 +82,13 @@ def _restore(args: argparse.Namespace, store: Store) -> int:
     run = ctl.run
     last = store.last_metrics([run.id])[run.id]
     recorded = max([run.step, *(step for step, _ in last.values())])  # what the user has seen
-    resolved = resolve_checkpoint(store, run.id, args.target, current_step=recorded)
+    try:
+        resolved = resolve_checkpoint(store, run.id, args.target, current_step=recorded)
+    except CheckpointNotFound as e:  # refused before sending: in the audit all the same
+        payload = restore_payload(args.target, values, group, args.mode)
+        store.submit_command(run.id, "restore", payload, source="cli", user=current_user(),
+                             status="rejected", reason=str(e))  # fmt: skip
+        raise
     note = _resolution(args.target, resolved)
     if note and not args.json:
         print(note, flush=True)

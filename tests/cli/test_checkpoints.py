@@ -98,6 +98,14 @@ def test_restore_says_which_checkpoint_and_step_a_target_resolved_to(
     assert second.startswith(f"restored {label} (step {step}): now on node n2")
     beyond = retune_cli("restore", name, "n2@99999", "--store", store)
     _one_line_error(beyond, "n2 has reached step")
+    with open_store(store) as opened:  # refused before sending, yet in the audit, with why
+        *_, refused = opened.list_commands(opened.get_run(name).id)
+    assert (refused.kind, refused.status, refused.source) == ("restore", "rejected", "cli")
+    assert refused.payload["target"] == "n2@99999" and "n2 has reached step" in (
+        refused.reason or ""
+    )
+    changes = retune_cli("changes", name, "--store", store)
+    assert changes.returncode == 0 and "n2 has reached step" in changes.stdout, changes.stderr
 
 
 def test_continue_unpauses_and_resume_without_a_command_is_its_alias(
