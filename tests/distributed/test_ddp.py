@@ -359,6 +359,56 @@ def test_no_rank_leaves_a_stop_before_its_checkpoint_is_listed(tmp_path: Path) -
     assert reason == "stop" and step == job.steps(0)[-1]["step"]
 
 
+@pytest.mark.slow
+def test_a_set_trains_on_every_rank_while_rank_0_writes_its_checkpoint(tmp_path: Path) -> None:
+    """A ``set`` from another process: rank 0 copies the state at an agreement boundary and
+    writes the checkpoint before the change in the background (held here); every rank
+    trains on with the new lr from the same step, parameters identical; the command is
+    ``applying`` until that checkpoint is listed, then ``applied`` naming it; a stop then
+    ends both ranks cleanly."""
+    store = f"sqlite:///{tmp_path / 'retune.db'}"
+    flag = tmp_path / "blocked.json"
+    job = launch(tmp_path / "logs", store, "--epochs", "1000", "--pace", "0.01",
+                 "--timeout", "60", env={"RETUNE_TEST_BLOCK_SAVE": f"1:{flag}"},
+                 cwd=tmp_path)  # fmt: skip
+    try:
+        until(lambda: all(len(job.steps(rank)) >= 3 for rank in range(2)), "three steps")
+        with retune.connect("ddp", store=store) as ctl:
+            command = ctl.set(lr=0.01)  # not waited for: the boundary applies it
+            until(flag.exists, "rank 0 holding the change's checkpoint")
+            at = json.loads(flag.read_text())["step"]
+            until(lambda: all(len(job.steps(r)) >= at + 5 for r in range(2)), "training on")
+            assert ctl.store.get_command(command.id).status == "applying"
+            assert ctl.store.list_checkpoints(ctl.run.id) == []
+            flag.unlink()
+            done = ctl.wait(command.id, timeout=DEADLINE)
+            assert (done.status, done.applied_step, done.result["checkpoint"]) == (
+                "applied",
+                at,
+                "c1",
+            )
+            ctl.stop(wait=True, timeout=DEADLINE)
+        codes = [proc.wait(timeout=DEADLINE) for proc in job.procs]
+    finally:
+        flag.unlink(missing_ok=True)
+        for proc in job.procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert codes == [0, 0] and [job.end(rank)["end"] for rank in range(2)] == ["stopped"] * 2
+    steps = [job.steps(rank) for rank in range(2)]
+    assert [line["step"] for line in steps[0]] == [line["step"] for line in steps[1]]
+    for rank in range(2):  # the new lr from the step after the boundary, on both ranks
+        assert all(line["lr"] == (0.05 if line["step"] <= at else 0.01) for line in steps[rank])
+    assert [line["p"] for line in steps[0]] == [line["p"] for line in steps[1]]
+    with open_store(store, create=False) as opened:
+        (run,) = opened.list_runs()
+        listed = opened.list_checkpoints(run.id)
+        first, *rest = listed
+        assert (first.reason, first.step) == ("change", at)
+        assert [c.reason for c in rest] == ["stop"]
+        _every_listed_checkpoint_restores(opened, listed)
+
+
 # -- a rank killed mid-training -------------------------------------------------------------
 
 
