@@ -106,6 +106,17 @@ def launch(
     return Job(procs, logdir)
 
 
+def launch_held(tmp_path: Path, at: int, *extra: str) -> tuple[Job, str, Path]:
+    """Two ranks on a fresh store whose rank 0 holds its first save of a step >= ``at`` in
+    the middle of its write (``RETUNE_TEST_BLOCK_SAVE``) until the returned flag file is
+    removed; returns the job, the store URL and the flag."""
+    store = f"sqlite:///{tmp_path / 'retune.db'}"
+    flag = tmp_path / "blocked.json"
+    job = launch(tmp_path / "logs", store, *extra,
+                 env={"RETUNE_TEST_BLOCK_SAVE": f"{at}:{flag}"}, cwd=tmp_path)  # fmt: skip
+    return job, store, flag
+
+
 def until(condition: Callable[[], Any], what: str) -> Any:
     deadline = time.monotonic() + DEADLINE
     delay = 0.01
@@ -336,11 +347,8 @@ def test_no_rank_leaves_a_stop_before_its_checkpoint_is_listed(tmp_path: Path) -
     which makes a launcher such as torchrun kill the others. So no rank leaves the stop
     before rank 0's stop checkpoint is listed: while it is held in the middle of its write,
     rank 1 is still there; released, both end and the checkpoint is listed."""
-    store = f"sqlite:///{tmp_path / 'retune.db'}"
-    flag = tmp_path / "blocked.json"
-    job = launch(tmp_path / "logs", store, "--epochs", "1000", "--term-at", "5",
-                 "--pace", "0.02", env={"RETUNE_TEST_BLOCK_SAVE": f"1:{flag}"},
-                 cwd=tmp_path)  # fmt: skip
+    job, store, flag = launch_held(tmp_path, 1, "--epochs", "1000", "--term-at", "5",
+                                   "--pace", "0.02")  # fmt: skip
     try:
         until(flag.exists, "rank 0 in the middle of the stop checkpoint")
         with pytest.raises(subprocess.TimeoutExpired):  # before: rank 1 exited at once
@@ -366,11 +374,8 @@ def test_a_set_trains_on_every_rank_while_rank_0_writes_its_checkpoint(tmp_path:
     trains on with the new lr from the same step, parameters identical; the command is
     ``applying`` until that checkpoint is listed, then ``applied`` naming it; a stop then
     ends both ranks cleanly."""
-    store = f"sqlite:///{tmp_path / 'retune.db'}"
-    flag = tmp_path / "blocked.json"
-    job = launch(tmp_path / "logs", store, "--epochs", "1000", "--pace", "0.01",
-                 "--timeout", "60", env={"RETUNE_TEST_BLOCK_SAVE": f"1:{flag}"},
-                 cwd=tmp_path)  # fmt: skip
+    job, store, flag = launch_held(tmp_path, 1, "--epochs", "1000", "--pace", "0.01",
+                                   "--timeout", "60")  # fmt: skip
     try:
         until(lambda: all(len(job.steps(rank)) >= 3 for rank in range(2)), "three steps")
         with retune.connect("ddp", store=store) as ctl:
@@ -426,14 +431,9 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error_and_a_crashed_run(
         with open_store(store, create=False) as opened:
             return any(run.step >= step for run in opened.list_runs())
 
-    store = f"sqlite:///{tmp_path / 'retune.db'}"
-    flag = tmp_path / "blocked.json"
-    job = launch(
-        tmp_path / "logs",
-        store,
+    job, store, flag = launch_held(
+        tmp_path, 6,
         "--epochs", "1000", "--every", "2", "--pace", "0.01", "--timeout", "60", "--set-at", "3",
-        env={"RETUNE_TEST_BLOCK_SAVE": f"6:{flag}"},
-        cwd=tmp_path,
     )  # fmt: skip
     try:
         until(flag.exists, "rank 0 blocked in the middle of the checkpoint at step 6")
@@ -497,11 +497,8 @@ def test_killing_rank_0_ends_the_others_with_a_clear_error_and_they_mark_the_run
     nearly always) nobody would record the end: rank 1 ends at once with a clear error and
     records the crash itself. Rank 0 dies in the middle of writing step 8's checkpoint on its
     background thread (held there): that one is not listed, and every listed one restores."""
-    store = f"sqlite:///{tmp_path / 'retune.db'}"
-    flag = tmp_path / "blocked.json"
-    job = launch(tmp_path / "logs", store, "--epochs", "1000", "--every", "4", "--pace", "0.01",
-                 "--timeout", "60", env={"RETUNE_TEST_BLOCK_SAVE": f"8:{flag}"},
-                 cwd=tmp_path)  # fmt: skip
+    job, store, flag = launch_held(tmp_path, 8, "--epochs", "1000", "--every", "4",
+                                   "--pace", "0.01", "--timeout", "60")  # fmt: skip
     try:
         until(flag.exists, "rank 0 in the middle of the checkpoint at step 8")
         until(lambda: len(job.steps(1)) >= 10, "ten steps on rank 1")
