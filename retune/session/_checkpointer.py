@@ -172,6 +172,13 @@ class PendingCheckpoint:
         """Whether phase 2 has ended (listed or failed)."""
         return self._done.is_set()
 
+    @property
+    def failure(self) -> str | None:
+        """Why the save failed (the error's type and message, as its ``checkpoint_failed``
+        event records it); None unless it failed."""
+        error = self.error
+        return None if error is None else f"{type(error).__name__}: {error}"[:500]
+
     def wait(self, timeout: float | None = None) -> CheckpointRecord | None:
         """Wait until the save has ended (at most ``timeout`` seconds); returns its listed
         record, or None when it failed or is still running."""
@@ -303,7 +310,7 @@ class Checkpointer:
         except Exception as e:  # a background thread has nobody to raise to
             pending.error = e
             self.failed += 1
-            self._record_failure(pending, e)
+            self._record_failure(pending)
         except BaseException as e:  # Ctrl-C / SystemExit: on the training thread, it goes on up
             pending.error = e
             raise
@@ -349,9 +356,9 @@ class Checkpointer:
             self._prune()
         return record
 
-    def _record_failure(self, pending: PendingCheckpoint, error: BaseException) -> None:
+    def _record_failure(self, pending: PendingCheckpoint) -> None:
         run = self._run
-        reason = f"{type(error).__name__}: {error}"[:500]
+        reason = pending.failure
         log.warning(
             "retune: the %s checkpoint at step %d was not saved (training goes on): %s",
             pending.reason,

@@ -132,9 +132,11 @@ class Applier:
         """Apply one command at once (training thread); raise ``CommandRejected`` if rejected.
         A change is returned once its checkpoint is listed (this waits for the writing)."""
         self._apply(run, command, retry=False)
-        run.checkpointer.wait()  # a change is resolved when its checkpoint is listed
-        self.settle(run.store)
-        resolved = run.store.get_command(command.id)  # an exploration is still ``applying``
+        resolved = run.store.get_command(command.id)
+        if resolved.status == "applying":  # a change: resolved once its checkpoint is listed
+            run.checkpointer.wait()
+            self.settle(run.store)
+            resolved = run.store.get_command(command.id)  # an exploration still ``applying``
         if resolved.status == "rejected":
             raise CommandRejected(resolved.reason or "rejected", command_id=command.id)
         return resolved

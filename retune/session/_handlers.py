@@ -55,7 +55,7 @@ def _change(session: TrainingSession, command: CommandRecord, kind: str) -> None
     change(values, group, mode, apply=False)  # a rejection costs no checkpoint
     before = session.checkpointer.save_later("change")  # so that any change can be undone
     if not before.background and before.record is None:  # failed, nothing changed: refuse
-        raise CommandRejected(f"the checkpoint before the change failed: {_failure(before)}")
+        raise CommandRejected(f"the checkpoint before the change failed: {before.failure}")
     try:
         diff = change(values, group, mode)
     except CommandRejected:  # a setter refused (the values were put back)
@@ -72,15 +72,10 @@ def _change(session: TrainingSession, command: CommandRecord, kind: str) -> None
         if saved.record is not None:
             result["checkpoint"] = saved.record.label
         else:
-            result["checkpoint_error"] = _failure(saved)
+            result["checkpoint_error"] = saved.failure
         session.resolve_applied(command.id, step=step, node=node, result=result)
 
     before.then(resolve)
-
-
-def _failure(pending: PendingSave) -> str:
-    error = pending.error
-    return f"{type(error).__name__}: {error}"[:500] if error is not None else "not written"
 
 
 def on_set(session: TrainingSession, command: CommandRecord) -> None:

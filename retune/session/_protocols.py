@@ -81,14 +81,12 @@ class PendingSave(Protocol):
 
     record: CheckpointRecord | None
     """Set once the checkpoint is listed."""
-    error: BaseException | None
-    """Set once the save has failed."""
     background: bool
     """Whether it is written in the background (False: written before the call returned)."""
 
     @property
-    def done(self) -> bool:
-        """Whether the writing has ended (listed or failed)."""
+    def failure(self) -> str | None:
+        """Why the save failed (type and message); None unless it failed."""
 
     def wait(self, timeout: float | None = None) -> CheckpointRecord | None:
         """Wait until the writing has ended; the listed record, or None."""
