@@ -98,6 +98,11 @@ class Store(ABC):
     ) -> bool:
         """Set the given fields of a run; ``None`` leaves a field alone. ``meta`` is merged.
 
+        A ``status`` that ends the run (not ``running``/``paused``) rejects, in the same
+        transaction, every command of the run still ``pending`` ("the run ended (STATUS)
+        before it was applied"); one being applied (``applying``) is left to the process
+        applying it, which may still record it ``applied``, or to the next ``attach_run``.
+
         ``unless_status``: when the run's status is one of these, ``status`` and ``error``
         are left alone (the other fields are still set), decided in the same transaction as
         the write (a compare-and-set: no other writer can slip in between). Returns whether

@@ -106,6 +106,12 @@ def test_restore_says_which_checkpoint_and_step_a_target_resolved_to(
     )
     changes = retune_cli("changes", name, "--store", store)
     assert changes.returncode == 0 and "n2 has reached step" in changes.stdout, changes.stderr
+    hostile = "n9/<b>日本"  # a '/', markup and non-ASCII: recorded verbatim, never interpreted
+    _one_line_error(retune_cli("restore", name, hostile, "--store", store), "names no checkpoint")
+    with open_store(store) as opened:
+        *_, refused = opened.list_commands(opened.get_run(name).id)
+    assert (refused.status, refused.payload["target"]) == ("rejected", hostile)
+    assert hostile in (refused.reason or "")
 
 
 def test_continue_unpauses_and_resume_without_a_command_is_its_alias(

@@ -548,6 +548,20 @@ def test_a_command_queued_on_an_ended_run_is_rejected_in_the_same_transaction(
     assert [c for c in store.list_commands(run_id) if c.status in ("pending", "applying")] == []
 
 
+def test_an_ending_leaves_a_command_being_applied_to_its_process(store: Store) -> None:
+    """Another process recording the end (a crashed rank) must not turn a change the live
+    process is still applying into a rejection: that process records it applied."""
+    run_id = _run_with_root(store)
+    taken = store.submit_command(run_id, "set", {"values": {"lr": 0.1}}, source="cli", user=None)
+    assert store.claim_command(taken.id) is not None
+    queued = store.submit_command(run_id, "pause", {}, source="cli", user=None)
+    store.update_run(run_id, status="crashed", ended_at=time.time(), error="rank 1 crashed")
+    assert store.get_command(queued.id).status == "rejected"
+    assert store.get_command(taken.id).status == "applying"
+    done = store.resolve_command(taken.id, status="applied", applied_step=3, node=1)
+    assert (done.status, done.applied_step) == ("applied", 3)
+
+
 def test_tags_replace_add_remove_sorted_unique_on_any_status(store: Store) -> None:
     run_id = _run_with_root(store, "tagged")
     assert store.get_run(run_id).tags == []
