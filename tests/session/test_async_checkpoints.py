@@ -718,3 +718,40 @@ def test_an_exploration_from_latest_starts_from_a_change_s_checkpoint_being_writ
     assert isinstance(exploration, Exploration) and exploration.start is not None
     assert (exploration.start.label, exploration.start.step) == ("c2", changed_at)
     run.finish()
+
+
+def test_run_set_from_another_thread_times_out_saying_its_change_is_being_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook cell's ``run.set()`` whose command the training thread took, but whose
+    checkpoint waits behind one still being written: the timeout says it was taken (not
+    "queued"), and the command is applied once the writing ends."""
+    store = str(tmp_path / "t.db")
+    flag = _block(monkeypatch, tmp_path, 1)
+    run, weights = _started("steer", store, poll_interval=0.01)
+    clip = run.tunable("clip", 1.0, bounds=(0, None))
+    done = threading.Event()
+
+    def train() -> None:
+        while not done.is_set():
+            _train(run, weights, 1)
+            time.sleep(0.002)
+
+    first = _change(run, clip=2.0)
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    try:
+        try:
+            _until(flag.exists, "the first change's checkpoint to block")
+            with pytest.raises(retune.CommandTimeout, match="took it and is still applying it"):
+                run.set(clip=3.0, timeout=2.0)
+            [second] = [c for c in run.store.list_commands(run.id) if c.id != first.id]
+            assert second.status == "applying"
+        finally:
+            flag.unlink(missing_ok=True)
+        _until(lambda: run.store.get_command(second.id).status == "applied", "the second")
+    finally:
+        done.set()
+        trainer.join(DEADLINE)
+    assert clip.value == 3.0
+    run.finish()
